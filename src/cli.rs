@@ -1,0 +1,90 @@
+//! The command line: `prospect-api migrate | refresh | seed`. Every flag also reads an environment
+//! variable (shown in `--help`), so flags and env configure the same settings.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DatabaseConfig, RefreshSettings};
+use crate::telemetry::LogFormat;
+use crate::views::ViewName;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prospect-api",
+    version,
+    about = "Fast read API over PostgreSQL materialized views of company and prospect data.",
+    long_about = "Serves denormalized company/prospect data from three PostgreSQL materialized views, \
+                  keeps them fresh, and tells every client how old the data is (X-Data-Age).\n\n\
+                  Every flag can also be set by the environment variable shown with it."
+)]
+pub struct Cli {
+    /// Log format: `pretty` for terminals, `json` for log collectors. Levels come from RUST_LOG.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if it is missing and apply all pending migrations.
+    Migrate(MigrateArgs),
+    /// Refresh the materialized views now (all, or one) and print what was done.
+    Refresh(RefreshArgs),
+    /// Fill the base tables with deterministic demo data (generated inside PostgreSQL).
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub refresh: RefreshSettings,
+
+    /// Refresh only this view (company_prospect_view, company_summary_view or prospect_search_view).
+    #[arg(long)]
+    pub view: Option<ViewName>,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Number of companies to create.
+    #[arg(long, default_value_t = 10_000)]
+    pub companies: u32,
+
+    /// Average number of prospects per company (each gets 1 to 2×this-1; about 3% get none).
+    #[arg(long, default_value_t = 10)]
+    pub prospects_per_company: u32,
+
+    /// Seed of the generator: the same seed always produces the same data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: i64,
+
+    /// Delete all rows of "Company" and "Prospect" first. Without it, seeding a non-empty database fails.
+    #[arg(long)]
+    pub replace: bool,
+
+    /// Refresh the views after seeding.
+    #[arg(long)]
+    pub refresh: bool,
+
+    #[command(flatten)]
+    pub refresh_settings: RefreshSettings,
+}

@@ -1,0 +1,119 @@
+//! What each CLI command does. `main.rs` only parses arguments and calls one of these.
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::cli::{MigrateArgs, RefreshArgs, SeedArgs};
+use crate::config::DatabaseConfig;
+use crate::db;
+use crate::refresh::{self, RefreshReport, RefreshStatus, RefreshTrigger};
+use crate::seed::{self, SeedOptions};
+
+/// Creates the database if needed, connects and applies pending migrations: what every command that
+/// touches data needs first.
+pub async fn prepare_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let url = &config.database_url;
+    let created = db::create_database_if_missing(url)
+        .await
+        .map_err(|e| unreachable_database(config, e))?;
+    if created {
+        tracing::info!(database = %url, "created the database");
+    }
+    let pool = db::connect(config)
+        .await
+        .map_err(|e| unreachable_database(config, e))?;
+    db::migrate(&pool)
+        .await
+        .context("applying migrations failed")?;
+    Ok(pool)
+}
+
+/// The error for a database we cannot reach: where we tried, why, and how to get one.
+fn unreachable_database(config: &DatabaseConfig, error: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach PostgreSQL at {url}: {error}\n\n\
+         Point DATABASE_URL (or --database-url) at a running PostgreSQL 13 or newer, for example:\n  \
+         - docker compose up -d db        (the compose file in this repository)\n  \
+         - a local install, e.g. apt-get install postgresql, then use {default}",
+        url = config.database_url,
+        default = crate::config::DEFAULT_DATABASE_URL,
+    )
+}
+
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let pool = prepare_database(&args.database).await?;
+    let applied =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM _sqlx_migrations WHERE success"#)
+            .fetch_one(&pool)
+            .await?;
+    println!(
+        "{}: schema up to date ({applied} migrations applied)",
+        args.database.database_url
+    );
+    Ok(())
+}
+
+pub async fn refresh(args: RefreshArgs) -> anyhow::Result<()> {
+    let pool = prepare_database(&args.database).await?;
+    let reports = match args.view {
+        Some(view) => {
+            vec![refresh::refresh_view(&pool, view, RefreshTrigger::Cli, &args.refresh).await?]
+        }
+        None => refresh::refresh_all(&pool, RefreshTrigger::Cli, &args.refresh).await?,
+    };
+    for report in &reports {
+        println!("{}", describe(report));
+    }
+    if reports.iter().any(|r| r.status == RefreshStatus::Error) {
+        anyhow::bail!("some views failed to refresh; they keep serving their previous data");
+    }
+    Ok(())
+}
+
+pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    let pool = prepare_database(&args.database).await?;
+    let options = SeedOptions {
+        companies: args.companies,
+        prospects_per_company: args.prospects_per_company,
+        seed: args.seed,
+        replace: args.replace,
+    };
+    let summary = seed::seed(&pool, &options).await?;
+    println!(
+        "seeded {} companies and {} prospects in {:.1} s (seed {})",
+        summary.companies,
+        summary.prospects,
+        summary.elapsed.as_secs_f64(),
+        options.seed
+    );
+    if args.refresh {
+        for report in
+            refresh::refresh_all(&pool, RefreshTrigger::Cli, &args.refresh_settings).await?
+        {
+            println!("{}", describe(&report));
+        }
+    }
+    Ok(())
+}
+
+/// One line per view for the terminal.
+fn describe(report: &RefreshReport) -> String {
+    match report.status {
+        RefreshStatus::Ok => format!(
+            "{:<22} ok       {:>9} rows in {:>6} ms  (data as of {})",
+            report.view.as_str(),
+            report.rows.unwrap_or_default(),
+            report.duration_ms.unwrap_or_default(),
+            report.started_at.to_rfc3339(),
+        ),
+        RefreshStatus::Skipped => format!(
+            "{:<22} skipped  (another process refreshed it while this one waited)",
+            report.view.as_str()
+        ),
+        RefreshStatus::Error => format!(
+            "{:<22} FAILED   {}",
+            report.view.as_str(),
+            report.error.as_deref().unwrap_or("unknown error")
+        ),
+    }
+}

@@ -1,0 +1,33 @@
+//! Connecting to PostgreSQL, creating the database, applying the embedded migrations.
+
+use sqlx::Postgres;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Creates the database named in `url` when it does not exist. Returns whether it created it.
+pub async fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, sqlx::Error> {
+    if Postgres::database_exists(url.expose()).await? {
+        return Ok(false);
+    }
+    Postgres::create_database(url.expose()).await?;
+    Ok(true)
+}
+
+/// A pool for `config`, connected eagerly so that a wrong URL fails here and not on first use.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(config.acquire_timeout)
+        .connect(config.database_url.expose())
+        .await
+}
+
+/// Applies every migration not yet applied. Safe to run again: applied ones are skipped.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

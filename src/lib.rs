@@ -1,0 +1,13 @@
+//! prospect-api: a read API over PostgreSQL materialized views of company and prospect data.
+//!
+//! The data flows one way: base tables -> triggers -> materialized views (refreshed by `refresh`)
+//! -> `views` queries -> HTTP. Freshness is read from the refresh log beside every query.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod refresh;
+pub mod seed;
+pub mod telemetry;
+pub mod views;

@@ -1,0 +1,22 @@
+use clap::Parser;
+
+use prospect_api::cli::{Cli, Command};
+use prospect_api::{commands, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Migrate(args) => commands::migrate(args).await,
+        Command::Refresh(args) => commands::refresh(args).await,
+        Command::Seed(args) => commands::seed(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One refresh of one view: its own transaction, its own timeouts, the cross-process advisory lock, and
+//! a row in `materialized_view_log` whatever happens.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::config::{RefreshSettings, pg_duration};
+use crate::views::ViewName;
+
+/// What asked for a refresh; stored in the log's `trigger` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshTrigger {
+    Schedule,
+    Notify,
+    Manual,
+    Startup,
+    Cli,
+    Catchup,
+}
+
+impl RefreshTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshTrigger::Schedule => "schedule",
+            RefreshTrigger::Notify => "notify",
+            RefreshTrigger::Manual => "manual",
+            RefreshTrigger::Startup => "startup",
+            RefreshTrigger::Cli => "cli",
+            RefreshTrigger::Catchup => "catchup",
+        }
+    }
+}
+
+impl std::fmt::Display for RefreshTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshStatus {
+    /// The view was refreshed.
+    Ok,
+    /// The refresh failed; the previous data is still served.
+    Error,
+    /// Another process refreshed the view after this request was made, while we waited for its lock:
+    /// that refresh already contains everything this one would have.
+    Skipped,
+}
+
+/// The outcome of one view's refresh, as logged and as the admin endpoint reports it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RefreshReport {
+    pub view: ViewName,
+    pub status: RefreshStatus,
+    /// For `ok`, the snapshot time the refreshed data reflects; otherwise when the attempt began.
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: Option<i64>,
+    pub rows: Option<i64>,
+    /// The database's error message, for `error`.
+    pub error: Option<String>,
+    /// The id of the `materialized_view_log` row (none for `skipped`).
+    pub log_id: Option<i64>,
+}
+
+/// Refreshes every view, in the fixed order, each in its own transaction. A failing view does not stop
+/// the others; only losing the database altogether is an `Err`.
+pub async fn refresh_all(
+    pool: &PgPool,
+    trigger: RefreshTrigger,
+    settings: &RefreshSettings,
+) -> Result<Vec<RefreshReport>, sqlx::Error> {
+    let mut reports = Vec::with_capacity(ViewName::ALL.len());
+    for view in ViewName::ALL {
+        reports.push(refresh_view(pool, view, trigger, settings).await?);
+    }
+    Ok(reports)
+}
+
+/// Refreshes one view (CONCURRENTLY once populated) in its own transaction and logs it.
+///
+/// A failed refresh is rolled back, so the previous data stays served, and is then recorded in the log
+/// and in `materialized_view_errors`: it is an `Ok(report)` with status `error`. `Err` means the outcome
+/// could not even be recorded (the database is unreachable).
+#[tracing::instrument(skip(pool, settings), fields(view = %view, trigger = %trigger))]
+pub async fn refresh_view(
+    pool: &PgPool,
+    view: ViewName,
+    trigger: RefreshTrigger,
+    settings: &RefreshSettings,
+) -> Result<RefreshReport, sqlx::Error> {
+    let attempt_started = Utc::now();
+    match refresh_in_transaction(pool, view, trigger, settings).await {
+        Ok(report) => {
+            tracing::info!(status = ?report.status, rows = ?report.rows, duration_ms = ?report.duration_ms, "view refresh finished");
+            Ok(report)
+        }
+        Err(error) => {
+            let message = database_message(&error);
+            tracing::warn!(error = %message, "view refresh failed; the previous data stays served");
+            record_failure(pool, view, trigger, attempt_started, &message).await
+        }
+    }
+}
+
+async fn refresh_in_transaction(
+    pool: &PgPool,
+    view: ViewName,
+    trigger: RefreshTrigger,
+    settings: &RefreshSettings,
+) -> Result<RefreshReport, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
+
+    // Waiting for another process's refresh of this view may take as long as that refresh runs, so
+    // the advisory lock gets the statement timeout; the view's own lock gets the short lock timeout.
+    let requested_at = sqlx::query_scalar!(
+        r#"SELECT clock_timestamp() AS "requested_at!"
+           FROM (SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)) s"#,
+        statement_timeout,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+
+    // Held until commit or rollback: released even if this connection goes back to the pool.
+    sqlx::query!(
+        "SELECT FROM (SELECT pg_advisory_xact_lock(view_refresh_lock_key($1))) l",
+        view.as_str()
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+
+    let covered = sqlx::query_scalar!(
+        r#"SELECT EXISTS (
+               SELECT 1 FROM materialized_view_log
+               WHERE view_name = $1 AND status = 'ok' AND started_at >= $2
+           ) AS "covered!""#,
+        view.as_str(),
+        requested_at,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if covered {
+        tx.rollback().await?;
+        tracing::info!(
+            "another process refreshed this view while we waited for its lock; skipping"
+        );
+        return Ok(RefreshReport {
+            view,
+            status: RefreshStatus::Skipped,
+            started_at: requested_at,
+            duration_ms: None,
+            rows: None,
+            error: None,
+            log_id: None,
+        });
+    }
+
+    sqlx::query!(
+        "SELECT FROM (SELECT set_config('lock_timeout', $1, true), set_config('work_mem', $2, true)) s",
+        pg_duration(settings.refresh_lock_timeout),
+        settings.refresh_work_mem,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+
+    let logged = sqlx::query!(
+        r#"SELECT id AS "id!", started_at AS "started_at!", duration_ms, row_count
+           FROM refresh_view_logged($1, $2)"#,
+        view.as_str(),
+        trigger.as_str(),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    Ok(RefreshReport {
+        view,
+        status: RefreshStatus::Ok,
+        started_at: logged.started_at,
+        duration_ms: logged.duration_ms,
+        rows: logged.row_count,
+        error: None,
+        log_id: Some(logged.id),
+    })
+}
+
+async fn record_failure(
+    pool: &PgPool,
+    view: ViewName,
+    trigger: RefreshTrigger,
+    attempt_started: DateTime<Utc>,
+    message: &str,
+) -> Result<RefreshReport, sqlx::Error> {
+    let logged = sqlx::query!(
+        r#"SELECT id AS "id!", duration_ms FROM record_refresh_failure($1, $2, $3, $4)"#,
+        view.as_str(),
+        trigger.as_str(),
+        attempt_started,
+        message,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(RefreshReport {
+        view,
+        status: RefreshStatus::Error,
+        started_at: attempt_started,
+        duration_ms: logged.duration_ms,
+        rows: None,
+        error: Some(message.to_owned()),
+        log_id: Some(logged.id),
+    })
+}
+
+/// The database's own message for a database error (what an admin needs), else sqlx's description.
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}

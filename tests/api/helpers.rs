@@ -1,0 +1,163 @@
+//! Shared test setup: a fresh, migrated PostgreSQL database per test on the real server.
+//!
+//! The server is the one `DATABASE_URL` names (any database on it), or the local default. Each test's
+//! database is dropped when the test passes and kept (its name printed) when it fails. Databases left
+//! behind by test processes that no longer run are dropped the next time tests start.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use prospect_api::config::{DatabaseUrl, RefreshSettings};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres};
+use tokio::sync::OnceCell;
+
+const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PREFIX: &str = "prospect_api_test_";
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static SWEPT: OnceCell<()> = OnceCell::const_new();
+
+/// The URL of any database on the test server (only its host, port and credentials are used).
+fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned())
+}
+
+/// `server_url()` pointed at another database on the same server.
+fn url_for_database(name: &str) -> String {
+    let options =
+        PgConnectOptions::from_str(&server_url()).expect("DATABASE_URL is not a valid URL");
+    let user = options.get_username();
+    let host = options.get_host();
+    let port = options.get_port();
+    // Keep the password (if any) from the original URL.
+    let password = url_password(&server_url());
+    match password {
+        Some(password) => format!("postgres://{user}:{password}@{host}:{port}/{name}"),
+        None => format!("postgres://{user}@{host}:{port}/{name}"),
+    }
+}
+
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p.to_owned())
+}
+
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new database with every migration applied.
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        prospect_api::db::migrate(&db.pool)
+            .await
+            .expect("migrations failed");
+        db
+    }
+
+    /// A new database with nothing in it.
+    pub async fn empty() -> TestDb {
+        SWEPT.get_or_init(sweep_stale_databases).await;
+        let name = format!(
+            "{PREFIX}{}_{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        );
+        let url = url_for_database(&name);
+        if let Err(error) = Postgres::create_database(&url).await {
+            panic!(
+                "\n\nThe tests need a PostgreSQL server they can create databases on, and could not use \
+                 {server}: {error}\n\
+                 Start the local one (pg_ctlcluster 15 main start, or `docker compose up -d db`), or \
+                 point DATABASE_URL at another server.\n\n",
+                server = DatabaseUrl::from_str(&server_url())
+                    .map(|u| u.redacted())
+                    .unwrap_or_default(),
+            );
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .expect("connecting to the test database failed");
+        TestDb { pool, name, url }
+    }
+
+    /// A separate connection, for holding locks or transactions open beside the pool.
+    pub async fn connection(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connecting to the test database failed")
+    }
+
+    /// Runs a fixture: several SQL statements.
+    pub async fn execute(&self, sql: &'static str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .expect("fixture SQL failed");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: its database {} is kept for inspection",
+                self.name
+            );
+            return;
+        }
+        let url = self.url.clone();
+        // Drop runs inside the test's runtime, which must not be blocked on; a separate thread with its
+        // own runtime drops the database (WITH (FORCE) closes the pool's remaining connections).
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = runtime.block_on(Postgres::force_drop_database(&url));
+        })
+        .join();
+    }
+}
+
+/// Drops test databases whose creating process is gone.
+async fn sweep_stale_databases() {
+    let Ok(mut conn) = PgConnection::connect(&server_url()).await else {
+        return;
+    };
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'prospect\\_api\\_test\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let pid = name
+            .trim_start_matches(PREFIX)
+            .split('_')
+            .next()
+            .unwrap_or("");
+        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = Postgres::force_drop_database(&url_for_database(&name)).await;
+        }
+    }
+}
+
+/// Refresh settings with short timeouts, so that a test provoking a lock wait fails fast.
+pub fn quick_refresh_settings() -> RefreshSettings {
+    RefreshSettings {
+        refresh_lock_timeout: std::time::Duration::from_millis(300),
+        refresh_statement_timeout: std::time::Duration::from_secs(60),
+        refresh_work_mem: "64MB".to_owned(),
+    }
+}

@@ -1,0 +1,179 @@
+//! The base-table triggers: notifications, and the change record the refresher catches up from.
+
+use std::time::Duration;
+
+use prospect_api::refresh::{RefreshTrigger, refresh_all};
+use sqlx::Connection;
+use sqlx::postgres::PgListener;
+
+use crate::helpers::{TestDb, quick_refresh_settings};
+
+async fn next_notification(listener: &mut PgListener) -> serde_json::Value {
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no notification within 5 s")
+        .expect("listener failed");
+    assert_eq!(notification.channel(), "refresh_views");
+    serde_json::from_str(notification.payload()).expect("the payload is JSON")
+}
+
+#[tokio::test]
+async fn every_kind_of_write_to_either_table_notifies_with_table_and_operation() {
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen("refresh_views").await.unwrap();
+
+    let writes: [(&'static str, &str, &str); 8] = [
+        (
+            r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#,
+            "Company",
+            "INSERT",
+        ),
+        (
+            r#"UPDATE "Company" SET "name" = 'Uno' WHERE "id" = 'c1'"#,
+            "Company",
+            "UPDATE",
+        ),
+        (
+            r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p1', 'c1')"#,
+            "Prospect",
+            "INSERT",
+        ),
+        (
+            r#"UPDATE "Prospect" SET "firstName" = 'Ann'"#,
+            "Prospect",
+            "UPDATE",
+        ),
+        (r#"DELETE FROM "Prospect""#, "Prospect", "DELETE"),
+        (r#"TRUNCATE "Prospect""#, "Prospect", "TRUNCATE"),
+        (r#"DELETE FROM "Company""#, "Company", "DELETE"),
+        (r#"TRUNCATE "Prospect", "Company""#, "Prospect", "TRUNCATE"),
+    ];
+    for (sql, table, operation) in writes {
+        db.execute(sql).await;
+        let payload = next_notification(&mut listener).await;
+        assert_eq!(
+            payload,
+            serde_json::json!({ "table": table, "operation": operation }),
+            "after {sql}"
+        );
+    }
+    // The last TRUNCATE named both tables: the second notification is for "Company".
+    let payload = next_notification(&mut listener).await;
+    assert_eq!(
+        payload,
+        serde_json::json!({ "table": "Company", "operation": "TRUNCATE" })
+    );
+}
+
+#[tokio::test]
+async fn views_need_refresh_until_refreshed_and_again_after_a_write() {
+    let db = TestDb::new().await;
+    let needing = || async {
+        sqlx::query_scalar!(r#"SELECT v AS "v!" FROM views_needing_refresh() v ORDER BY v"#)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(needing().await.len(), 3, "never refreshed");
+    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
+        .await
+        .unwrap();
+    assert!(needing().await.is_empty());
+    db.execute(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
+        .await;
+    assert_eq!(
+        needing().await,
+        vec![
+            "company_prospect_view",
+            "company_summary_view",
+            "prospect_search_view"
+        ]
+    );
+    refresh_all(&db.pool, RefreshTrigger::Catchup, &quick_refresh_settings())
+        .await
+        .unwrap();
+    assert!(needing().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_it_began_before() {
+    let db = TestDb::new().await;
+    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
+        .await
+        .unwrap();
+
+    // A writer inserts, and is still open while the refresh takes its snapshot...
+    let mut writer = db.connection().await;
+    let mut writing = writer.begin().await.unwrap();
+    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_slow', 'Slow Writer')"#)
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    refresh_all(
+        &db.pool,
+        RefreshTrigger::Schedule,
+        &quick_refresh_settings(),
+    )
+    .await
+    .unwrap();
+    // ...then commits: the refreshed views do not contain its row, and the change record knows it.
+    writing.commit().await.unwrap();
+
+    let in_view = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_slow'"#
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(in_view, 0);
+    let needing = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        needing, 3,
+        "a timestamp comparison would miss this write; the snapshot comparison does not"
+    );
+}
+
+#[tokio::test]
+async fn the_change_record_keeps_one_row_per_transaction_and_table_and_is_pruned_after_refresh() {
+    let db = TestDb::new().await;
+    let mut conn = db.connection().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for i in 0..50 {
+        sqlx::query!(
+            r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ($1, 'c1')"#,
+            format!("p{i}")
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let changes = sqlx::query!(
+        r#"SELECT table_name, count(*) AS "n!" FROM base_table_changes GROUP BY 1 ORDER BY 1"#
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let changes: Vec<(String, i64)> = changes.into_iter().map(|r| (r.table_name, r.n)).collect();
+    assert_eq!(
+        changes,
+        vec![("Company".to_owned(), 1), ("Prospect".to_owned(), 1)]
+    );
+
+    refresh_all(&db.pool, RefreshTrigger::Notify, &quick_refresh_settings())
+        .await
+        .unwrap();
+    let left = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM base_table_changes"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every view has seen these changes");
+}
