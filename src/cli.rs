@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DatabaseConfig, RefreshSettings};
+use crate::config::{DatabaseConfig, RefreshSettings, ServeConfig};
 use crate::telemetry::LogFormat;
 use crate::views::ViewName;
 
@@ -33,12 +33,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API (migrating the database first; populating empty views in the background).
+    Serve(ServeArgs),
     /// Create the database if it is missing and apply all pending migrations.
     Migrate(MigrateArgs),
     /// Refresh the materialized views now (all, or one) and print what was done.
     Refresh(RefreshArgs),
     /// Fill the base tables with deterministic demo data (generated inside PostgreSQL).
     Seed(SeedArgs),
+    /// Print the OpenAPI document of the HTTP API (what openapi/openapi.json holds).
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ServeConfig,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::cli::{MigrateArgs, RefreshArgs, SeedArgs};
+use crate::cli::{MigrateArgs, RefreshArgs, SeedArgs, ServeArgs};
 use crate::config::DatabaseConfig;
 use crate::db;
 use crate::refresh::{self, RefreshReport, RefreshStatus, RefreshTrigger};
@@ -116,4 +116,39 @@ fn describe(report: &RefreshReport) -> String {
             report.error.as_deref().unwrap_or("unknown error")
         ),
     }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let app = crate::startup::Application::build(&args.config).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received: finishing requests in flight");
+}
+
+pub fn openapi() -> anyhow::Result<()> {
+    println!("{}", crate::http::openapi_spec().to_pretty_json()?);
+    Ok(())
 }

@@ -104,6 +104,58 @@ impl Default for RefreshSettings {
     }
 }
 
+/// Everything `prospect-api serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// A PostgreSQL streaming replica for read queries; the primary (DATABASE_URL) when unset. The
+    /// refresh log is replicated with the views, so freshness headers stay correct on a replica.
+    #[arg(long, env = "READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<DatabaseUrl>,
+
+    /// Address and port to listen on.
+    #[arg(long = "bind", env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: std::net::SocketAddr,
+
+    /// statement_timeout of read queries: a query running longer is cancelled (503).
+    #[arg(long, env = "READ_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub read_statement_timeout: Duration,
+
+    /// The longest a request may take before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Comma-separated origins allowed to call the API from a browser (CORS). Unset: CORS stays closed.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+
+    /// Data older than this is served with `X-Data-Stale: true`.
+    #[arg(long, env = "STALE_AFTER", default_value = "30m", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// Seed demo data when the base tables are empty (for trying the API out).
+    #[arg(long)]
+    pub demo: bool,
+
+    #[command(flatten)]
+    pub refresh: RefreshSettings,
+}
+
+fn parse_origin(text: &str) -> Result<axum::http::HeaderValue, String> {
+    let origin = text.trim();
+    let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+        && !origin[8..].contains('/');
+    if !valid {
+        return Err(format!(
+            "'{origin}' is not an origin like https://app.example.com"
+        ));
+    }
+    axum::http::HeaderValue::from_str(origin)
+        .map_err(|_| format!("'{origin}' is not a valid origin"))
+}
+
 /// Parses durations such as `500ms`, `10s`, `15m`, `1h` (and `0` for "off").
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {

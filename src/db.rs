@@ -2,7 +2,10 @@
 
 use sqlx::Postgres;
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
 
@@ -30,4 +33,28 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 /// Applies every migration not yet applied. Safe to run again: applied ones are skipped.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// The pool the API reads through. Its sessions are read-only, cancel statements that run past
+/// `statement_timeout`, and plan every execution with its actual values (`force_custom_plan`): the
+/// list queries use `($n IS NULL OR col = $n)` filters, which only fold away, letting the indexes
+/// serve a sorted first page, in a plan made for the values at hand.
+pub async fn connect_read(
+    config: &DatabaseConfig,
+    url: &DatabaseUrl,
+    statement_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url.expose())?.options([
+        ("default_transaction_read_only", "on".to_owned()),
+        ("plan_cache_mode", "force_custom_plan".to_owned()),
+        (
+            "statement_timeout",
+            crate::config::pg_duration(statement_timeout),
+        ),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
 }

@@ -8,6 +8,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
+        Command::Serve(args) => commands::serve(args).await,
+        Command::Openapi => commands::openapi(),
         Command::Migrate(args) => commands::migrate(args).await,
         Command::Refresh(args) => commands::refresh(args).await,
         Command::Seed(args) => commands::seed(args).await,

@@ -3,4 +3,6 @@
 
 mod refresher;
 
-pub use refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_all, refresh_view};
+pub use refresher::{
+    RefreshReport, RefreshStatus, RefreshTrigger, populate_unpopulated, refresh_all, refresh_view,
+};

@@ -1,5 +1,10 @@
 //! The read side: the three materialized views, and one module per view with its queries.
 
+pub mod company_prospects;
+pub mod company_summaries;
+pub mod freshness;
+pub mod prospect_search;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -67,4 +72,11 @@ impl FromStr for ViewName {
             .find(|view| view.as_str() == s)
             .ok_or_else(|| UnknownView(s.to_owned()))
     }
+}
+
+/// The row count at the top of an `EXPLAIN (FORMAT JSON)` plan.
+fn planned_rows(plan: &serde_json::Value) -> i64 {
+    plan.pointer("/0/Plan/Plan Rows")
+        .and_then(serde_json::Value::as_f64)
+        .map_or(0, |rows| rows.round() as i64)
 }

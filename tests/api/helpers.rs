@@ -7,7 +7,8 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use prospect_api::config::{DatabaseUrl, RefreshSettings};
+use prospect_api::config::{DatabaseConfig, DatabaseUrl, RefreshSettings, ServeConfig};
+use prospect_api::startup::Application;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
@@ -90,6 +91,15 @@ impl TestDb {
         TestDb { pool, name, url }
     }
 
+    /// A configuration pointing at this database, as the binary would build it.
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            database_url: self.url.parse().unwrap(),
+            pool_size: 8,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     /// A separate connection, for holding locks or transactions open beside the pool.
     pub async fn connection(&self) -> PgConnection {
         PgConnection::connect(&self.url)
@@ -160,4 +170,118 @@ pub fn quick_refresh_settings() -> RefreshSettings {
         refresh_statement_timeout: std::time::Duration::from_secs(60),
         refresh_work_mem: "64MB".to_owned(),
     }
+}
+
+/// The real server, on a random port, over a test database.
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub fn serve_config(db: &TestDb) -> ServeConfig {
+    ServeConfig {
+        database: db.config(),
+        read_database_url: None,
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        read_statement_timeout: std::time::Duration::from_secs(5),
+        request_timeout: std::time::Duration::from_secs(10),
+        cors_origins: vec![],
+        stale_after: std::time::Duration::from_secs(1800),
+        demo: false,
+        refresh: quick_refresh_settings(),
+    }
+}
+
+/// Starts the server over `db` with `config` (see `serve_config`), without waiting for readiness.
+pub async fn spawn_app_with(db: TestDb, config: ServeConfig) -> TestApp {
+    let app = Application::build(&config)
+        .await
+        .expect("the application builds");
+    let address = format!("http://{}", app.address());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        db,
+        client: reqwest::Client::new(),
+        shutdown: Some(shutdown),
+    }
+}
+
+/// A ready server (views populated) over a database holding the formatting fixture.
+pub async fn spawn_app() -> TestApp {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    let config = serve_config(&db);
+    let app = spawn_app_with(db, config).await;
+    app.wait_until_ready().await;
+    app
+}
+
+impl TestApp {
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{}", self.address, path_and_query))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn wait_until_ready(&self) {
+        for _ in 0..200 {
+            if self.get("/readyz").await.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready within 10 s");
+    }
+}
+
+/// The JSON body of a response, checking its status and its Content-Type (problem+json for errors).
+pub async fn json(response: reqwest::Response, expected_status: u16) -> serde_json::Value {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.text().await.unwrap();
+    assert_eq!(status.as_u16(), expected_status, "body: {body}");
+    let expected_type = if expected_status < 400 {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    assert_eq!(content_type.as_deref(), Some(expected_type), "body: {body}");
+    serde_json::from_str(&body).expect("the body is JSON")
+}
+
+/// The names of the parameters a 400 problem body rejects.
+pub async fn rejected_params(response: reqwest::Response) -> Vec<String> {
+    let body = json(response, 400).await;
+    assert_eq!(body["status"], 400);
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body["invalid_params"]
+        .as_array()
+        .expect("invalid_params")
+        .iter()
+        .map(|p| {
+            assert!(!p["reason"].as_str().unwrap().is_empty());
+            p["name"].as_str().unwrap().to_owned()
+        })
+        .collect()
 }

@@ -2,6 +2,10 @@
 
 mod cli;
 mod helpers;
+mod http_companies_and_search;
+mod http_errors;
+mod http_freshness;
+mod http_prospects;
 mod migrations;
 mod refresh;
 mod schema;

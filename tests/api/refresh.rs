@@ -58,7 +58,7 @@ async fn a_refresh_logs_a_snapshot_time_that_covers_everything_committed_before_
         .await
         .unwrap();
     assert_eq!(log.row_count, Some(rows));
-    assert_eq!(rows, 12, "11 prospects plus the company without prospects");
+    assert_eq!(rows, 13, "12 prospects plus the company without prospects");
     assert!(log.duration_ms.unwrap() >= 0);
 }
 

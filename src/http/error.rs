@@ -1,0 +1,201 @@
+//! The one error type of the HTTP layer, rendered as RFC 9457 problem details
+//! (`application/problem+json`). Internal causes are logged, never sent to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::views::ViewName;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One rejected query parameter (or body field) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct InvalidParam {
+    pub name: String,
+    pub reason: String,
+}
+
+impl InvalidParam {
+    pub fn new(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidParam {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI identifying the kind of problem (`about:blank` when the status says it all).
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For bad input: each offending parameter and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid_params: Vec<InvalidParam>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid parameters")]
+    InvalidParams(Vec<InvalidParam>),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("route not found")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("view {0} is not populated")]
+    NotPopulated(ViewName),
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    #[error("query timed out")]
+    QueryTimeout,
+    #[error("internal error: {0}")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> ApiError {
+        ApiError::InvalidParams(vec![InvalidParam::new(name, reason)])
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidParams(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotPopulated(_)
+            | ApiError::DatabaseUnavailable(_)
+            | ApiError::QueryTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let status = self.status();
+        let (problem_type, detail, invalid_params) = match self {
+            ApiError::InvalidParams(params) => (
+                "urn:prospect-api:problem:invalid-parameters",
+                format!(
+                    "{} invalid: {}",
+                    if params.len() == 1 { "1 parameter is" } else { "some parameters are" },
+                    params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                params.clone(),
+            ),
+            ApiError::NotFound(what) => ("about:blank", what.clone(), vec![]),
+            ApiError::NoRoute => ("about:blank", "There is no such endpoint; see /openapi.json or /docs.".into(), vec![]),
+            ApiError::MethodNotAllowed => ("about:blank", "This endpoint does not accept that method.".into(), vec![]),
+            ApiError::NotPopulated(view) => (
+                "urn:prospect-api:problem:view-not-populated",
+                format!(
+                    "The materialized view {view} has never been populated, so there is no data to serve yet. \
+                     Its first refresh runs at startup; an admin can also run `prospect-api refresh`."
+                ),
+                vec![],
+            ),
+            ApiError::DatabaseUnavailable(_) => (
+                "urn:prospect-api:problem:database-unavailable",
+                "The database is not reachable right now. Retry shortly.".into(),
+                vec![],
+            ),
+            ApiError::QueryTimeout => (
+                "urn:prospect-api:problem:query-timeout",
+                "The query took longer than the server allows. Narrow the filters or retry shortly.".into(),
+                vec![],
+            ),
+            ApiError::Internal(_) => (
+                "about:blank",
+                "The server failed to handle this request. It has been logged with its request id.".into(),
+                vec![],
+            ),
+        };
+        Problem {
+            problem_type: problem_type.to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            invalid_params,
+        }
+    }
+}
+
+/// Sorts database errors into what the client should hear: unavailable, timed out, or internal.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed => ApiError::DatabaseUnavailable(error),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // query_canceled (statement_timeout)
+                Some("57014") => ApiError::QueryTimeout,
+                // admin_shutdown, crash_shutdown, cannot_connect_now, connection failures
+                Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006") => {
+                    ApiError::DatabaseUnavailable(error)
+                }
+                _ => ApiError::Internal(error.into()),
+            },
+            _ => ApiError::Internal(error.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            ApiError::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable")
+            }
+            ApiError::QueryTimeout => tracing::warn!("query hit statement_timeout"),
+            _ => {}
+        }
+        let retry_after = matches!(self.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let mut response = problem_response(&self.problem());
+        if retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).expect("a problem always serializes");
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        body,
+    )
+        .into_response()
+}
+
+/// The generic problem for a status produced outside our handlers (timeouts, body limits, ...).
+pub fn generic_problem(status: StatusCode) -> Problem {
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than the server accepts.",
+        StatusCode::SERVICE_UNAVAILABLE => "The server could not answer in time. Retry shortly.",
+        StatusCode::REQUEST_TIMEOUT => "The request took too long.",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "The request headers are too large.",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Send the request body as application/json.",
+        _ if status.is_server_error() => "The server failed to handle this request.",
+        _ => "The request could not be handled.",
+    };
+    Problem {
+        problem_type: "about:blank".to_owned(),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        invalid_params: vec![],
+    }
+}

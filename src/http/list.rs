@@ -1,0 +1,133 @@
+//! What every list endpoint does the same way: verify the cursor, pass the freshness gate, fetch one
+//! page (one row more than asked, to know whether another follows), count when asked, and answer
+//! with `{data, next_cursor, total}`, a `Link: <…>; rel="next"` header and the freshness headers.
+
+use std::future::Future;
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::ApiError;
+use super::freshness::{Gate, gate};
+use super::params::{CountMode, PageParams};
+use crate::views::ViewName;
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// Pass as `cursor` (with the same filters and sort) for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+    /// With `count=exact`: how many rows match, over all pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    /// With `count=estimated`: the query planner's estimate of `total` (instant, approximate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_total: Option<i64>,
+}
+
+/// One list endpoint's query: its view, its rows, its sort key.
+pub trait Listing: Send + Sync {
+    type Row: Serialize + Send;
+    type Key: Serialize + DeserializeOwned + Send + Sync;
+
+    fn view(&self) -> ViewName;
+    /// Endpoint, sort and filters: what a cursor is valid for.
+    fn scope(&self) -> String;
+    fn key_of(&self, row: &Self::Row) -> Self::Key;
+    fn fetch(
+        &self,
+        pool: &PgPool,
+        after: Option<&Self::Key>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+    fn count_exact(&self, pool: &PgPool) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+    fn count_estimate(
+        &self,
+        pool: &PgPool,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+}
+
+pub async fn list<L: Listing>(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    uri: &Uri,
+    listing: L,
+    page: PageParams,
+) -> Result<Response, ApiError> {
+    let scope = listing.scope();
+    let after: Option<L::Key> = match &page.cursor {
+        Some(cursor) => Some(
+            state
+                .cursors
+                .verify(&scope, cursor)
+                .map_err(|e| ApiError::invalid("cursor", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let exact_query = format!(
+        "{scope}|limit={}|count={:?}|cursor={}",
+        page.limit,
+        page.count,
+        page.cursor.as_deref().unwrap_or("")
+    );
+    let fresh = match gate(state, listing.view(), &exact_query, request_headers).await? {
+        Gate::NotModified(response) => return Ok(response),
+        Gate::Serve(fresh) => fresh,
+    };
+
+    let mut rows = listing
+        .fetch(&state.read_pool, after.as_ref(), page.limit)
+        .await?;
+    let next_cursor = if rows.len() as i64 > page.limit {
+        rows.truncate(page.limit as usize);
+        rows.last()
+            .map(|row| state.cursors.sign(&scope, &listing.key_of(row)))
+    } else {
+        None
+    };
+    let (total, estimated_total) = match page.count {
+        CountMode::None => (None, None),
+        CountMode::Exact => (Some(listing.count_exact(&state.read_pool).await?), None),
+        CountMode::Estimated => (None, Some(listing.count_estimate(&state.read_pool).await?)),
+    };
+
+    let link = next_cursor
+        .as_deref()
+        .and_then(|cursor| next_link(uri, cursor));
+    let mut response = Json(Page {
+        data: rows,
+        next_cursor,
+        total,
+        estimated_total,
+    })
+    .into_response();
+    if let Some(link) = link {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(fresh.apply(response))
+}
+
+/// The same request with `cursor` replaced: `<path?query&cursor=…>; rel="next"`.
+fn next_link(uri: &Uri, cursor: &str) -> Option<HeaderValue> {
+    let mut query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty() && *pair != "cursor" && !pair.starts_with("cursor="))
+        .collect();
+    let cursor_pair = format!("cursor={cursor}");
+    query.push(&cursor_pair);
+    HeaderValue::from_str(&format!(
+        "<{}?{}>; rel=\"next\"",
+        uri.path(),
+        query.join("&")
+    ))
+    .ok()
+}

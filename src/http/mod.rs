@@ -1,0 +1,212 @@
+//! Everything HTTP: one module per resource (each exposing `router()`), the error type, the strict
+//! parameter parsing, the freshness gate, and the middleware stack assembled here.
+
+mod companies;
+pub mod cursor;
+pub mod error;
+mod freshness;
+mod health;
+mod list;
+pub mod params;
+mod prospects;
+mod search;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::map_response;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_scalar::{Scalar, Servable};
+
+pub use freshness::{X_DATA_AGE, X_DATA_REFRESHED_AT, X_DATA_STALE};
+
+use self::cursor::CursorSigner;
+use self::error::{
+    ApiError, InvalidParam, PROBLEM_JSON, Problem, generic_problem, problem_response,
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Read-only, `plan_cache_mode = force_custom_plan`, with a statement timeout; may be a replica.
+    pub read_pool: PgPool,
+    /// The primary, for refreshes and the refresh log.
+    pub pool: PgPool,
+    pub cursors: CursorSigner,
+    /// Data older than this is served with `X-Data-Stale: true`.
+    pub stale_after_secs: u64,
+}
+
+pub struct HttpSettings {
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty keeps CORS closed.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "prospect-api",
+        description = "Company and prospect data served from PostgreSQL materialized views. Every data \
+                       response says how fresh it is: X-Data-Age (seconds since the snapshot), \
+                       X-Data-Refreshed-At, X-Data-Stale, and an ETag for conditional requests. Errors are \
+                       application/problem+json (RFC 9457) naming each invalid parameter."
+    ),
+    tags(
+        (name = "prospects", description = "Prospects with their company"),
+        (name = "companies", description = "Companies with prospect counts"),
+        (name = "search", description = "Substring search over prospects"),
+        (name = "health", description = "Liveness and readiness"),
+    ),
+    components(schemas(Problem, InvalidParam))
+)]
+struct ApiDoc;
+
+/// The documented routes and the OpenAPI document describing exactly them.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(prospects::router())
+        .merge(companies::router())
+        .merge(search::router())
+        .merge(health::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI document (what `/openapi.json` serves and `openapi/openapi.json` holds).
+pub fn openapi_spec() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let (api, spec) = api();
+    let spec_json = spec
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    let cors = (!settings.cors_origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(settings.cors_origins.clone()))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+            ])
+            .expose_headers([
+                X_DATA_AGE,
+                X_DATA_REFRESHED_AT,
+                X_DATA_STALE,
+                header::ETAG,
+                header::LINK,
+                X_REQUEST_ID,
+            ])
+    });
+    // Outermost first: request id, tracing, problem bodies for every error, then the timeout.
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    |response: &Response, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            latency_ms = latency.as_millis() as u64,
+                            "response"
+                        );
+                    },
+                ),
+        )
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(map_response(ensure_problem_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ))
+        .layer(CompressionLayer::new())
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .option_layer(cors);
+    api.route(
+        "/openapi.json",
+        get(move || async move {
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                spec_json.clone(),
+            )
+        }),
+    )
+    .merge(Scalar::with_url("/docs", spec))
+    .fallback(|| async { ApiError::NoRoute })
+    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .layer(middleware)
+    .with_state(state)
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A span per request with low-cardinality fields: the route template, never the raw URI (query
+/// strings can hold contact data such as an email filter).
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), route, request_id)
+}
+
+/// Every 4xx and 5xx leaves as problem+json, including those produced outside our handlers (axum's
+/// own rejections, timeouts, body limits). Headers such as `Allow` and `Retry-After` are kept.
+async fn ensure_problem_body<B>(response: axum::http::Response<B>) -> Response
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !is_error || is_problem {
+        return response.map(axum::body::Body::new);
+    }
+    let mut replacement = problem_response(&generic_problem(status));
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE
+            && name != header::CONTENT_LENGTH
+            && name != header::CONTENT_ENCODING
+        {
+            replacement
+                .headers_mut()
+                .insert(name.clone(), value.clone());
+        }
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        && !replacement.headers().contains_key(header::RETRY_AFTER)
+    {
+        replacement
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    replacement.into_response()
+}

@@ -1,0 +1,369 @@
+//! Strict query-string parsing. Raw strings become typed values here, once, at the edge: every
+//! problem (malformed value, repeated single-valued parameter, unknown name) is collected and reported
+//! together, each naming its parameter; the rest of the code never sees a raw string.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use percent_encoding::percent_decode_str;
+
+use super::error::{ApiError, InvalidParam};
+
+const MAX_PAIRS: usize = 100;
+const MAX_VALUE_CHARS: usize = 200;
+const MAX_REPEATS: usize = 50;
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 500;
+
+/// The query string of one request, consumed parameter by parameter.
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+    errors: Vec<InvalidParam>,
+}
+
+impl QueryParams {
+    pub fn parse(raw: Option<&str>) -> Result<QueryParams, ApiError> {
+        let mut pairs = Vec::new();
+        let mut errors = Vec::new();
+        for piece in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            match (decode(name), decode(value)) {
+                (Ok(name), Ok(value)) => pairs.push((name, value)),
+                (Ok(name), Err(reason)) => errors.push(InvalidParam::new(name, reason)),
+                (Err(reason), _) => errors.push(InvalidParam::new(
+                    "(query string)",
+                    format!("a parameter name {reason}"),
+                )),
+            }
+        }
+        if pairs.len() > MAX_PAIRS {
+            return Err(ApiError::invalid(
+                "(query string)",
+                format!("at most {MAX_PAIRS} parameters are accepted"),
+            ));
+        }
+        Ok(QueryParams { pairs, errors })
+    }
+
+    fn take(&mut self, name: &str) -> Vec<String> {
+        let mut taken = Vec::new();
+        self.pairs.retain(|(n, v)| {
+            if n == name {
+                taken.push(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        taken
+    }
+
+    /// Whether the parameter was given at all (even empty).
+    pub fn contains(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn reject(&mut self, name: &str, reason: impl Into<String>) {
+        self.errors.push(InvalidParam::new(name, reason));
+    }
+
+    /// A single-valued text parameter.
+    pub fn one(&mut self, name: &str) -> Option<String> {
+        let mut values = self.take(name);
+        if values.len() > 1 {
+            self.reject(
+                name,
+                format!("given {} times; give it at most once", values.len()),
+            );
+            return None;
+        }
+        let value = values.pop()?;
+        self.checked_value(name, value)
+    }
+
+    /// A repeatable parameter (`industry=A&industry=B`): any of the values. Sorted and de-duplicated,
+    /// since the order of alternatives means nothing.
+    pub fn many(&mut self, name: &str) -> Vec<String> {
+        let values = self.take(name);
+        if values.len() > MAX_REPEATS {
+            self.reject(
+                name,
+                format!(
+                    "given {} times; at most {MAX_REPEATS} values are accepted",
+                    values.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut values: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| self.checked_value(name, v))
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    /// A single-valued parameter parsed into `T`; `expected` describes a valid value.
+    pub fn parsed<T: FromStr>(&mut self, name: &str, expected: &str) -> Option<T> {
+        let text = self.one(name)?;
+        match text.parse() {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.reject(name, format!("'{}' is not {expected}", shorten(&text)));
+                None
+            }
+        }
+    }
+
+    pub fn timestamp(&mut self, name: &str) -> Option<DateTime<Utc>> {
+        let text = self.one(name)?;
+        match DateTime::parse_from_rfc3339(&text) {
+            Ok(at) => Some(at.with_timezone(&Utc)),
+            Err(_) => {
+                self.reject(
+                    name,
+                    format!(
+                        "'{}' is not an RFC 3339 timestamp like 2024-05-01T00:00:00Z",
+                        shorten(&text)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn checked_value(&mut self, name: &str, value: String) -> Option<String> {
+        if value.is_empty() {
+            self.reject(name, "must not be empty");
+            None
+        } else if value.chars().count() > MAX_VALUE_CHARS {
+            self.reject(name, format!("longer than {MAX_VALUE_CHARS} characters"));
+            None
+        } else {
+            Some(value)
+        }
+    }
+
+    /// Ends parsing: every parameter left over is unknown to this endpoint. Returns all problems.
+    pub fn finish(mut self, known: &[&str]) -> Result<(), ApiError> {
+        let mut unknown: Vec<String> = self.pairs.drain(..).map(|(name, _)| name).collect();
+        unknown.sort();
+        unknown.dedup();
+        for name in unknown {
+            let reason = match closest(&name, known) {
+                Some(guess) => format!("unknown parameter; did you mean '{guess}'?"),
+                None => format!(
+                    "unknown parameter; this endpoint accepts {}",
+                    known.join(", ")
+                ),
+            };
+            self.errors.push(InvalidParam::new(shorten(&name), reason));
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidParams(self.errors))
+        }
+    }
+}
+
+/// Percent-decodes one component of an `application/x-www-form-urlencoded` query.
+fn decode(component: &str) -> Result<String, String> {
+    let with_spaces = component.replace('+', " ");
+    // A stray `%` that starts no escape stays as it is, as browsers do; only bytes that are not
+    // UTF-8 are an error.
+    let bytes: Vec<u8> = percent_decode_str(&with_spaces).collect();
+    String::from_utf8(bytes).map_err(|_| "is not valid UTF-8 once percent-decoded".to_owned())
+}
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= 40 {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    }
+}
+
+/// The known name within two edits of `name`, if any (for "did you mean").
+fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// `count=exact|estimated`: whether to add a total to a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountMode {
+    None,
+    Exact,
+    Estimated,
+}
+
+/// What every list endpoint accepts besides its filters.
+#[derive(Debug, Clone)]
+pub struct PageParams {
+    pub limit: i64,
+    pub cursor: Option<String>,
+    pub count: CountMode,
+}
+
+pub const PAGE_PARAMS: [&str; 3] = ["limit", "cursor", "count"];
+
+impl PageParams {
+    pub fn parse(params: &mut QueryParams) -> PageParams {
+        let limit =
+            match params.parsed::<i64>("limit", &format!("a whole number from 1 to {MAX_LIMIT}")) {
+                Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
+                Some(limit) => {
+                    params.reject(
+                        "limit",
+                        format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
+                    );
+                    DEFAULT_LIMIT
+                }
+                None => DEFAULT_LIMIT,
+            };
+        let count = match params.one("count").as_deref() {
+            None => CountMode::None,
+            Some("exact") => CountMode::Exact,
+            Some("estimated") => CountMode::Estimated,
+            Some(other) => {
+                params.reject(
+                    "count",
+                    format!("'{}' is not one of: exact, estimated", shorten(other)),
+                );
+                CountMode::None
+            }
+        };
+        PageParams {
+            limit,
+            cursor: params.one("cursor"),
+            count,
+        }
+    }
+}
+
+/// Checks that `min <= max` when both are given.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    params: &mut QueryParams,
+    (min_name, min): (&str, Option<T>),
+    max_name: &str,
+    max: Option<T>,
+) {
+    if let (Some(min), Some(max)) = (&min, &max)
+        && min > max
+    {
+        params.reject(max_name, format!("{max} is below {min_name} ({min})"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(result: Result<(), ApiError>) -> Vec<(String, String)> {
+        match result {
+            Err(ApiError::InvalidParams(list)) => {
+                list.into_iter().map(|p| (p.name, p.reason)).collect()
+            }
+            other => panic!("expected invalid params, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_typo_is_named_with_a_suggestion() {
+        let mut params = QueryParams::parse(Some("industy=Software")).unwrap();
+        assert_eq!(params.many("industry"), Vec::<String>::new());
+        let errors = invalid(params.finish(&["industry", "limit"]));
+        assert_eq!(
+            errors,
+            vec![(
+                "industy".into(),
+                "unknown parameter; did you mean 'industry'?".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut params =
+            QueryParams::parse(Some("limit=abc&count=maybe&domain=a&domain=b&x=1")).unwrap();
+        let _ = PageParams::parse(&mut params);
+        let _ = params.one("domain");
+        let names: Vec<String> = invalid(params.finish(&["limit", "count", "domain"]))
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(names, vec!["limit", "count", "domain", "x"]);
+    }
+
+    #[test]
+    fn values_are_percent_decoded_and_plus_is_a_space() {
+        let mut params =
+            QueryParams::parse(Some("q=ada+love%20lace&industry=Food+%26+Beverage")).unwrap();
+        assert_eq!(params.one("q").as_deref(), Some("ada love lace"));
+        assert_eq!(params.many("industry"), vec!["Food & Beverage"]);
+        params.finish(&["q", "industry"]).unwrap();
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected_naming_the_parameter() {
+        let params = QueryParams::parse(Some("q=%FF%FE")).unwrap();
+        let errors = invalid(params.finish(&["q"]));
+        assert_eq!(errors[0].0, "q");
+        assert!(errors[0].1.contains("UTF-8"));
+    }
+
+    #[test]
+    fn limits_outside_the_range_are_rejected_not_clamped() {
+        for (raw, ok) in [
+            ("limit=1", true),
+            ("limit=500", true),
+            ("limit=0", false),
+            ("limit=501", false),
+            ("limit=-3", false),
+            ("limit=99999999999999999999", false),
+        ] {
+            let mut params = QueryParams::parse(Some(raw)).unwrap();
+            PageParams::parse(&mut params);
+            assert_eq!(params.finish(&PAGE_PARAMS).is_ok(), ok, "{raw}");
+        }
+    }
+
+    #[test]
+    fn empty_and_overlong_values_are_rejected() {
+        let long = "a".repeat(MAX_VALUE_CHARS + 1);
+        let raw = format!("domain=&email={long}");
+        let mut params = QueryParams::parse(Some(&raw)).unwrap();
+        assert_eq!(params.one("domain"), None);
+        assert_eq!(params.one("email"), None);
+        let errors = invalid(params.finish(&["domain", "email"]));
+        assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn repeated_values_are_sorted_and_deduplicated() {
+        let mut params = QueryParams::parse(Some("industry=B&industry=A&industry=B")).unwrap();
+        assert_eq!(params.many("industry"), vec!["A", "B"]);
+    }
+}

@@ -1,0 +1,171 @@
+//! `GET /search?q=`: prospects whose name, email, job title, company or industry contain every term.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use sqlx::PgPool;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::list::{Listing, Page, list};
+use super::params::{PAGE_PARAMS, PageParams, QueryParams};
+use crate::views::ViewName;
+use crate::views::prospect_search::{
+    self, MAX_TERMS, MIN_TERM_CHARS, SearchFilters, SearchKey, SearchRow,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(search))
+}
+
+/// The parameters of `GET /search` (documentation; parsing is `parse_filters`).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SearchQuery {
+    /// Whitespace-separated terms (1 to 5, each at least 3 characters); every term must occur,
+    /// case-insensitively, in the prospect's name, email, job title, company name or industry.
+    /// `%`, `_` and `\` are ordinary characters.
+    q: String,
+    /// Company industry; repeatable.
+    industry: Option<Vec<String>>,
+    company_country: Option<String>,
+    /// Prospect department; repeatable.
+    department: Option<Vec<String>>,
+    /// Rows per page, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `exact` adds `total`; `estimated` adds `estimated_total`.
+    count: Option<String>,
+}
+
+fn known_params() -> Vec<&'static str> {
+    ["q", "industry", "company_country", "department"]
+        .into_iter()
+        .chain(PAGE_PARAMS)
+        .collect()
+}
+
+fn parse_filters(params: &mut QueryParams) -> SearchFilters {
+    if !params.contains("q") {
+        params.reject("q", "is required: the terms to search for");
+    }
+    let terms = match params.one("q") {
+        None => vec![],
+        Some(q) => {
+            let terms: Vec<String> = q.split_whitespace().map(str::to_owned).collect();
+            if let Some(reason) = term_problem(&terms) {
+                params.reject("q", reason);
+            }
+            terms
+        }
+    };
+    SearchFilters {
+        terms,
+        industries: params.many("industry"),
+        company_country: params.one("company_country"),
+        departments: params.many("department"),
+    }
+}
+
+/// Why these terms cannot be searched for, if they cannot.
+fn term_problem(terms: &[String]) -> Option<String> {
+    if terms.is_empty() {
+        return Some("contains no terms".to_owned());
+    }
+    if terms.len() > MAX_TERMS {
+        return Some(format!(
+            "{} terms given; at most {MAX_TERMS} are accepted",
+            terms.len()
+        ));
+    }
+    terms.iter().find(|t| t.chars().count() < MIN_TERM_CHARS).map(|short| {
+        format!("the term '{short}' is shorter than {MIN_TERM_CHARS} characters: too short to use the search index")
+    })
+}
+
+struct SearchListing {
+    filters: SearchFilters,
+}
+
+impl Listing for SearchListing {
+    type Row = SearchRow;
+    type Key = SearchKey;
+
+    fn view(&self) -> ViewName {
+        ViewName::ProspectSearchView
+    }
+
+    fn scope(&self) -> String {
+        format!(
+            "/search|{}",
+            serde_json::to_string(&self.filters).expect("filters serialize")
+        )
+    }
+
+    fn key_of(&self, row: &SearchRow) -> SearchKey {
+        SearchKey::of(row)
+    }
+
+    async fn fetch(
+        &self,
+        pool: &PgPool,
+        after: Option<&SearchKey>,
+        limit: i64,
+    ) -> Result<Vec<SearchRow>, sqlx::Error> {
+        prospect_search::page(pool, &self.filters, after, limit).await
+    }
+
+    async fn count_exact(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        prospect_search::count_exact(pool, &self.filters).await
+    }
+
+    async fn count_estimate(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        prospect_search::count_estimate(pool, &self.filters).await
+    }
+}
+
+/// Substring search over prospects; results in company name, last name, first name order.
+#[utoipa::path(
+    get, path = "/search", tag = "search",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "One page of matches (freshness headers as on /prospects)", body = Page<SearchRow>),
+        (status = 304, description = "Not modified since the ETag in If-None-Match"),
+        (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn search(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let filters = parse_filters(&mut params);
+    let page = PageParams::parse(&mut params);
+    params.finish(&known_params())?;
+    list(&state, &headers, &uri, SearchListing { filters }, page).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_parameters_are_exactly_the_accepted_ones() {
+        let mut documented: Vec<String> = SearchQuery::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let mut accepted: Vec<String> = known_params().into_iter().map(str::to_owned).collect();
+        documented.sort();
+        accepted.sort();
+        assert_eq!(documented, accepted);
+    }
+}

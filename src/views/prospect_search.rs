@@ -1,0 +1,161 @@
+//! Substring search on `prospect_search_view`: `GET /search`.
+//!
+//! Every term must occur in `search_text`; each becomes `search_text LIKE '%term%'` with `%`, `_` and
+//! `\` escaped, which the trigram index answers. Up to `MAX_TERMS` terms, each a fixed parameter slot
+//! (an unused slot is NULL and folds away in the custom plan).
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use super::company_prospects::escape_like;
+
+pub const MAX_TERMS: usize = 5;
+/// Shorter terms have no trigram, so the index could not narrow the search.
+pub const MIN_TERM_CHARS: usize = 3;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SearchRow {
+    pub prospect_id: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub full_name: Option<String>,
+    pub job_title: Option<String>,
+    pub job_title_level: Option<String>,
+    pub department: Option<String>,
+    pub prospect_city: Option<String>,
+    pub prospect_country: Option<String>,
+    pub company_id: String,
+    pub domain: Option<String>,
+    pub company_name: Option<String>,
+    pub industry: Option<String>,
+    pub revenue: Option<i64>,
+    pub company_city: Option<String>,
+    pub company_country: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SearchFilters {
+    /// 1 to MAX_TERMS terms, each at least MIN_TERM_CHARS characters (checked by the HTTP layer).
+    pub terms: Vec<String>,
+    pub industries: Vec<String>,
+    pub company_country: Option<String>,
+    pub departments: Vec<String>,
+}
+
+impl SearchFilters {
+    /// The LIKE pattern for slot `i` (lower-cased in SQL, as `search_text` is).
+    fn pattern(&self, i: usize) -> Option<String> {
+        self.terms
+            .get(i)
+            .map(|term| format!("%{}%", escape_like(term)))
+    }
+}
+
+/// Where the next page starts (results are in company name, last name, first name, id order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchKey {
+    pub company: String,
+    pub last: String,
+    pub first: String,
+    pub id: String,
+}
+
+impl SearchKey {
+    pub fn of(row: &SearchRow) -> SearchKey {
+        SearchKey {
+            company: row.company_name.clone().unwrap_or_default(),
+            last: row.last_name.clone().unwrap_or_default(),
+            first: row.first_name.clone().unwrap_or_default(),
+            id: row.prospect_id.clone(),
+        }
+    }
+}
+
+macro_rules! search_query {
+    (rows: $rest:literal, $filters:expr $(, $extra:expr)* $(,)?) => {
+        search_query!(@run query_as [SearchRow,]
+            "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
+                    job_title_level, department, prospect_city, prospect_country, company_id AS \"company_id!\",
+                    domain, company_name, industry, revenue, company_city, company_country",
+            $rest, $filters $(, $extra)*)
+    };
+    (total: $filters:expr) => {
+        search_query!(@run query_scalar [] "SELECT count(*) AS \"total!\"", "", $filters)
+    };
+    (estimate: $filters:expr) => {
+        search_query!(@run query_scalar [] "EXPLAIN (FORMAT JSON) SELECT 1", "", $filters)
+    };
+    (@run $kind:ident [$($head:tt)*] $select:literal, $rest:literal, $filters:expr $(, $extra:expr)*) => {{
+        let f: &SearchFilters = $filters;
+        let patterns: Vec<Option<String>> = (0..MAX_TERMS).map(|i| f.pattern(i)).collect();
+        let industry = (f.industries.len() == 1).then(|| f.industries[0].as_str());
+        let industries = (f.industries.len() > 1).then_some(f.industries.as_slice());
+        let departments = (!f.departments.is_empty()).then_some(f.departments.as_slice());
+        sqlx::$kind!(
+            $($head)*
+            $select
+                + " FROM prospect_search_view
+                WHERE search_text LIKE lower($1)
+                  AND ($2::text IS NULL OR search_text LIKE lower($2))
+                  AND ($3::text IS NULL OR search_text LIKE lower($3))
+                  AND ($4::text IS NULL OR search_text LIKE lower($4))
+                  AND ($5::text IS NULL OR search_text LIKE lower($5))
+                  AND ($6::text IS NULL OR industry = $6)
+                  AND ($7::text[] IS NULL OR industry = ANY($7))
+                  AND ($8::text IS NULL OR company_country = $8)
+                  AND ($9::text[] IS NULL OR department = ANY($9)) "
+                + $rest,
+            patterns[0].as_deref(),
+            patterns[1].as_deref(),
+            patterns[2].as_deref(),
+            patterns[3].as_deref(),
+            patterns[4].as_deref(),
+            industry,
+            industries,
+            f.company_country.as_deref(),
+            departments,
+            $($extra),*
+        )
+    }};
+}
+
+#[tracing::instrument(skip(pool, filters, after))]
+pub async fn page(
+    pool: &PgPool,
+    filters: &SearchFilters,
+    after: Option<&SearchKey>,
+    limit: i64,
+) -> Result<Vec<SearchRow>, sqlx::Error> {
+    let (company, last, first, id) = match after {
+        Some(key) => (
+            Some(key.company.as_str()),
+            Some(key.last.as_str()),
+            Some(key.first.as_str()),
+            Some(key.id.as_str()),
+        ),
+        None => (None, None, None, None),
+    };
+    search_query!(
+        rows: "AND ($10::text IS NULL OR (COALESCE(company_name, ''), COALESCE(last_name, ''),
+                                         COALESCE(first_name, ''), prospect_id)
+                                        > ($10, $11::text, $12::text, $13::text))
+               ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
+               LIMIT $14",
+        filters, company, last, first, id, limit + 1
+    )
+    .fetch_all(pool)
+    .await
+}
+
+#[tracing::instrument(skip(pool, filters))]
+pub async fn count_exact(pool: &PgPool, filters: &SearchFilters) -> Result<i64, sqlx::Error> {
+    search_query!(total: filters).fetch_one(pool).await
+}
+
+#[tracing::instrument(skip(pool, filters))]
+pub async fn count_estimate(pool: &PgPool, filters: &SearchFilters) -> Result<i64, sqlx::Error> {
+    let plan = search_query!(estimate: filters).fetch_one(pool).await?;
+    Ok(plan.as_ref().map_or(0, super::planned_rows))
+}

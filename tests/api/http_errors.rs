@@ -1,0 +1,126 @@
+//! The edges of the HTTP API: unknown routes, wrong methods, request ids, CORS, docs, the spec.
+
+use crate::helpers::{json, spawn_app};
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
+    let app = spawn_app().await;
+    let missing = json(app.get("/nothing/here").await, 404).await;
+    assert_eq!(missing["status"], 404);
+    let wrong = app
+        .client
+        .delete(format!("{}/prospects", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        wrong
+            .headers()
+            .get("allow")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    let body = json(wrong, 405).await;
+    assert_eq!(body["title"], "Method Not Allowed");
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_or_generated() {
+    let app = spawn_app().await;
+    let given = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+    let generated = app.get("/healthz").await;
+    assert_eq!(generated.headers()["x-request-id"].len(), 36, "a UUID");
+}
+
+#[tokio::test]
+async fn cors_stays_closed_unless_origins_are_configured() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/prospects", app.address))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let db = crate::helpers::TestDb::new().await;
+    let mut config = crate::helpers::serve_config(&db);
+    config.cors_origins = vec!["https://app.example".parse().unwrap()];
+    let open = crate::helpers::spawn_app_with(db, config).await;
+    let allowed = open
+        .client
+        .get(format!("{}/healthz", open.address))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = open
+        .client
+        .get(format!("{}/healthz", open.address))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn the_docs_page_and_the_spec_are_served() {
+    let app = spawn_app().await;
+    let docs = app.get("/docs").await;
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = docs.text().await.unwrap();
+    assert!(
+        page.contains("prospect-api") && page.contains("/prospects"),
+        "the page embeds the spec"
+    );
+    let spec = json(app.get("/openapi.json").await, 200).await;
+    for path in [
+        "/prospects",
+        "/prospects/{prospect_id}",
+        "/companies",
+        "/companies/{company_id}",
+        "/companies/{company_id}/prospects",
+        "/search",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "{path} is documented");
+    }
+}
+
+#[test]
+fn the_committed_openapi_spec_matches_the_code() {
+    let generated = prospect_api::http::openapi_spec().to_pretty_json().unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "openapi/openapi.json is out of date. Regenerate it with:\n\n    cargo run -- openapi > openapi/openapi.json\n"
+    );
+}

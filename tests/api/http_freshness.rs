@@ -1,0 +1,162 @@
+//! Freshness on every data response: X-Data-Age, ETag/304, staleness, 503 before population.
+
+use std::time::Duration;
+
+use prospect_api::refresh::{RefreshTrigger, refresh_view};
+use prospect_api::views::ViewName;
+use sqlx::Connection;
+
+use crate::helpers::{
+    TestDb, json, quick_refresh_settings, serve_config, spawn_app, spawn_app_with,
+};
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_data_endpoint_carries_the_freshness_headers() {
+    let app = spawn_app().await;
+    for path in [
+        "/prospects",
+        "/prospects/p_both",
+        "/companies",
+        "/companies/c_0",
+        "/companies/c_0/prospects",
+        "/search?q=ada",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let age: u64 = header(&response, "x-data-age").parse().unwrap();
+        assert!(age < 60, "{path}: {age}");
+        chrono::DateTime::parse_from_rfc3339(&header(&response, "x-data-refreshed-at")).unwrap();
+        assert_eq!(header(&response, "x-data-stale"), "false");
+        assert!(header(&response, "etag").starts_with('"'));
+        assert_eq!(header(&response, "cache-control"), "private, no-cache");
+        assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    }
+}
+
+#[tokio::test]
+async fn x_data_age_follows_a_refresh_made_by_another_process() {
+    let app = spawn_app().await;
+    // Another process (its own pool) refreshes the view; this server reads the log it wrote.
+    let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let report = refresh_view(
+        &other,
+        ViewName::CompanyProspectView,
+        RefreshTrigger::Schedule,
+        &quick_refresh_settings(),
+    )
+    .await
+    .unwrap();
+    let response = app.get("/prospects").await;
+    let refreshed_at =
+        chrono::DateTime::parse_from_rfc3339(&header(&response, "x-data-refreshed-at")).unwrap();
+    assert_eq!(
+        refreshed_at.timestamp_millis(),
+        report.started_at.timestamp_millis()
+    );
+
+    // Pretend every refresh of the view is two hours older: the age says so, and the data is flagged
+    // stale.
+    sqlx::query!(
+        "UPDATE materialized_view_log SET started_at = started_at - interval '2 hours', finished_at = finished_at - interval '2 hours'
+         WHERE view_name = 'company_prospect_view'"
+    )
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let response = app.get("/prospects").await;
+    let age: u64 = header(&response, "x-data-age").parse().unwrap();
+    assert!((7200..7260).contains(&age), "{age}");
+    assert_eq!(header(&response, "x-data-stale"), "true");
+    // Other views keep their own age.
+    let companies = app.get("/companies").await;
+    assert!(header(&companies, "x-data-age").parse::<u64>().unwrap() < 60);
+}
+
+#[tokio::test]
+async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
+    let app = spawn_app().await;
+    let first = app.get("/prospects?industry=Software").await;
+    let etag = header(&first, "etag");
+    assert_ne!(
+        etag,
+        header(&app.get("/prospects?industry=Retail").await, "etag"),
+        "ETags differ per query"
+    );
+
+    let revalidated = app
+        .client
+        .get(format!("{}/prospects?industry=Software", app.address))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(header(&revalidated, "etag"), etag);
+    assert!(revalidated.headers().contains_key("x-data-age"));
+    assert!(revalidated.bytes().await.unwrap().is_empty());
+
+    refresh_view(
+        &app.db.pool,
+        ViewName::CompanyProspectView,
+        RefreshTrigger::Manual,
+        &quick_refresh_settings(),
+    )
+    .await
+    .unwrap();
+    let after_refresh = app
+        .client
+        .get(format!("{}/prospects?industry=Software", app.address))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after_refresh.status(), 200);
+    assert_ne!(header(&after_refresh, "etag"), etag);
+}
+
+#[tokio::test]
+async fn a_view_never_populated_answers_503_with_retry_after_until_it_is() {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    // Hold the first view's refresh lock, as a long refresh by another process would: the server's
+    // startup population has to wait.
+    let mut holder = db.connection().await;
+    sqlx::query!("SELECT pg_advisory_lock(view_refresh_lock_key('company_prospect_view'))")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    let config = serve_config(&db);
+    let app = spawn_app_with(db, config).await;
+
+    let response = app.get("/prospects").await;
+    assert_eq!(header(&response, "retry-after"), "5");
+    let problem = json(response, 503).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("company_prospect_view"),
+        "{problem}"
+    );
+    assert_eq!(
+        problem["type"],
+        "urn:prospect-api:problem:view-not-populated"
+    );
+    json(app.get("/readyz").await, 503).await;
+
+    holder.close().await.unwrap();
+    app.wait_until_ready().await;
+    json(app.get("/prospects").await, 200).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
