@@ -131,9 +131,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<axum::http::HeaderValue>,
 
-    /// Data older than this is served with `X-Data-Stale: true`.
-    #[arg(long, env = "STALE_AFTER", default_value = "30m", value_parser = parse_duration)]
-    pub stale_after: Duration,
+    /// Data older than this is served with `X-Data-Stale: true`. Default: twice REFRESH_INTERVAL
+    /// (30m when the schedule is off).
+    #[arg(long, env = "STALE_AFTER", value_parser = parse_duration)]
+    pub stale_after: Option<Duration>,
+
+    /// Bearer token for the /admin endpoints, at least 32 characters (e.g. `openssl rand -hex 32`).
+    /// Unset: the admin endpoints are disabled (403).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<AdminToken>,
+
+    /// Refresh every view this often (0 turns the schedule off).
+    #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
+    pub refresh_interval: Duration,
+
+    /// After a base-table change notification, wait for this much quiet before refreshing.
+    #[arg(long, env = "REFRESH_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
+    pub refresh_debounce: Duration,
+
+    /// ...but never longer than this after the first notification of a burst.
+    #[arg(long, env = "REFRESH_MAX_DELAY", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_max_delay: Duration,
 
     /// Seed demo data when the base tables are empty (for trying the API out).
     #[arg(long)]
@@ -141,6 +159,58 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub refresh: RefreshSettings,
+}
+
+impl ServeConfig {
+    /// STALE_AFTER, or its default: twice the refresh interval (30 minutes without a schedule).
+    pub fn effective_stale_after(&self) -> Duration {
+        self.stale_after
+            .unwrap_or(if self.refresh_interval.is_zero() {
+                Duration::from_secs(1800)
+            } else {
+                self.refresh_interval * 2
+            })
+    }
+}
+
+/// The admin bearer token. Never printed; compared in constant time.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+impl FromStr for AdminToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(format!(
+                "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        Ok(AdminToken(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl AdminToken {
+    /// Compares digests of equal length byte by byte without stopping early, so the time taken says
+    /// nothing about how much of a guess was right.
+    pub fn matches(&self, candidate: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let expected = Sha256::digest(self.0.as_bytes());
+        let given = Sha256::digest(candidate.as_bytes());
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
 }
 
 fn parse_origin(text: &str) -> Result<axum::http::HeaderValue, String> {
@@ -212,6 +282,21 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert_eq!(pg_duration(Duration::from_secs(2)), "2000ms");
+    }
+
+    #[test]
+    fn admin_tokens_are_long_hidden_and_compared_exactly() {
+        assert!(
+            "too-short"
+                .parse::<AdminToken>()
+                .unwrap_err()
+                .contains("32")
+        );
+        let token: AdminToken = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert!(token.matches("0123456789abcdef0123456789abcdef"));
+        assert!(!token.matches("0123456789abcdef0123456789abcdeF"));
+        assert!(!token.matches(""));
+        assert!(!format!("{token:?}").contains("0123"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod refresh;
 pub mod seed;
 pub mod startup;

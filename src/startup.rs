@@ -3,26 +3,45 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::commands::prepare_database;
-use crate::config::{RefreshSettings, ServeConfig};
+use crate::config::{DatabaseUrl, ServeConfig};
 use crate::db;
 use crate::http::cursor::CursorSigner;
 use crate::http::{self, AppState, HttpSettings};
-use crate::refresh;
+use crate::metrics::Metrics;
+use crate::refresh::{self, NotifySettings, Refresher};
 use crate::seed::{self, SeedOptions};
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    pool: PgPool,
-    refresh: RefreshSettings,
+    background: Background,
 }
+
+/// The refresh machinery that runs beside the server.
+struct Background {
+    pool: PgPool,
+    database_url: DatabaseUrl,
+    refresher: Refresher,
+    workers: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    interval: Duration,
+    notify: NotifySettings,
+}
+
+/// How long a refresh that is running at shutdown may take to finish before it is rolled back.
+const REFRESH_GRACE: Duration = Duration::from_secs(20);
 
 /// Demo data: about 100,000 prospects, a few seconds to generate.
 const DEMO: SeedOptions = SeedOptions {
@@ -45,26 +64,51 @@ impl Application {
         let read_pool = db::connect_read(&config.database, read_url, config.read_statement_timeout)
             .await
             .with_context(|| format!("connecting the read pool to {read_url}"))?;
+        let cursors = CursorSigner::load(&pool)
+            .await
+            .context("loading the cursor signing key")?;
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
+
+        let metrics = Arc::new(Metrics::default());
+        let (shutdown, stopping) = watch::channel(false);
+        let (refresher, workers) = Refresher::start(
+            pool.clone(),
+            config.refresh.clone(),
+            metrics.clone(),
+            stopping,
+        );
         let state = AppState {
+            refresher: refresher.clone(),
+            metrics: metrics.clone(),
+            admin_token: config.admin_token.clone(),
             read_pool,
             pool: pool.clone(),
-            cursors: CursorSigner::load(&pool)
-                .await
-                .context("loading the cursor signing key")?,
-            stale_after_secs: config.stale_after.as_secs(),
+            cursors,
+            stale_after_secs: config.effective_stale_after().as_secs(),
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             cors_origins: config.cors_origins.clone(),
         };
-        let listener = TcpListener::bind(config.bind_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
+        let background = Background {
+            pool,
+            database_url: config.database.database_url.clone(),
+            refresher,
+            workers,
+            metrics,
+            shutdown,
+            interval: config.refresh_interval,
+            notify: NotifySettings {
+                debounce: config.refresh_debounce,
+                max_delay: config.refresh_max_delay,
+            },
+        };
         Ok(Application {
             listener,
             router: http::router(state, &settings),
-            pool,
-            refresh: config.refresh.clone(),
+            background,
         })
     }
 
@@ -74,8 +118,10 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish.
-    /// Views that hold no data yet are populated in the background meanwhile (they answer 503 until
+    /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish, stops
+    /// the schedule and the listener, and gives a running refresh `REFRESH_GRACE` to finish (past
+    /// that it is rolled back: its log row is written in the same transaction, so none is left behind).
+    /// Views holding no data yet are populated as soon as the listener connects (they answer 503 until
     /// then, and `/readyz` says so).
     pub async fn run_until_stopped(
         self,
@@ -83,13 +129,33 @@ impl Application {
     ) -> std::io::Result<()> {
         let address = self.address();
         tracing::info!(
-            "serving on http://{address} (API docs: http://{address}/docs, spec: http://{address}/openapi.json)"
+            "serving on http://{address} (API docs: http://{address}/docs, metrics: http://{address}/metrics)"
         );
-        let population = tokio::spawn(populate_views(self.pool.clone(), self.refresh.clone()));
+        let background = self.background;
+        let stopping = background.shutdown.subscribe();
+        let tasks = [
+            tokio::spawn(refresh::run_schedule(
+                background.refresher.clone(),
+                background.interval,
+                stopping.clone(),
+            )),
+            tokio::spawn(refresh::run_listener(
+                background.pool.clone(),
+                background.database_url.clone(),
+                background.refresher.clone(),
+                background.notify,
+                background.metrics.clone(),
+                stopping,
+            )),
+        ];
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
-        population.abort();
+        let _ = background.shutdown.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        refresh::stop_workers(background.workers, REFRESH_GRACE).await;
         served
     }
 }
@@ -108,15 +174,4 @@ async fn seed_demo_data_if_empty(pool: &PgPool) -> anyhow::Result<()> {
         "--demo: seeded demo data"
     );
     Ok(())
-}
-
-async fn populate_views(pool: PgPool, settings: RefreshSettings) {
-    match refresh::populate_unpopulated(&pool, &settings).await {
-        Ok(reports) => {
-            for report in reports {
-                tracing::info!(view = %report.view, status = ?report.status, rows = ?report.rows, "startup population");
-            }
-        }
-        Err(error) => tracing::error!(%error, "populating the views at startup failed"),
-    }
 }

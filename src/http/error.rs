@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::refresh::RefreshReport;
 use crate::views::ViewName;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -38,6 +39,10 @@ pub struct Problem {
     /// For bad input: each offending parameter and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub invalid_params: Vec<InvalidParam>,
+    /// For a failed admin refresh: the outcome of each view (the failing ones carry the database's
+    /// error message).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<RefreshReport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,14 @@ pub enum ApiError {
     QueryTimeout,
     #[error("internal error: {0}")]
     Internal(#[source] anyhow::Error),
+    #[error("admin endpoints disabled")]
+    AdminDisabled,
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error("refresh failed")]
+    RefreshFailed(Vec<RefreshReport>),
+    #[error("refresher unavailable: {0}")]
+    RefreshUnavailable(String),
 }
 
 impl ApiError {
@@ -72,13 +85,17 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotPopulated(_)
             | ApiError::DatabaseUnavailable(_)
-            | ApiError::QueryTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | ApiError::QueryTimeout
+            | ApiError::RefreshUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) | ApiError::RefreshFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
     fn problem(&self) -> Problem {
         let status = self.status();
+        let mut results = vec![];
         let (problem_type, detail, invalid_params) = match self {
             ApiError::InvalidParams(params) => (
                 "urn:prospect-api:problem:invalid-parameters",
@@ -115,6 +132,36 @@ impl ApiError {
                 "The server failed to handle this request. It has been logged with its request id.".into(),
                 vec![],
             ),
+            ApiError::AdminDisabled => (
+                "urn:prospect-api:problem:admin-disabled",
+                "The admin endpoints are disabled. Start the server with ADMIN_TOKEN set to a secret of at least \
+                 32 characters (e.g. `openssl rand -hex 32`) and send it as `Authorization: Bearer <token>`."
+                    .into(),
+                vec![],
+            ),
+            ApiError::Unauthorized => (
+                "urn:prospect-api:problem:unauthorized",
+                "Send the admin token as `Authorization: Bearer <token>`.".into(),
+                vec![],
+            ),
+            ApiError::RefreshFailed(reports) => {
+                results = reports.clone();
+                let failures: Vec<String> = reports
+                    .iter()
+                    .filter(|r| r.error.is_some())
+                    .map(|r| format!("{}: {}", r.view, r.error.as_deref().unwrap_or_default()))
+                    .collect();
+                (
+                    "urn:prospect-api:problem:refresh-failed",
+                    format!("Refresh failed, the previous data is still served. {}", failures.join("; ")),
+                    vec![],
+                )
+            }
+            ApiError::RefreshUnavailable(_) => (
+                "urn:prospect-api:problem:database-unavailable",
+                "The refresh could not run: the database is not reachable. Retry shortly.".into(),
+                vec![],
+            ),
         };
         Problem {
             problem_type: problem_type.to_owned(),
@@ -122,6 +169,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             invalid_params,
+            results,
         }
     }
 }
@@ -156,14 +204,21 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %cause, "database unavailable")
             }
             ApiError::QueryTimeout => tracing::warn!("query hit statement_timeout"),
+            ApiError::RefreshUnavailable(cause) => tracing::warn!(%cause, "refresh could not run"),
             _ => {}
         }
-        let retry_after = matches!(self.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let status = self.status();
         let mut response = problem_response(&self.problem());
-        if retry_after {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"prospect-api admin\""),
+            );
         }
         response
     }
@@ -197,5 +252,6 @@ pub fn generic_problem(status: StatusCode) -> Problem {
         status: status.as_u16(),
         detail: detail.to_owned(),
         invalid_params: vec![],
+        results: vec![],
     }
 }

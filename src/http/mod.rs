@@ -1,6 +1,7 @@
 //! Everything HTTP: one module per resource (each exposing `router()`), the error type, the strict
 //! parameter parsing, the freshness gate, and the middleware stack assembled here.
 
+mod admin;
 mod companies;
 pub mod cursor;
 pub mod error;
@@ -14,9 +15,12 @@ mod search;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::map_response;
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sqlx::PgPool;
@@ -37,10 +41,17 @@ use self::cursor::CursorSigner;
 use self::error::{
     ApiError, InvalidParam, PROBLEM_JSON, Problem, generic_problem, problem_response,
 };
+use crate::config::AdminToken;
+use crate::metrics::Metrics;
+use crate::refresh::Refresher;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    pub refresher: Refresher,
+    pub metrics: Arc<Metrics>,
+    /// None: the admin endpoints are disabled.
+    pub admin_token: Option<AdminToken>,
     /// Read-only, `plan_cache_mode = force_custom_plan`, with a statement timeout; may be a replica.
     pub read_pool: PgPool,
     /// The primary, for refreshes and the refresh log.
@@ -69,11 +80,32 @@ pub struct HttpSettings {
         (name = "prospects", description = "Prospects with their company"),
         (name = "companies", description = "Companies with prospect counts"),
         (name = "search", description = "Substring search over prospects"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "admin", description = "Refreshing views and watching them (Authorization: Bearer <ADMIN_TOKEN>)"),
     ),
-    components(schemas(Problem, InvalidParam))
+    components(schemas(Problem, InvalidParam)),
+    modifiers(&AdminTokenScheme)
 )]
 struct ApiDoc;
+
+/// Declares the bearer token the admin endpoints require.
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The documented routes and the OpenAPI document describing exactly them.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
@@ -82,6 +114,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(companies::router())
         .merge(search::router())
         .merge(health::router())
+        .merge(admin::router())
         .split_for_parts()
 }
 
@@ -130,6 +163,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
                 ),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(from_fn_with_state(
+            state.metrics.clone(),
+            record_request_metrics,
+        ))
         .layer(map_response(ensure_problem_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -140,7 +177,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .option_layer(cors);
+        .option_layer(cors)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     api.route(
         "/openapi.json",
         get(move || async move {
@@ -158,6 +196,32 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request bodies (only `POST /admin/refresh` takes one) are tiny; anything larger is a 413.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Counts every response by route template, method and status, with its latency.
+async fn record_request_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.record_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
 
 /// A span per request with low-cardinality fields: the route template, never the raw URI (query
 /// strings can hold contact data such as an email filter).

@@ -1,8 +1,20 @@
-//! Keeping the views fresh. `refresher` refreshes one view in one transaction and logs the outcome;
-//! everything that decides *when* to refresh (schedule, notifications, admins) calls into it.
+//! Keeping the views fresh.
+//!
+//! - `refresher`: one refresh of one view, in its own transaction, logged whatever happens;
+//! - `coordinator`: the in-process single-flight worker per view that every trigger goes through;
+//! - `scheduler`: the triggers (a schedule, debounced notifications, catch-up after reconnecting);
+//! - `status`: what admins and `/metrics` read about the views.
 
+mod coordinator;
 mod refresher;
+mod scheduler;
+pub mod status;
 
-pub use refresher::{
-    RefreshReport, RefreshStatus, RefreshTrigger, populate_unpopulated, refresh_all, refresh_view,
-};
+pub use coordinator::{RefreshOutcome, Refresher, stop_workers};
+pub use refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_all, refresh_view};
+pub use scheduler::{CHANNEL, NotifySettings, run_listener, run_schedule, views_needing_refresh};
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -81,29 +81,6 @@ pub async fn refresh_all(
     Ok(reports)
 }
 
-/// Populates every view that holds no data yet (the first start on a database). Views that are
-/// populated are left alone.
-pub async fn populate_unpopulated(
-    pool: &PgPool,
-    settings: &RefreshSettings,
-) -> Result<Vec<RefreshReport>, sqlx::Error> {
-    let unpopulated = sqlx::query_scalar!(
-        r#"SELECT v AS "view!" FROM unnest(refreshable_views()) WITH ORDINALITY AS u(v, position)
-           WHERE NOT (SELECT relispopulated FROM pg_class WHERE oid = to_regclass(v))
-           ORDER BY position"#
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut reports = Vec::new();
-    for view in unpopulated
-        .iter()
-        .filter_map(|v| v.parse::<ViewName>().ok())
-    {
-        reports.push(refresh_view(pool, view, RefreshTrigger::Startup, settings).await?);
-    }
-    Ok(reports)
-}
-
 /// Refreshes one view (CONCURRENTLY once populated) in its own transaction and logs it.
 ///
 /// A failed refresh is rolled back, so the previous data stays served, and is then recorded in the log

@@ -107,6 +107,13 @@ impl TestDb {
             .expect("connecting to the test database failed")
     }
 
+    /// A connection to the server's maintenance database (for statements about this database).
+    pub async fn server_connection(&self) -> PgConnection {
+        PgConnection::connect(&url_for_database("postgres"))
+            .await
+            .expect("connecting to the server failed")
+    }
+
     /// Runs a fixture: several SQL statements.
     pub async fn execute(&self, sql: &'static str) {
         sqlx::raw_sql(sql)
@@ -196,7 +203,11 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         read_statement_timeout: std::time::Duration::from_secs(5),
         request_timeout: std::time::Duration::from_secs(10),
         cors_origins: vec![],
-        stale_after: std::time::Duration::from_secs(1800),
+        stale_after: Some(std::time::Duration::from_secs(1800)),
+        admin_token: None,
+        refresh_interval: std::time::Duration::ZERO,
+        refresh_debounce: std::time::Duration::from_millis(100),
+        refresh_max_delay: std::time::Duration::from_secs(1),
         demo: false,
         refresh: quick_refresh_settings(),
     }
@@ -222,13 +233,37 @@ pub async fn spawn_app_with(db: TestDb, config: ServeConfig) -> TestApp {
 
 /// A ready server (views populated) over a database holding the formatting fixture.
 pub async fn spawn_app() -> TestApp {
+    spawn_configured_app(|_| {}).await
+}
+
+/// Like `spawn_app`, with the configuration adjusted first.
+pub async fn spawn_configured_app(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let db = TestDb::new().await;
     db.execute(include_str!("../fixtures/formatting_cases.sql"))
         .await;
-    let config = serve_config(&db);
+    let mut config = serve_config(&db);
+    adjust(&mut config);
     let app = spawn_app_with(db, config).await;
     app.wait_until_ready().await;
     app
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-0123";
+
+/// Waits until `check` holds, polling every 50 ms, for at most `seconds`.
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {seconds} s");
 }
 
 impl TestApp {

@@ -2,12 +2,14 @@
 
 mod cli;
 mod helpers;
+mod http_admin;
 mod http_companies_and_search;
 mod http_errors;
 mod http_freshness;
 mod http_prospects;
 mod migrations;
 mod refresh;
+mod refresh_loop;
 mod schema;
 mod seed;
 mod triggers;

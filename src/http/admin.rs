@@ -1,0 +1,216 @@
+//! The admin plane: `POST /admin/refresh`, `GET /admin/views`, `GET /admin/refresh/history`, behind
+//! `Authorization: Bearer <ADMIN_TOKEN>` (disabled when ADMIN_TOKEN is unset), and `GET /metrics`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, InvalidParam, Problem};
+use super::params::QueryParams;
+use crate::refresh::status::{self, RefreshLogEntry, ViewStatus};
+use crate::refresh::{RefreshReport, RefreshStatus, RefreshTrigger};
+use crate::views::ViewName;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(refresh))
+        .routes(routes!(views))
+        .routes(routes!(history))
+        .routes(routes!(metrics))
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(candidate) if token.matches(candidate) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The optional body of `POST /admin/refresh`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The views to refresh; all three when absent.
+    views: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefreshResults {
+    pub results: Vec<RefreshReport>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefreshAccepted {
+    /// The views whose refresh was requested (they run in the background).
+    pub accepted: Vec<ViewName>,
+}
+
+fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ViewName::ALL.to_vec());
+    }
+    let request: RefreshRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("is not a valid refresh request: {e}")))?;
+    let Some(names) = request.views else {
+        return Ok(ViewName::ALL.to_vec());
+    };
+    if names.is_empty() {
+        return Err(ApiError::invalid(
+            "views",
+            "names no view; omit it to refresh all three",
+        ));
+    }
+    let mut views = Vec::new();
+    let mut errors = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match name.parse::<ViewName>() {
+            Ok(view) => views.push(view),
+            Err(e) => errors.push(InvalidParam::new(format!("views[{i}]"), e.to_string())),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::InvalidParams(errors));
+    }
+    views.sort(); // the one fixed refresh order
+    views.dedup();
+    Ok(views)
+}
+
+/// Refreshes views now. Waits and reports each view's outcome, or with `?wait=false` answers 202 at once.
+#[utoipa::path(
+    post, path = "/admin/refresh", tag = "admin",
+    params(("wait" = Option<bool>, Query, description = "Wait for the refreshes (default true)")),
+    request_body(content = Option<RefreshRequest>, description = "Which views; all when omitted"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every view refreshed (or skipped: another process refreshed it meanwhile)", body = RefreshResults),
+        (status = 202, description = "Refreshes requested (wait=false)", body = RefreshAccepted),
+        (status = 400, description = "Unknown view or malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A refresh failed; `results` holds each view's outcome and error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let wait = params
+        .parsed::<bool>("wait", "true or false")
+        .unwrap_or(true);
+    params.finish(&["wait"])?;
+    let views = parse_views(&body)?;
+
+    if !wait {
+        for view in &views {
+            drop(state.refresher.request(*view, RefreshTrigger::Manual));
+        }
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(RefreshAccepted { accepted: views }),
+        )
+            .into_response());
+    }
+    let pending: Vec<_> = views
+        .iter()
+        .map(|view| state.refresher.request(*view, RefreshTrigger::Manual))
+        .collect();
+    let mut results = Vec::with_capacity(pending.len());
+    for outcome in pending {
+        let outcome = outcome
+            .await
+            .unwrap_or_else(|_| Err("the refresher is shutting down".to_owned()));
+        results.push(outcome.map_err(ApiError::RefreshUnavailable)?);
+    }
+    if results.iter().any(|r| r.status == RefreshStatus::Error) {
+        return Err(ApiError::RefreshFailed(results));
+    }
+    Ok(Json(RefreshResults { results }).into_response())
+}
+
+/// Each view: populated, rows, size, last successful refresh, last error, data age, refreshing now.
+#[utoipa::path(
+    get, path = "/admin/views", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = Vec<ViewStatus>),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn views(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<ViewStatus>>, ApiError> {
+    authorize(&state, &headers)?;
+    QueryParams::parse(raw.as_deref())?.finish(&[])?;
+    Ok(Json(status::view_statuses(&state.pool).await?))
+}
+
+/// The refresh log, newest first.
+#[utoipa::path(
+    get, path = "/admin/refresh/history", tag = "admin",
+    params(("limit" = Option<i64>, Query, description = "Entries, 1 to 500 (default 50)")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = Vec<RefreshLogEntry>),
+        (status = 400, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<RefreshLogEntry>>, ApiError> {
+    authorize(&state, &headers)?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let limit = match params.parsed::<i64>("limit", "a whole number from 1 to 500") {
+        Some(limit) if (1..=500).contains(&limit) => limit,
+        Some(limit) => {
+            params.reject("limit", format!("{limit} is out of range; use 1 to 500"));
+            50
+        }
+        None => 50,
+    };
+    params.finish(&["limit"])?;
+    Ok(Json(status::history(&state.pool, limit).await?))
+}
+
+/// Prometheus metrics: requests, latencies, refreshes, failures, data age per view, notifications.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let freshness = status::freshness_for_metrics(&state.pool).await?;
+    let text = state.metrics.render(&freshness);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,308 @@
+//! The admin plane and the metrics, over real HTTP.
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, json, rejected_params, spawn_app, spawn_configured_app,
+};
+
+async fn admin_app() -> TestApp {
+    spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap())).await
+}
+
+async fn post_refresh(
+    app: &TestApp,
+    query: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(format!("{}/admin/refresh{query}", app.address));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn without_an_admin_token_the_admin_endpoints_are_disabled_and_say_how_to_enable_them() {
+    let app = spawn_app().await;
+    let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("ADMIN_TOKEN"));
+    json(app.get("/admin/views").await, 403).await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_a_401_with_www_authenticate() {
+    let app = admin_app().await;
+    for token in [None, Some("wrong-token-wrong-token-wrong-token"), Some("")] {
+        let response = post_refresh(&app, "", token, None).await;
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        json(response, 401).await;
+    }
+    let basic = app
+        .client
+        .get(format!("{}/admin/views", app.address))
+        .basic_auth("admin", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    json(basic, 401).await;
+}
+
+#[tokio::test]
+async fn the_right_token_refreshes_and_reports_each_view() {
+    let app = admin_app().await;
+    let body = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 200).await;
+    let results = body["results"].as_array().unwrap();
+    let views: Vec<&str> = results
+        .iter()
+        .map(|r| r["view"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        views,
+        [
+            "company_prospect_view",
+            "company_summary_view",
+            "prospect_search_view"
+        ]
+    );
+    for result in results {
+        assert_eq!(result["status"], "ok");
+        assert!(
+            result["started_at"].is_string()
+                && result["duration_ms"].is_i64()
+                && result["rows"].is_i64()
+        );
+    }
+    let one = json(
+        post_refresh(
+            &app,
+            "",
+            Some(ADMIN_TOKEN),
+            Some(r#"{"views": ["company_summary_view"]}"#),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(one["results"].as_array().unwrap().len(), 1);
+    let manual = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(manual, 4);
+}
+
+#[tokio::test]
+async fn bad_refresh_requests_are_400s_naming_what_is_wrong() {
+    let app = admin_app().await;
+    let cases: &[(&str, Option<&str>, &[&str])] = &[
+        ("", Some(r#"{"views": ["company_view"]}"#), &["views[0]"]),
+        ("", Some(r#"{"views": []}"#), &["views"]),
+        ("", Some(r#"{"view": ["company_summary_view"]}"#), &["body"]),
+        ("", Some("not json"), &["body"]),
+        ("?wait=maybe", None, &["wait"]),
+        ("?wiat=false", None, &["wiat"]),
+    ];
+    for (query, body, expected) in cases {
+        let names =
+            rejected_params(post_refresh(&app, query, Some(ADMIN_TOKEN), *body).await).await;
+        assert_eq!(&names, expected, "{query} {body:?}");
+    }
+    let huge = format!(r#"{{"views": ["{}"]}}"#, "x".repeat(100_000));
+    json(
+        post_refresh(&app, "", Some(ADMIN_TOKEN), Some(&huge)).await,
+        413,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
+    let app = admin_app().await;
+    let body = json(
+        post_refresh(
+            &app,
+            "?wait=false",
+            Some(ADMIN_TOKEN),
+            Some(r#"{"views": ["prospect_search_view"]}"#),
+        )
+        .await,
+        202,
+    )
+    .await;
+    assert_eq!(
+        body["accepted"],
+        serde_json::json!(["prospect_search_view"])
+    );
+    crate::helpers::eventually(10, "the accepted refresh being logged", || async {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_and_is_counted() {
+    let app = admin_app().await;
+    let mut blocker = app.db.connection().await;
+    let mut blocking = blocker.begin().await.unwrap();
+    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
+        .execute(&mut *blocking)
+        .await
+        .unwrap();
+    let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 500).await;
+    blocking.rollback().await.unwrap();
+
+    assert_eq!(problem["type"], "urn:prospect-api:problem:refresh-failed");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("company_summary_view") && detail.contains("lock timeout"),
+        "{detail}"
+    );
+    let statuses: Vec<&str> = problem["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "error", "ok"]);
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"),
+        "{metrics}"
+    );
+    let views = json(
+        app.client
+            .get(format!("{}/admin/views", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert!(
+        views[1]["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lock timeout")
+    );
+
+    // Old data is still served, and the next trigger succeeds.
+    json(app.get("/companies").await, 200).await;
+    json(
+        post_refresh(
+            &app,
+            "",
+            Some(ADMIN_TOKEN),
+            Some(r#"{"views": ["company_summary_view"]}"#),
+        )
+        .await,
+        200,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn admin_views_and_history_describe_every_view() {
+    let app = admin_app().await;
+    let get = |path: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .get(format!("{}{path}", app.address))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let views: Value = json(get("/admin/views").await, 200).await;
+    let views = views.as_array().unwrap();
+    assert_eq!(views.len(), 3);
+    for view in views {
+        assert_eq!(view["populated"], true);
+        assert!(view["row_count"].as_i64().unwrap() > 0);
+        assert!(view["total_bytes"].as_i64().unwrap() > 0);
+        assert_eq!(view["last_refresh"]["trigger"], "startup");
+        assert!(view["data_age_seconds"].as_f64().unwrap() < 60.0);
+        assert_eq!(view["refreshing"], false);
+        assert_eq!(view["last_error"], Value::Null);
+    }
+    let history: Value = json(get("/admin/refresh/history?limit=2").await, 200).await;
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    assert_eq!(history[0]["view"], "prospect_search_view", "newest first");
+    assert_eq!(
+        rejected_params(get("/admin/refresh/history?limit=0").await).await,
+        vec!["limit"]
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_per_view_series() {
+    let app = spawn_app().await;
+    app.get("/prospects").await;
+    let response = app.get("/metrics").await;
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(
+            series.chars().next().unwrap().is_ascii_lowercase(),
+            "{line}"
+        );
+    }
+    for view in [
+        "company_prospect_view",
+        "company_summary_view",
+        "prospect_search_view",
+    ] {
+        for series in [
+            "view_data_age_seconds",
+            "view_last_success_timestamp_seconds",
+            "view_refresh_failures_total",
+            "view_refresh_duration_seconds_count",
+        ] {
+            assert!(
+                text.contains(&format!("{series}{{view=\"{view}\"}}")),
+                "{series} for {view}"
+            );
+        }
+    }
+    assert!(
+        text.contains("http_requests_total{route=\"/prospects\",method=\"GET\",status=\"200\"} 1")
+    );
+    assert!(text.contains("refresh_notifications_total "));
+}

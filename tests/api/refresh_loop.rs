@@ -1,0 +1,123 @@
+//! The views stay fresh by themselves: notifications, debouncing, reconnecting, catching up.
+
+use std::time::Duration;
+
+use crate::helpers::{TestApp, eventually, spawn_app, spawn_configured_app};
+
+async fn notify_refreshes(app: &TestApp) -> i64 {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE view_name = 'company_prospect_view' AND trigger = 'notify'"#
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+async fn visible(app: &TestApp, prospect_id: &str) -> bool {
+    app.get(&format!("/prospects/{prospect_id}")).await.status() == 200
+}
+
+#[tokio::test]
+async fn an_insert_becomes_visible_without_any_manual_call() {
+    let app = spawn_app().await;
+    assert!(!visible(&app, "p_new").await);
+    app.db.execute(r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_new', 'c_0', 'Newly')"#).await;
+    eventually(15, "the new prospect showing up", || visible(&app, "p_new")).await;
+    let response = app.get("/prospects/p_new").await;
+    let age: u64 = response.headers()["x-data-age"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age <= 2, "fresh data after the refresh: {age}");
+    assert!(notify_refreshes(&app).await >= 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_1000_single_row_inserts_causes_only_a_few_refreshes() {
+    let app = spawn_app().await;
+    let before = notify_refreshes(&app).await;
+    for i in 0..1000 {
+        sqlx::query!(
+            r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ($1, 'c_0')"#,
+            format!("burst_{i}")
+        )
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+    eventually(20, "the last insert of the burst showing up", || {
+        visible(&app, "burst_999")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // let any last debounced refresh land
+    let refreshes = notify_refreshes(&app).await - before;
+    // The burst lasts a few seconds; REFRESH_MAX_DELAY (1 s here) forces a refresh about once a
+    // second during it, and single flight adds at most one follow-up per refresh.
+    assert!(
+        (1..=12).contains(&refreshes),
+        "{refreshes} refreshes for 1000 inserts"
+    );
+}
+
+#[tokio::test]
+async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_on_missed_writes() {
+    let app =
+        spawn_configured_app(|config| config.refresh_debounce = Duration::from_millis(50)).await;
+    let listener_pid = || async {
+        sqlx::query_scalar!(
+            r#"SELECT pid AS "pid!" FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"#
+        )
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap()
+    };
+    eventually(10, "the listener connecting", || async {
+        listener_pid().await.is_some()
+    })
+    .await;
+    let pid = listener_pid().await.unwrap();
+
+    // Keep the listener from reconnecting (even as a superuser) while a write happens: its
+    // notification goes to no one. The writer's connection is opened before the door closes.
+    let mut writer = app.db.connection().await;
+    let mut server = app.db.server_connection().await;
+    let allow = |allowed: bool| {
+        sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}",
+            app.db.name
+        ))
+    };
+    sqlx::raw_sql(allow(false))
+        .execute(&mut server)
+        .await
+        .unwrap();
+    sqlx::query!("SELECT pg_terminate_backend($1)", pid)
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_unheard', 'c_0', 'Unheard')"#)
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!visible(&app, "p_unheard").await, "nobody was listening");
+    sqlx::raw_sql(allow(true))
+        .execute(&mut server)
+        .await
+        .unwrap();
+
+    // No further write: the reconnected listener finds the change in the change record.
+    eventually(15, "the missed write showing up", || {
+        visible(&app, "p_unheard")
+    })
+    .await;
+    let catchups = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'catchup' AND status = 'ok'"#
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(catchups >= 1);
+    assert_ne!(listener_pid().await, Some(pid), "a new listener connection");
+}
