@@ -29,7 +29,6 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -168,9 +167,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             record_request_metrics,
         ))
         .layer(map_response(ensure_problem_body))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(from_fn_with_state(
             settings.request_timeout,
+            limit_request_time,
         ))
         .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(
@@ -199,6 +198,30 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request bodies (only `POST /admin/refresh` takes one) are tiny; anything larger is a 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Answers 503 when a request takes longer than REQUEST_TIMEOUT, so that nothing hangs. A waiting
+/// `POST /admin/refresh` is exempt: on a large database a refresh takes longer than any sensible read
+/// timeout, and it is bounded by REFRESH_STATEMENT_TIMEOUT instead.
+async fn limit_request_time(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/admin/refresh" {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            let mut response = problem_response(&generic_problem(StatusCode::SERVICE_UNAVAILABLE));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+    }
+}
 
 /// Counts every response by route template, method and status, with its latency.
 async fn record_request_metrics(

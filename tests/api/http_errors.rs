@@ -124,3 +124,35 @@ fn the_committed_openapi_spec_matches_the_code() {
         "openapi/openapi.json is out of date. Regenerate it with:\n\n    cargo run -- openapi > openapi/openapi.json\n"
     );
 }
+
+#[tokio::test]
+async fn a_request_past_the_request_timeout_is_a_503_but_a_waiting_admin_refresh_is_not_cut_short()
+{
+    // A timeout no request can meet. Even /readyz misses it, so the views are populated directly.
+    let db = crate::helpers::TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    let mut config = crate::helpers::serve_config(&db);
+    config.request_timeout = std::time::Duration::from_nanos(1);
+    config.admin_token = Some(crate::helpers::ADMIN_TOKEN.parse().unwrap());
+    let app = crate::helpers::spawn_app_with(db, config).await;
+
+    let refreshed = app
+        .client
+        .post(format!("{}/admin/refresh", app.address))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refreshed.status(),
+        200,
+        "the waiting refresh is exempt from REQUEST_TIMEOUT"
+    );
+
+    // Several database round trips: the timeout fires while the handler waits for one of them.
+    let slow = app.get("/prospects?count=exact").await;
+    assert_eq!(slow.headers()["retry-after"], "5");
+    let problem = json(slow, 503).await;
+    assert_eq!(problem["status"], 503);
+}

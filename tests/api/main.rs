@@ -10,6 +10,7 @@ mod http_prospects;
 mod migrations;
 mod refresh;
 mod refresh_loop;
+mod repository;
 mod schema;
 mod seed;
 mod triggers;

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""The benchmark suite: `bench/run.py [--sizes 100k,1m] [--duration 10]` rewrites bench/RESULTS.md.
+
+For each data size it seeds a database (once; reused while its size matches), starts a release
+`prospect-api serve`, and measures, side by side:
+
+  - API throughput and latency with wrk (fixed connections, parameters varied per request) for
+    (a) /prospects?industry=X, (b) a deep keyset page of it, (c) /companies?country=X&sort=-prospect_count,
+    (d) /search?q=term, (e) (a) with count=exact, (f) If-None-Match revalidation (304);
+  - the limit: the same SQL the API runs per request (freshness query + data query), through pgbench
+    with the same client count, and the ratio API req/s / pgbench TPS;
+  - the design's claim: the same rows computed by a live JOIN/aggregate over the base tables (pgbench);
+  - reads during refresh: (a) under load while all three views are refreshed CONCURRENTLY in a loop;
+  - REFRESH ... CONCURRENTLY duration per view, and the server's peak RSS under load;
+  - commit-to-visible latency of a single-row insert (bench/commit_to_visible.py);
+  - the writers' cost: single-row INSERT/UPDATE throughput on "Prospect" from 8 pgbench clients with
+    the notify triggers and without them.
+
+Needs: cargo, psql, pgbench, wrk (Debian packages postgresql-client, wrk), PostgreSQL on DATABASE_SERVER
+(default postgres://postgres@127.0.0.1:5432). Standard library only.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "release", "prospect-api")
+PORT = 18090
+API = f"http://127.0.0.1:{PORT}"
+CLIENTS = 8
+SIZES = {"100k": 10_300, "1m": 103_000}  # companies; about 9.7 prospects each
+
+INDUSTRIES = ["Software", "Financial Services", "Healthcare", "Retail", "Manufacturing", "Telecommunications",
+              "Education", "Real Estate", "Transportation", "Energy", "Insurance", "Media"]
+COUNTRIES = ["United States", "United Kingdom", "Germany", "France", "Canada", "India", "Australia",
+             "Netherlands", "Spain", "Italy", "Brazil", "Japan"]
+TERMS = ["smith", "garcia", "patel", "engineering", "sales manager", "acme", "globex labs", "olivia",
+         "director of", "tanaka", "vertex", "finance"]
+
+
+def sh(*args, **kwargs):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+def psql(url, sql):
+    return sh("psql", url, "-v", "ON_ERROR_STOP=1", "-Atqc", sql).strip()
+
+
+def http_get(path, headers=None):
+    request = urllib.request.Request(API + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def quote(text):
+    return urllib.request.quote(text, safe="")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data and server
+
+
+def prepare_database(server, size):
+    url = f"{server}/prospect_api_bench_{size}"
+    env = dict(os.environ, DATABASE_URL=url, RUST_LOG="warn")
+    subprocess.run([BINARY, "migrate"], check=True, env=env, capture_output=True)
+    companies = int(psql(url, 'SELECT count(*) FROM "Company"'))
+    if companies != SIZES[size]:
+        print(f"  seeding {size} ...", flush=True)
+        out = sh(BINARY, "seed", "--companies", str(SIZES[size]), "--replace", "--refresh", env=env)
+        print("  " + out.replace("\n", "\n  ").rstrip(), flush=True)
+    return url
+
+
+def start_server(url, extra_env=None):
+    env = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{PORT}", RUST_LOG="warn",
+               REFRESH_INTERVAL="0", **(extra_env or {}))
+    server = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if http_get("/readyz")[0] == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("the server did not become ready")
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request sets: each case is a list of (path, headers) that wrk cycles through at random
+
+
+def case_requests():
+    cases = {}
+    cases["a"] = [(f"/prospects?industry={quote(i)}", {}) for i in INDUSTRIES]
+    deep = []
+    for industry in INDUSTRIES[:6]:
+        path = f"/prospects?industry={quote(industry)}&limit=50"
+        cursor = None
+        for _ in range(40):  # 40 pages of 50 in: rows 2,000 to 2,050
+            status, _, body = http_get(path + (f"&cursor={cursor}" if cursor else ""))
+            cursor = json.loads(body)["next_cursor"]
+            if not cursor:
+                break
+        if cursor:
+            deep.append((f"{path}&cursor={cursor}", {}))
+    cases["b"] = deep
+    cases["c"] = [(f"/companies?country={quote(c)}&sort=-prospect_count", {}) for c in COUNTRIES]
+    cases["d"] = [(f"/search?q={quote(t)}", {}) for t in TERMS]
+    cases["e"] = [(f"/prospects?industry={quote(i)}&count=exact", {}) for i in INDUSTRIES]
+    revalidate = []
+    for path, _ in cases["a"]:
+        _, headers, _ = http_get(path)
+        etag = {k.lower(): v for k, v in headers.items()}["etag"]
+        revalidate.append((path, {"If-None-Match": etag}))
+    cases["f"] = revalidate
+    return cases
+
+
+WRK_SCRIPT = r"""
+local requests = {}
+local file = io.open(os.getenv("WRK_REQUESTS"))
+for line in file:lines() do
+  local path, header = line:match("^([^\t]*)\t?(.*)$")
+  local headers = {}
+  if header ~= "" then headers["If-None-Match"] = header end
+  table.insert(requests, wrk.format("GET", path, headers))
+end
+file:close()
+local statuses = {}
+request = function() return requests[math.random(#requests)] end
+response = function(status) statuses[status] = (statuses[status] or 0) + 1 end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f %f %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency.mean,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end
+"""
+
+
+def run_wrk(requests, duration, workdir):
+    listing = os.path.join(workdir, "requests.txt")
+    with open(listing, "w") as f:
+        for path, headers in requests:
+            f.write(f"{path}\t{headers.get('If-None-Match', '')}\n")
+    script = os.path.join(workdir, "requests.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT)
+    out = sh("wrk", "-t2", f"-c{CLIENTS}", f"-d{duration}s", "-s", script, API, env=dict(os.environ, WRK_REQUESTS=listing))
+    fields = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
+    count, micros, p50, p99, mean, socket_errors, status_errors = fields
+    return {"rps": int(count) / (int(micros) / 1e6), "p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000,
+            "errors": int(socket_errors) + int(status_errors)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same SQL through pgbench: one file per parameter value, equally weighted
+
+
+FRESHNESS_SQL = """SELECT c.relispopulated, l.id, l.started_at, extract(epoch FROM clock_timestamp() - l.started_at)::float8
+FROM pg_class c LEFT JOIN LATERAL (SELECT id, started_at FROM materialized_view_log
+  WHERE view_name = '{view}' AND status = 'ok' ORDER BY started_at DESC LIMIT 1) l ON true
+WHERE c.oid = to_regclass('{view}');"""
+
+PROSPECT_COLUMNS = """prospect_id, salutation, first_name, last_name, full_name, email, job_title, job_title_level,
+department, job_title_link, prospect_address, prospect_city, prospect_state, prospect_country, prospect_zip_code,
+prospect_phone, prospect_mobile_phone, prospect_created_at, prospect_updated_at, company_id, domain, company_name,
+industry, min_employee_size, max_employee_size, revenue, formatted_revenue, company_address, company_city,
+company_state, company_country, company_zip_code, company_phone, company_mobile_phone, company_created_at,
+company_updated_at"""
+
+
+def literal(value):
+    return "'" + value.replace("'", "''") + "'"
+
+
+def api_sql(case, value):
+    """The statement the API runs for one request, with its parameters as literals."""
+    if case in ("a", "e"):
+        data = f"""SELECT {PROSPECT_COLUMNS} FROM company_prospect_view
+WHERE prospect_id IS NOT NULL AND industry = {literal(value)}
+ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id LIMIT 51;"""
+        if case == "e":
+            data += f"\nSELECT count(*) FROM company_prospect_view WHERE prospect_id IS NOT NULL AND industry = {literal(value)};"
+        return FRESHNESS_SQL.format(view="company_prospect_view") + "\n" + data
+    if case == "c":
+        return FRESHNESS_SQL.format(view="company_summary_view") + f"""
+SELECT company_id, domain, name, industry, min_employee_size, max_employee_size, revenue, formatted_revenue, address,
+city, state, country, prospect_count, department_count, job_level_count, last_prospect_update
+FROM company_summary_view WHERE country = {literal(value)} ORDER BY prospect_count DESC, company_id DESC LIMIT 51;"""
+    if case == "d":
+        conditions = " AND ".join(f"search_text LIKE lower({literal('%' + t + '%')})" for t in value.split())
+        return FRESHNESS_SQL.format(view="prospect_search_view") + f"""
+SELECT prospect_id, email, first_name, last_name, full_name, job_title, job_title_level, department, prospect_city,
+prospect_country, company_id, domain, company_name, industry, revenue, company_city, company_country
+FROM prospect_search_view WHERE {conditions}
+ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id LIMIT 51;"""
+    raise ValueError(case)
+
+
+def live_sql(case, value):
+    """The same rows computed from the base tables at query time (what the views save)."""
+    if case == "a":
+        return f"""SELECT c."id", c."name", p."id", CASE WHEN p."firstName" <> '' AND p."lastName" <> ''
+  THEN p."firstName" || ' ' || p."lastName" ELSE COALESCE(NULLIF(p."firstName", ''), NULLIF(p."lastName", '')) END,
+  format_revenue(c."revenue"), p.*, c.*
+FROM "Company" c JOIN "Prospect" p ON p."companyId" = c."id" WHERE c."industry" = {literal(value)}
+ORDER BY c."name", COALESCE(p."lastName", ''), COALESCE(p."firstName", ''), p."id" LIMIT 51;"""
+    if case == "c":
+        return f"""SELECT c."id", c."name", count(p."id") AS prospect_count, count(DISTINCT p."department"),
+  count(DISTINCT p."jobTitleLevel"), max(p."updatedAt")
+FROM "Company" c LEFT JOIN "Prospect" p ON p."companyId" = c."id" WHERE c."country" = {literal(value)}
+GROUP BY c."id" ORDER BY prospect_count DESC, c."id" DESC LIMIT 51;"""
+    if case == "d":
+        conditions = " AND ".join(
+            f"""lower(concat_ws(' ', COALESCE(p."firstName", ''), COALESCE(p."lastName", ''), COALESCE(p."email", ''),
+  COALESCE(p."jobTitle", ''), COALESCE(c."name", ''), COALESCE(c."industry", ''))) LIKE {literal('%' + t + '%')}"""
+            for t in value.split())
+        return f"""SELECT p."id", p."email", c."name" FROM "Prospect" p JOIN "Company" c ON c."id" = p."companyId"
+WHERE {conditions} ORDER BY c."name", COALESCE(p."lastName", ''), COALESCE(p."firstName", ''), p."id" LIMIT 51;"""
+    raise ValueError(case)
+
+
+def run_pgbench(url, scripts, duration, workdir, clients=CLIENTS, mode="simple"):
+    files = []
+    for i, sql in enumerate(scripts):
+        path = os.path.join(workdir, f"script{i}.sql")
+        with open(path, "w") as f:
+            f.write(sql + "\n")
+        files += ["-f", f"{path}@1"]
+    out = sh("pgbench", "-n", "-M", mode, "-c", str(clients), "-j", "2", "-T", str(duration), *files, url)
+    tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
+    latency = re.search(r"latency average = ([0-9.]+) ms", out)
+    return {"tps": tps, "latency_ms": float(latency.group(1)) if latency else None}
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def refresh_durations(url):
+    rows = psql(url, """SELECT string_agg(view_name || '=' || duration_ms, ',' ORDER BY view_name)
+                        FROM refresh_materialized_views('sql')""")
+    return {kv.split("=")[0]: int(kv.split("=")[1]) for kv in rows.split(",")}
+
+
+def writers_cost(url, duration, workdir):
+    company = psql(url, 'SELECT "id" FROM "Company" ORDER BY "id" LIMIT 1')
+    count = int(psql(url, 'SELECT count(*) FROM "Prospect"'))
+    insert = f"""\\set n random(1, 1000000000)
+INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('w_' || :client_id || '_' || :n || '_' || random(), '{company}', 'Writer');"""
+    update = """\\set n random(1, 1000)
+UPDATE "Prospect" SET "updatedAt" = now() AT TIME ZONE 'UTC' WHERE "id" = (SELECT "id" FROM "Prospect" WHERE "companyId" = 'cmp_00000001' OFFSET (:n % 5) LIMIT 1);"""
+    results = {}
+    for label, enable in (("with triggers", True), ("without triggers", False)):
+        if not enable:
+            psql(url, 'ALTER TABLE "Prospect" DISABLE TRIGGER prospect_changed')
+        try:
+            ins = run_pgbench(url, [insert], duration, workdir, clients=8, mode="prepared")
+            upd = run_pgbench(url, [update], duration, workdir, clients=8, mode="prepared")
+        finally:
+            psql(url, 'ALTER TABLE "Prospect" ENABLE TRIGGER prospect_changed')
+        results[label] = {"insert_tps": ins["tps"], "update_tps": upd["tps"]}
+    psql(url, """DELETE FROM "Prospect" WHERE "id" LIKE 'w\\_%'""")
+    del count
+    return results
+
+
+def bench_size(size, server_url, duration, samples, workdir):
+    url = prepare_database(server_url, size)
+    prospects = int(psql(url, 'SELECT count(*) FROM "Prospect"'))
+    result = {"size": size, "prospects": prospects}
+    print(f"== {size}: {prospects} prospects", flush=True)
+
+    result["refresh_ms"] = refresh_durations(url)
+    print(f"  refresh CONCURRENTLY (ms): {result['refresh_ms']}", flush=True)
+
+    server = start_server(url)
+    try:
+        cases = case_requests()
+        result["api"] = {}
+        result["pgbench"] = {}
+        result["live"] = {}
+        values = {"a": INDUSTRIES, "b": None, "c": COUNTRIES, "d": TERMS, "e": INDUSTRIES}
+        for case, requests in cases.items():
+            run_wrk(requests, 2, workdir)  # warm up
+            result["api"][case] = run_wrk(requests, duration, workdir)
+            print(f"  ({case}) API {result['api'][case]}", flush=True)
+            if case in ("a", "c", "d", "e"):
+                scripts = [api_sql(case, v) for v in values[case]]
+                result["pgbench"][case] = run_pgbench(url, scripts, duration, workdir)
+                print(f"  ({case}) pgbench same SQL {result['pgbench'][case]}", flush=True)
+            if case in ("a", "c", "d"):
+                result["live"][case] = run_pgbench(url, [live_sql(case, v) for v in values[case]], duration, workdir)
+                print(f"  ({case}) pgbench live JOIN {result['live'][case]}", flush=True)
+        result["rss_mb"] = peak_rss_mb(server.pid)
+
+        # Reads while the views are refreshed concurrently in a loop.
+        idle = run_wrk(cases["a"], duration, workdir)
+        looper = subprocess.Popen(["bash", "-c", f"while true; do psql '{url}' -qAtc 'SELECT count(*) FROM refresh_materialized_views()' >/dev/null; done"])
+        time.sleep(1)
+        try:
+            busy = run_wrk(cases["a"], duration, workdir)
+        finally:
+            looper.terminate()
+            looper.wait()
+            subprocess.run(["psql", url, "-qAtc", "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%refresh_materialized_views%' AND pid <> pg_backend_pid()"], capture_output=True)
+        result["during_refresh"] = {"idle": idle, "refreshing": busy}
+        print(f"  during refresh: idle {idle} / refreshing {busy}", flush=True)
+        result["rss_mb"] = max(result["rss_mb"], peak_rss_mb(server.pid))
+    finally:
+        server.terminate()
+        server.wait()
+
+    # Commit-to-visible with the default debounce, one server with notifications on.
+    server = start_server(url, {"REFRESH_DEBOUNCE": "1s"})
+    try:
+        out = sh(sys.executable, os.path.join(ROOT, "bench", "commit_to_visible.py"), "--api", API,
+                 "--database-url", url, "--samples", str(samples), "--json")
+        result["commit_to_visible"] = json.loads(out.strip().splitlines()[-1])
+        print(f"  commit to visible: {result['commit_to_visible']}", flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+
+    result["writers"] = writers_cost(url, duration, workdir)
+    print(f"  writers: {result['writers']}", flush=True)
+    return result
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def write_results(results, args):
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{' '.join(['bench/run.py'] + sys.argv[1:])}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+        f"{psql(args.server + '/postgres', 'SELECT version()').split(' on ')[0]}, API and PostgreSQL on the same machine.",
+        f"Load: wrk, 2 threads, {CLIENTS} connections, {args.duration} s per case after a 2 s warm-up, a random "
+        "parameter per request (12 industries / countries / search terms). pgbench: the same client count, "
+        f"{args.duration} s, one script per parameter value, simple protocol (planned per execution, as the API's "
+        "force_custom_plan).",
+        "",
+    ]
+    names = {"a": "(a) /prospects?industry=X", "b": "(b) deep keyset page (row 2,000)",
+             "c": "(c) /companies?country=X&sort=-prospect_count", "d": "(d) /search?q=term",
+             "e": "(e) (a) with count=exact", "f": "(f) If-None-Match revalidation (304)"}
+    for r in results:
+        lines += [f"## {r['size']}: {r['prospects']:,} prospects", "",
+                  "| case | API req/s | p50 ms | p99 ms | errors | same SQL, pgbench TPS | API / pgbench | live JOIN TPS | views / live |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for case, name in names.items():
+            api = r["api"].get(case)
+            if not api:
+                continue
+            pg = r["pgbench"].get(case, {}).get("tps")
+            live = r["live"].get(case, {}).get("tps")
+            lines.append(f"| {name} | {api['rps']:.0f} | {api['p50_ms']:.2f} | {api['p99_ms']:.2f} | {api['errors']} | "
+                         f"{pg and f'{pg:.0f}' or '—'} | {ratio(api['rps'], pg) if pg else '—'} | "
+                         f"{live and f'{live:.1f}' or '—'} | {ratio(pg, live) if pg and live else '—'} |")
+        a = r["api"]["a"]["p50_ms"], r["api"]["b"]["p50_ms"] if r["api"].get("b") else None
+        idle, busy = r["during_refresh"]["idle"], r["during_refresh"]["refreshing"]
+        w = r["writers"]
+        lines += [
+            "",
+            f"- Deep page (b) p50 / first page (a) p50: {ratio(r['api']['b']['p50_ms'], r['api']['a']['p50_ms']) if r['api'].get('b') else 'n/a'} (target ≤ 1.3).",
+            f"- Reads during refresh, case (a): idle p50 {idle['p50_ms']:.2f} ms / p99 {idle['p99_ms']:.2f} ms; while all three views are "
+            f"refreshed CONCURRENTLY in a loop p50 {busy['p50_ms']:.2f} ms / p99 {busy['p99_ms']:.2f} ms "
+            f"(p99 ratio {ratio(busy['p99_ms'], idle['p99_ms'])}, target ≤ 2); errors {busy['errors']}.",
+            f"- REFRESH MATERIALIZED VIEW CONCURRENTLY, nothing changed (ms): " + ", ".join(f"{k} {v}" for k, v in sorted(r['refresh_ms'].items())) + ".",
+            f"- Server peak RSS under load: {r['rss_mb']:.1f} MB (target ≤ 64).",
+            f"- Commit to visible (single-row insert, default 1 s debounce): median {r['commit_to_visible']['median_s']} s, "
+            f"worst {r['commit_to_visible']['worst_s']} s over {r['commit_to_visible']['samples']} inserts.",
+            f"- Writers, 8 pgbench clients: INSERT {w['with triggers']['insert_tps']:.0f} TPS with the triggers vs "
+            f"{w['without triggers']['insert_tps']:.0f} without (ratio {ratio(w['with triggers']['insert_tps'], w['without triggers']['insert_tps'])}); "
+            f"UPDATE {w['with triggers']['update_tps']:.0f} vs {w['without triggers']['update_tps']:.0f} "
+            f"(ratio {ratio(w['with triggers']['update_tps'], w['without triggers']['update_tps'])}). Target ≥ 0.9.",
+            "",
+        ]
+    lines += ["## Raw figures", "", "```json", json.dumps(results, indent=1), "```", ""]
+    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100k,1m", help="comma-separated: 100k, 1m")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load case")
+    parser.add_argument("--samples", type=int, default=20, help="inserts for commit-to-visible")
+    parser.add_argument("--server", default=os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432"))
+    args = parser.parse_args()
+    random.seed(42)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory() as workdir:
+        results = [bench_size(size, args.server, args.duration, args.samples, workdir) for size in args.sizes.split(",")]
+    write_results(results, args)
+    print("wrote bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+//! The files a newcomer reads stay true: the README's configuration table and curl examples, the
+//! compose file and the Dockerfile, the CLI's help.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use clap::CommandFactory;
+use prospect_api::cli::Cli;
+
+use crate::helpers::{ADMIN_TOKEN, spawn_configured_app};
+
+fn repository_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every environment variable the code reads: those behind clap arguments, plus direct reads.
+fn settings_read_by_the_code() -> BTreeSet<String> {
+    fn collect(command: &clap::Command, names: &mut BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, names);
+        }
+    }
+    let mut names = BTreeSet::new();
+    collect(&Cli::command(), &mut names);
+    // Read outside clap: tracing's EnvFilter reads RUST_LOG.
+    names.insert("RUST_LOG".to_owned());
+    names
+}
+
+/// Direct environment reads in src/ (`env::var("X")`): each must be a setting we know of.
+fn direct_env_reads() -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut stack = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split("env::var(\"").skip(1) {
+                found.insert(piece.split('"').next().unwrap().to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_readme_configuration_table_lists_exactly_the_settings_the_code_reads() {
+    let readme = repository_file("README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("a Configuration section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let listed: BTreeSet<String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .map(|rest| rest.split('`').next().unwrap().to_owned())
+        .collect();
+    let read = settings_read_by_the_code();
+    let unlisted: Vec<&String> = read.difference(&listed).collect();
+    let unknown: Vec<&String> = listed.difference(&read).collect();
+    assert!(
+        unlisted.is_empty(),
+        "settings the code reads but the README's table does not list: {unlisted:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "settings the README lists but the code does not read: {unknown:?}"
+    );
+    let direct: Vec<String> = direct_env_reads()
+        .into_iter()
+        .filter(|name| !read.contains(name))
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "src/ reads environment variables outside the configuration: {direct:?}"
+    );
+}
+
+#[test]
+fn every_flag_of_every_command_explains_itself() {
+    fn check(command: &clap::Command, path: &str) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty()),
+                "{path} --{id} has no help"
+            );
+        }
+        for sub in command.get_subcommands() {
+            assert!(
+                sub.get_about().is_some(),
+                "{path} {} has no description",
+                sub.get_name()
+            );
+            check(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+    Cli::command().debug_assert();
+    check(&Cli::command(), "prospect-api");
+}
+
+#[test]
+fn the_compose_file_runs_what_the_configuration_expects() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repository_file("docker-compose.yml")).unwrap();
+    let services = &compose["services"];
+    let db = &services["db"];
+    let api = &services["api"];
+
+    let image = db["image"].as_str().unwrap();
+    let major: u32 = image
+        .trim_start_matches("postgres:")
+        .split(['.', '-'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(major >= 15, "a current PostgreSQL: {image}");
+    assert!(
+        db["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().contains("pg_isready"))
+    );
+    let volume = db["volumes"][0]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        compose["volumes"].get(volume).is_some(),
+        "the data lives in the named volume {volume}"
+    );
+
+    assert_eq!(api["build"].as_str(), Some("."));
+    assert_eq!(
+        api["depends_on"]["db"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert_eq!(api["command"][0].as_str(), Some("serve"));
+    assert!(
+        api["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str() == Some("--demo"))
+    );
+    assert!(api["ports"][0].as_str().unwrap().ends_with(":8080"));
+
+    let known = settings_read_by_the_code();
+    let environment = api["environment"].as_mapping().unwrap();
+    for (name, value) in environment {
+        let name = name.as_str().unwrap();
+        assert!(
+            known.contains(name),
+            "the compose file sets {name}, which the code does not read"
+        );
+        let value = value.as_str().unwrap_or_default();
+        // What the config would accept: try the same parsers.
+        match name {
+            "ADMIN_TOKEN" => assert!(
+                value.parse::<prospect_api::config::AdminToken>().is_ok(),
+                "ADMIN_TOKEN too short"
+            ),
+            "DATABASE_URL" => {
+                let url: prospect_api::config::DatabaseUrl = value.parse().unwrap();
+                assert!(
+                    url.expose().contains("@db:5432/"),
+                    "the API reaches the db service: {value}"
+                );
+            }
+            "BIND_ADDR" => assert_eq!(value, "0.0.0.0:8080"),
+            _ if name.starts_with("REFRESH_") => {
+                prospect_api::config::parse_duration(value).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_offline_in_stages_and_runs_as_a_user() {
+    let dockerfile = repository_file("Dockerfile");
+    let stages = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(stages >= 2, "multi-stage");
+    assert!(dockerfile.contains("SQLX_OFFLINE=true"));
+    assert!(dockerfile.contains("--locked"));
+    let user = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER line");
+    assert_ne!(user.trim(), "root");
+    assert_ne!(user.trim(), "0");
+    assert!(dockerfile.contains("EXPOSE 8080"));
+    for copied in dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+    {
+        for path in copied.split_whitespace().rev().skip(1) {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            assert!(
+                path.exists(),
+                "the Dockerfile copies {} which does not exist",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The curl commands of the README's shell blocks, one per entry (continuation lines joined), with
+/// the HTTP status each is expected to return (`# expect NNN`, else 2xx or 304).
+fn readme_curl_examples() -> Vec<(String, Option<u16>)> {
+    let readme = repository_file("README.md");
+    let mut examples = Vec::new();
+    for block in readme.split("```sh\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for line in block.lines().filter(|l| l.starts_with("curl ")) {
+            let (command, comment) = line
+                .split_once("   #")
+                .map_or((line, ""), |(c, rest)| (c, rest));
+            let expected = comment
+                .trim()
+                .strip_prefix("expect ")
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok());
+            examples.push((command.trim().to_owned(), expected));
+        }
+    }
+    examples
+}
+
+#[tokio::test]
+async fn every_curl_example_in_the_readme_works_against_a_live_server() {
+    let app =
+        spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap()))
+            .await;
+    // The demo data's first companies (the same seed as `serve --demo`), so the README's ids exist.
+    prospect_api::seed::seed(
+        &app.db.pool,
+        &prospect_api::seed::SeedOptions {
+            companies: 300,
+            prospects_per_company: 10,
+            seed: 42,
+            replace: true,
+        },
+    )
+    .await
+    .unwrap();
+    prospect_api::refresh::refresh_all(
+        &app.db.pool,
+        prospect_api::refresh::RefreshTrigger::Cli,
+        &crate::helpers::quick_refresh_settings(),
+    )
+    .await
+    .unwrap();
+
+    let examples = readme_curl_examples();
+    assert!(
+        examples.len() >= 15,
+        "only {} curl examples found",
+        examples.len()
+    );
+    for (example, expected) in examples {
+        let command = example.replace("http://127.0.0.1:8080", &app.address);
+        // The server runs on this test's runtime: run curl on a blocking thread, not on it.
+        let script = format!("{command} -w '\\n%{{http_code}}'");
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .output()
+                .expect("sh runs")
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{example}: curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let status: u16 = stdout.lines().last().unwrap().parse().unwrap();
+        match expected {
+            Some(expected) => assert_eq!(status, expected, "{example}\n{stdout}"),
+            None => assert!(
+                (200..300).contains(&status) || status == 304,
+                "{example} answered {status}\n{stdout}"
+            ),
+        }
+    }
+}
