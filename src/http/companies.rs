@@ -1,10 +1,9 @@
 //! `GET /companies` and `GET /companies/{company_id}`: companies with prospect counts, from
 //! `company_summary_view`.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,8 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::freshness::{Gate, gate};
-use super::list::{Listing, Page, list};
+use super::list::{Listing, Page, list, one};
 use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range};
 use crate::views::ViewName;
 use crate::views::company_summaries::{self, CompanyFilters, CompanyKey, CompanyRow, CompanySort};
@@ -208,17 +206,15 @@ async fn get_company(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
-    let query = format!("/companies/{company_id}");
-    let fresh = match gate(&state, ViewName::CompanySummaryView, &query, &headers).await? {
-        Gate::NotModified(response) => return Ok(response),
-        Gate::Serve(fresh) => fresh,
-    };
-    let row = company_summaries::by_id(&state.read_pool, &company_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("There is no company with id '{company_id}'."))
-        })?;
-    Ok(fresh.apply(Json(row).into_response()))
+    one(
+        &state,
+        &headers,
+        ViewName::CompanySummaryView,
+        &format!("/companies/{company_id}"),
+        || company_summaries::by_id(&state.read_pool, &company_id),
+        || format!("There is no company with id '{company_id}'."),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -227,13 +223,8 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let mut documented: Vec<String> = CompanyQuery::into_params(|| None)
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        let mut accepted: Vec<String> = known_params().into_iter().map(str::to_owned).collect();
-        documented.sort();
-        accepted.sort();
+        let (documented, accepted) =
+            super::super::params::documented_and_accepted::<CompanyQuery>(&known_params());
         assert_eq!(documented, accepted);
     }
 }

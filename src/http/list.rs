@@ -114,6 +114,30 @@ pub async fn list<L: Listing>(
     Ok(fresh.apply(response))
 }
 
+/// A single-row endpoint: the freshness gate, then `fetch` (only when the client's copy is not
+/// current), a 404 with `missing` when there is no such row.
+pub async fn one<T, F>(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    view: ViewName,
+    path: &str,
+    fetch: impl FnOnce() -> F,
+    missing: impl FnOnce() -> String,
+) -> Result<Response, ApiError>
+where
+    T: Serialize,
+    F: Future<Output = Result<Option<T>, sqlx::Error>>,
+{
+    let fresh = match gate(state, view, path, request_headers).await? {
+        Gate::NotModified(response) => return Ok(response),
+        Gate::Serve(fresh) => fresh,
+    };
+    let row = fetch()
+        .await?
+        .ok_or_else(|| ApiError::NotFound(missing()))?;
+    Ok(fresh.apply(Json(row).into_response()))
+}
+
 /// The same request with `cursor` replaced: `<path?query&cursor=…>; rel="next"`.
 fn next_link(uri: &Uri, cursor: &str) -> Option<HeaderValue> {
     let mut query: Vec<&str> = uri

@@ -277,6 +277,22 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
     }
 }
 
+/// For tests: the query parameters a documentation struct declares, sorted, against those a parser
+/// accepts, sorted.
+#[cfg(test)]
+pub fn documented_and_accepted<P: utoipa::IntoParams>(
+    accepted: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let mut documented: Vec<String> = P::into_params(|| None)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let mut accepted: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
+    documented.sort();
+    accepted.sort();
+    (documented, accepted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

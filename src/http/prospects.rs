@@ -1,10 +1,9 @@
 //! `GET /prospects`, `GET /prospects/{prospect_id}` and `GET /companies/{company_id}/prospects`:
 //! prospects with their company, from `company_prospect_view`.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,8 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::freshness::{Gate, gate};
-use super::list::{Listing, Page, list};
+use super::list::{Listing, Page, list, one};
 use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range};
 use crate::views::ViewName;
 use crate::views::company_prospects::{
@@ -284,17 +282,15 @@ async fn get_prospect(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
-    let query = format!("/prospects/{prospect_id}");
-    let fresh = match gate(&state, ViewName::CompanyProspectView, &query, &headers).await? {
-        Gate::NotModified(response) => return Ok(response),
-        Gate::Serve(fresh) => fresh,
-    };
-    let row = company_prospects::by_id(&state.read_pool, &prospect_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("There is no prospect with id '{prospect_id}'."))
-        })?;
-    Ok(fresh.apply(Json(row).into_response()))
+    one(
+        &state,
+        &headers,
+        ViewName::CompanyProspectView,
+        &format!("/prospects/{prospect_id}"),
+        || company_prospects::by_id(&state.read_pool, &prospect_id),
+        || format!("There is no prospect with id '{prospect_id}'."),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -303,13 +299,8 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let mut documented: Vec<String> = ProspectQuery::into_params(|| None)
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        let mut accepted: Vec<String> = known_params(true).into_iter().map(str::to_owned).collect();
-        documented.sort();
-        accepted.sort();
+        let (documented, accepted) =
+            super::super::params::documented_and_accepted::<ProspectQuery>(&known_params(true));
         assert_eq!(documented, accepted);
     }
 }

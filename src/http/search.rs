@@ -159,13 +159,8 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let mut documented: Vec<String> = SearchQuery::into_params(|| None)
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        let mut accepted: Vec<String> = known_params().into_iter().map(str::to_owned).collect();
-        documented.sort();
-        accepted.sort();
+        let (documented, accepted) =
+            super::super::params::documented_and_accepted::<SearchQuery>(&known_params());
         assert_eq!(documented, accepted);
     }
 }

@@ -50,6 +50,7 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
                   EXISTS (
                       SELECT 1 FROM pg_locks l
                       WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                         AND l.classid::bigint = (view_refresh_lock_key(u.v) >> 32) & 4294967295
                         AND l.objid::bigint = view_refresh_lock_key(u.v) & 4294967295
                   ) AS "refreshing!"

@@ -306,3 +306,30 @@ async fn metrics_are_prometheus_text_with_per_view_series() {
     );
     assert!(text.contains("refresh_notifications_total "));
 }
+
+#[tokio::test]
+async fn admin_views_report_a_refresh_held_by_any_process_on_this_database_only() {
+    let app = admin_app().await;
+    let mut other_process = app.db.connection().await;
+    sqlx::query!("SELECT pg_advisory_lock(view_refresh_lock_key('company_summary_view'))")
+        .fetch_one(&mut other_process)
+        .await
+        .unwrap();
+    let views: Value = json(
+        app.client
+            .get(format!("{}/admin/views", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let refreshing: Vec<bool> = views
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["refreshing"].as_bool().unwrap())
+        .collect();
+    assert_eq!(refreshing, [false, true, false]);
+}
