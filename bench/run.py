@@ -46,7 +46,7 @@ INDUSTRIES = ["Software", "Financial Services", "Healthcare", "Retail", "Manufac
 COUNTRIES = ["United States", "United Kingdom", "Germany", "France", "Canada", "India", "Australia",
              "Netherlands", "Spain", "Italy", "Brazil", "Japan"]
 TERMS = ["smith", "garcia", "patel", "engineering", "sales manager", "acme", "globex labs", "olivia",
-         "director of", "tanaka", "vertex", "finance"]
+         "director", "tanaka", "vertex", "finance"]
 
 
 def sh(*args, **kwargs):

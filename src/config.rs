@@ -145,7 +145,17 @@ pub struct ServeConfig {
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
     pub refresh_interval: Duration,
 
-    /// After a base-table change notification, wait for this much quiet before refreshing.
+    /// Have the base-table triggers NOTIFY on every write, and listen. Off by default: notifying
+    /// writers commit one at a time (measured: 0.39 of trigger-less INSERT throughput from 8 clients);
+    /// instead the refresher polls the change record every REFRESH_POLL_INTERVAL.
+    #[arg(long, env = "REFRESH_NOTIFY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub refresh_notify: bool,
+
+    /// How often to look for base-table changes when REFRESH_NOTIFY is off.
+    #[arg(long, env = "REFRESH_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub refresh_poll_interval: Duration,
+
+    /// After a base-table change, wait for this much quiet before refreshing.
     #[arg(long, env = "REFRESH_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
     pub refresh_debounce: Duration,
 

@@ -112,7 +112,8 @@ impl Metrics {
             .refreshes
             .entry((view, trigger.as_str(), status_label(status)))
             .or_default() += 1;
-        if trigger == RefreshTrigger::Notify && status != RefreshStatus::Skipped {
+        let after_change = matches!(trigger, RefreshTrigger::Notify | RefreshTrigger::Poll);
+        if after_change && status != RefreshStatus::Skipped {
             registry.refreshes_after_notifications += 1;
         }
         if status != RefreshStatus::Skipped {
@@ -190,13 +191,13 @@ impl Metrics {
                 let _ = writeln!(out, "view_data_age_seconds{{view=\"{}\"}} {age}", view.view);
             }
         }
-        out.push_str("# HELP refresh_notifications_total Notifications received on the refresh_views channel.\n# TYPE refresh_notifications_total counter\n");
+        out.push_str("# HELP refresh_notifications_total Base-table changes seen: notifications received (REFRESH_NOTIFY) or changes found by polling.\n# TYPE refresh_notifications_total counter\n");
         let _ = writeln!(
             out,
             "refresh_notifications_total {}",
             registry.notifications
         );
-        out.push_str("# HELP refresh_notification_refreshes_total View refreshes that notifications caused.\n# TYPE refresh_notification_refreshes_total counter\n");
+        out.push_str("# HELP refresh_notification_refreshes_total View refreshes that base-table changes caused.\n# TYPE refresh_notification_refreshes_total counter\n");
         let _ = writeln!(
             out,
             "refresh_notification_refreshes_total {}",

@@ -14,12 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::commands::prepare_database;
-use crate::config::{DatabaseUrl, ServeConfig};
+use crate::config::ServeConfig;
 use crate::db;
 use crate::http::cursor::CursorSigner;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
-use crate::refresh::{self, NotifySettings, Refresher};
+use crate::refresh::{self, ChangeSource, NotifySettings, Refresher};
 use crate::seed::{self, SeedOptions};
 
 pub struct Application {
@@ -31,7 +31,7 @@ pub struct Application {
 /// The refresh machinery that runs beside the server.
 struct Background {
     pool: PgPool,
-    database_url: DatabaseUrl,
+    changes: ChangeSource,
     refresher: Refresher,
     workers: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
@@ -64,6 +64,7 @@ impl Application {
         let read_pool = db::connect_read(&config.database, read_url, config.read_statement_timeout)
             .await
             .with_context(|| format!("connecting the read pool to {read_url}"))?;
+        set_change_notifications(&pool, config.refresh_notify).await;
         let cursors = CursorSigner::load(&pool)
             .await
             .context("loading the cursor signing key")?;
@@ -94,7 +95,11 @@ impl Application {
         };
         let background = Background {
             pool,
-            database_url: config.database.database_url.clone(),
+            changes: if config.refresh_notify {
+                ChangeSource::Notifications(config.database.database_url.clone())
+            } else {
+                ChangeSource::Polling(config.refresh_poll_interval)
+            },
             refresher,
             workers,
             metrics,
@@ -139,9 +144,9 @@ impl Application {
                 background.interval,
                 stopping.clone(),
             )),
-            tokio::spawn(refresh::run_listener(
+            tokio::spawn(refresh::run_change_watcher(
                 background.pool.clone(),
-                background.database_url.clone(),
+                background.changes.clone(),
                 background.refresher.clone(),
                 background.notify,
                 background.metrics.clone(),
@@ -174,4 +179,16 @@ async fn seed_demo_data_if_empty(pool: &PgPool) -> anyhow::Result<()> {
         "--demo: seeded demo data"
     );
     Ok(())
+}
+
+/// Tells the base-table triggers whether to NOTIFY (a database-level setting, so it reaches the writing
+/// app's new sessions). Needs the right to ALTER DATABASE; without it, say so and carry on: polling
+/// finds every change either way, and a listener then hears whatever the setting already says.
+async fn set_change_notifications(pool: &PgPool, enabled: bool) {
+    if let Err(error) = sqlx::query!("SELECT set_change_notifications($1)", enabled)
+        .fetch_one(pool)
+        .await
+    {
+        tracing::warn!(%error, enabled, "could not set prospect_api.notify for this database");
+    }
 }

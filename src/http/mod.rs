@@ -151,6 +151,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
+                // Our `on_response` logs every status; tower-http's default would add an ERROR
+                // line for every 5xx, such as each /readyz poll while views are populated.
+                .on_failure(())
                 .on_response(
                     |response: &Response, latency: Duration, _span: &tracing::Span| {
                         tracing::info!(

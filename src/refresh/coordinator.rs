@@ -4,7 +4,8 @@
 //! one runs cannot join it (its snapshot may predate the write that prompted the request), so it
 //! waits for exactly one follow-up refresh, which serves every request queued meanwhile: a burst of
 //! requests costs at most two refreshes. A shared permit makes the workers refresh one view at a time
-//! (three concurrent refreshes would only fight over two cores), in the order requests arrived.
+//! (three concurrent refreshes would only fight over two cores); which waiting view goes next is not
+//! fixed, and need not be: each refresh is its own transaction and locks only its own view.
 //! Across processes, `refresh_view`'s advisory lock does the same job.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +110,14 @@ impl Refresher {
         self.request(view, trigger)
             .await
             .unwrap_or_else(|_| Err("the refresher is shutting down".to_owned()))
+    }
+
+    /// Whether no view is being refreshed or waiting to be.
+    pub fn is_idle(&self) -> bool {
+        self.inner.slots.iter().all(|slot| {
+            !slot.running.load(Ordering::SeqCst)
+                && slot.waiting.lock().expect("not poisoned").is_empty()
+        })
     }
 
     /// Whether this process is refreshing `view` right now.

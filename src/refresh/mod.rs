@@ -12,7 +12,9 @@ pub mod status;
 
 pub use coordinator::{RefreshOutcome, Refresher, stop_workers};
 pub use refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_all, refresh_view};
-pub use scheduler::{CHANNEL, NotifySettings, run_listener, run_schedule, views_needing_refresh};
+pub use scheduler::{
+    CHANNEL, ChangeSource, NotifySettings, run_change_watcher, run_schedule, views_needing_refresh,
+};
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {

@@ -15,6 +15,7 @@ use crate::views::ViewName;
 pub enum RefreshTrigger {
     Schedule,
     Notify,
+    Poll,
     Manual,
     Startup,
     Cli,
@@ -26,6 +27,7 @@ impl RefreshTrigger {
         match self {
             RefreshTrigger::Schedule => "schedule",
             RefreshTrigger::Notify => "notify",
+            RefreshTrigger::Poll => "poll",
             RefreshTrigger::Manual => "manual",
             RefreshTrigger::Startup => "startup",
             RefreshTrigger::Cli => "cli",

@@ -1,5 +1,6 @@
-//! What decides *when* views are refreshed: a fixed schedule, and notifications from the base-table
-//! triggers (debounced), with a catch-up from the change record whenever the listener (re)connects.
+//! What decides *when* views are refreshed: a fixed schedule, and changes to the base tables
+//! (debounced), seen either by polling the change record (the default) or through the triggers'
+//! notifications, with a catch-up from the change record whenever watching (re)starts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,54 +40,129 @@ pub async fn run_schedule(
 
 #[derive(Debug, Clone, Copy)]
 pub struct NotifySettings {
-    /// Quiet time after the last notification of a burst before refreshing.
+    /// Quiet time after the last change of a burst before refreshing.
     pub debounce: Duration,
-    /// The longest a burst may postpone the refresh after its first notification.
+    /// The longest a burst may postpone the refresh after its first change.
     pub max_delay: Duration,
 }
 
-enum ListenerEvent {
-    /// LISTEN is (again) in place; writes made while it was not may have gone unnotified.
-    Connected {
-        first: bool,
-    },
-    Notified,
+/// How base-table changes are noticed.
+#[derive(Debug, Clone)]
+pub enum ChangeSource {
+    /// LISTEN for the triggers' notifications (REFRESH_NOTIFY=true).
+    Notifications(DatabaseUrl),
+    /// Read the change record this often (the default: writers pay no NOTIFY at commit).
+    Polling(Duration),
 }
 
-/// Listens on `refresh_views` until shutdown: debounced notifications refresh every view, and each
-/// (re)connection refreshes the views the change record says are behind (on the first connection,
-/// that includes views never populated).
-pub async fn run_listener(
+enum ChangeEvent {
+    /// Watching (again): changes made while nobody watched are found in the change record.
+    Connected { first: bool },
+    /// A notification arrived.
+    Notified,
+    /// Polling found views behind the base tables; `grew`: the change record grew since last time.
+    Pending { grew: bool },
+}
+
+/// Watches for base-table changes until shutdown and refreshes every view after a burst of them
+/// (debounced, but never later than `max_delay` after its first change); whenever watching
+/// (re)starts, refreshes the views the change record says are behind (at startup that includes
+/// views never populated).
+pub async fn run_change_watcher(
     pool: PgPool,
-    database_url: DatabaseUrl,
+    source: ChangeSource,
     refresher: Refresher,
     settings: NotifySettings,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (events, mut received) = mpsc::channel(256);
-    let receiver = tokio::spawn(receive_notifications(database_url, events, metrics));
-    let mut burst: Option<(Instant, Instant)> = None; // (first, last) notification
+    let (watcher, trigger) = match source {
+        ChangeSource::Notifications(url) => (
+            tokio::spawn(receive_notifications(url, events, metrics)),
+            RefreshTrigger::Notify,
+        ),
+        ChangeSource::Polling(interval) => (
+            tokio::spawn(poll_changes(pool.clone(), interval, events, metrics)),
+            RefreshTrigger::Poll,
+        ),
+    };
+    let mut burst: Option<(Instant, Instant)> = None; // (first, last) change
     loop {
         let deadline =
             burst.map(|(first, last)| (last + settings.debounce).min(first + settings.max_delay));
         tokio::select! {
             event = received.recv() => match event {
-                Some(ListenerEvent::Notified) => {
+                Some(ChangeEvent::Notified | ChangeEvent::Pending { grew: true }) => {
                     let now = Instant::now();
                     burst = Some((burst.map_or(now, |(first, _)| first), now));
                 }
-                Some(ListenerEvent::Connected { first }) => catch_up(&pool, &refresher, first).await,
+                Some(ChangeEvent::Pending { grew: false }) => {
+                    // Behind, nothing new since the last poll. A refresh that is running or queued
+                    // will cover it (as at startup); only an idle refresher must be asked again.
+                    if burst.is_none() && refresher.is_idle() {
+                        let now = Instant::now();
+                        burst = Some((now, now));
+                    }
+                }
+                Some(ChangeEvent::Connected { first }) => catch_up(&pool, &refresher, first).await,
                 None => break,
             },
             () = sleep_until_optional(deadline) => {
                 burst = None;
-                refresher.request_all(RefreshTrigger::Notify);
+                refresher.request_all(trigger);
             }
             () = stopped(&mut shutdown) => break,
         }
     }
-    receiver.abort();
+    watcher.abort();
+}
+
+/// Every `interval`, asks whether any view is behind the base tables (and whether the change record
+/// grew). A failed poll is logged and retried with backoff.
+async fn poll_changes(
+    pool: PgPool,
+    interval: Duration,
+    events: mpsc::Sender<ChangeEvent>,
+    metrics: Arc<Metrics>,
+) {
+    if events
+        .send(ChangeEvent::Connected { first: true })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut backoff = Backoff::default();
+    let mut last_count: Option<i64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let polled = sqlx::query!(
+            r#"SELECT (SELECT count(*) FROM base_table_changes) AS "changes!",
+                      EXISTS (SELECT 1 FROM views_needing_refresh()) AS "behind!""#
+        )
+        .fetch_one(&pool)
+        .await;
+        match polled {
+            Ok(row) => {
+                backoff.reset();
+                let grew = last_count.is_some_and(|last| row.changes > last);
+                last_count = Some(row.changes);
+                if row.behind {
+                    if grew {
+                        metrics.record_notification();
+                    }
+                    if events.send(ChangeEvent::Pending { grew }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff.peek(), "polling the change record failed");
+                backoff.wait().await;
+            }
+        }
+    }
 }
 
 async fn sleep_until_optional(deadline: Option<Instant>) {
@@ -133,7 +209,7 @@ pub async fn views_needing_refresh(pool: &PgPool) -> Result<Vec<ViewName>, sqlx:
 /// fails, `try_recv` errs on every call, so we back off and start over.
 async fn receive_notifications(
     database_url: DatabaseUrl,
-    events: mpsc::Sender<ListenerEvent>,
+    events: mpsc::Sender<ChangeEvent>,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::default();
@@ -148,11 +224,7 @@ async fn receive_notifications(
             }
         };
         backoff.reset();
-        if events
-            .send(ListenerEvent::Connected { first })
-            .await
-            .is_err()
-        {
+        if events.send(ChangeEvent::Connected { first }).await.is_err() {
             return;
         }
         first = false;
@@ -160,13 +232,13 @@ async fn receive_notifications(
             let event = match listener.try_recv().await {
                 Ok(Some(_)) => {
                     metrics.record_notification();
-                    ListenerEvent::Notified
+                    ChangeEvent::Notified
                 }
                 Ok(None) => {
                     tracing::warn!(
                         "the notification connection was lost and re-established; catching up"
                     );
-                    ListenerEvent::Connected { first: false }
+                    ChangeEvent::Connected { first: false }
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff.peek(), "the notification connection failed");

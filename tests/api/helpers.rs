@@ -206,6 +206,8 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         stale_after: Some(std::time::Duration::from_secs(1800)),
         admin_token: None,
         refresh_interval: std::time::Duration::ZERO,
+        refresh_notify: false,
+        refresh_poll_interval: std::time::Duration::from_millis(50),
         refresh_debounce: std::time::Duration::from_millis(100),
         refresh_max_delay: std::time::Duration::from_secs(1),
         demo: false,

@@ -18,10 +18,17 @@ async fn next_notification(listener: &mut PgListener) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn every_kind_of_write_to_either_table_notifies_with_table_and_operation() {
+async fn with_notifications_on_every_kind_of_write_to_either_table_notifies_with_table_and_operation()
+ {
     let db = TestDb::new().await;
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen("refresh_views").await.unwrap();
+    // The writing app's session, with the setting REFRESH_NOTIFY=true puts on the database.
+    let mut writer = db.connection().await;
+    sqlx::query!("SELECT set_config('prospect_api.notify', 'on', false)")
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
 
     let writes: [(&'static str, &str, &str); 8] = [
         (
@@ -50,7 +57,7 @@ async fn every_kind_of_write_to_either_table_notifies_with_table_and_operation()
         (r#"TRUNCATE "Prospect", "Company""#, "Prospect", "TRUNCATE"),
     ];
     for (sql, table, operation) in writes {
-        db.execute(sql).await;
+        sqlx::raw_sql(sql).execute(&mut writer).await.unwrap();
         let payload = next_notification(&mut listener).await;
         assert_eq!(
             payload,
@@ -64,6 +71,42 @@ async fn every_kind_of_write_to_either_table_notifies_with_table_and_operation()
         payload,
         serde_json::json!({ "table": "Company", "operation": "TRUNCATE" })
     );
+}
+
+#[tokio::test]
+async fn by_default_writes_are_recorded_but_not_notified() {
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen("refresh_views").await.unwrap();
+    db.execute(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
+        .await;
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(
+        heard.is_err(),
+        "no notification without prospect_api.notify = on"
+    );
+    let recorded = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM base_table_changes"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test]
+async fn set_change_notifications_turns_notifying_on_for_new_sessions() {
+    let db = TestDb::new().await;
+    sqlx::query!("SELECT set_change_notifications(true)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen("refresh_views").await.unwrap();
+    let mut new_session = db.connection().await;
+    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
+        .execute(&mut new_session)
+        .await
+        .unwrap();
+    assert_eq!(next_notification(&mut listener).await["table"], "Company");
 }
 
 #[tokio::test]
