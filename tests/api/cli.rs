@@ -129,7 +129,11 @@ async fn serve_stops_cleanly_on_sigterm() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
+        .env(
+            "ADMIN_TOKEN",
+            "a-secret-admin-token-that-must-never-be-logged",
+        )
+        .env("RUST_LOG", "debug")
         .env("LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -144,6 +148,15 @@ async fn serve_stops_cleanly_on_sigterm() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+
+    // An authenticated request, so that the token passes through the server before we read its log.
+    let accepted = client
+        .post(format!("http://127.0.0.1:{port}/admin/refresh?wait=false"))
+        .bearer_auth("a-secret-admin-token-that-must-never-be-logged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
 
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -167,6 +180,10 @@ async fn serve_stops_cleanly_on_sigterm() {
     assert!(
         log.contains("shutdown signal received") && log.contains("\"stopped\""),
         "{log}"
+    );
+    assert!(
+        !log.contains("a-secret-admin-token"),
+        "the admin token appears in the log"
     );
     assert!(
         client.get(&url).send().await.is_err(),

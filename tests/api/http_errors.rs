@@ -156,3 +156,32 @@ async fn a_request_past_the_request_timeout_is_a_503_but_a_waiting_admin_refresh
     let problem = json(slow, 503).await;
     assert_eq!(problem["status"], 503);
 }
+
+#[tokio::test]
+async fn an_internal_error_is_a_generic_500_that_reveals_nothing() {
+    let app = spawn_app().await;
+    // Break the schema under the running server: its query now fails inside PostgreSQL.
+    app.db
+        .execute("ALTER MATERIALIZED VIEW company_summary_view RENAME COLUMN name TO company_title")
+        .await;
+    let response = app.get("/companies").await;
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.text().await.unwrap();
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["status"], 500);
+    assert!(problem["detail"].as_str().unwrap().contains("request id"));
+    for leak in [
+        "company_title",
+        "column",
+        "name",
+        "sqlx",
+        "SELECT",
+        "company_summary_view",
+    ] {
+        assert!(!body.contains(leak), "the 500 body leaks '{leak}': {body}");
+    }
+    assert_eq!(request_id.len(), 36);
+}
