@@ -333,3 +333,34 @@ async fn admin_views_report_a_refresh_held_by_any_process_on_this_database_only(
         .collect();
     assert_eq!(refreshing, [false, true, false]);
 }
+
+#[tokio::test]
+async fn a_storm_of_100_concurrent_refresh_requests_causes_at_most_two_refreshes_per_view() {
+    let app = admin_app().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let request = app
+            .client
+            .post(format!("{}/admin/refresh", app.address))
+            .bearer_auth(ADMIN_TOKEN);
+        requests.spawn(async move { request.send().await.unwrap().status() });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let per_view = sqlx::query!(
+        r#"SELECT view_name, count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual' GROUP BY 1 ORDER BY 1"#
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_view.len(), 3);
+    for row in per_view {
+        assert!(
+            (1..=2).contains(&row.n),
+            "{}: {} refreshes for 100 requests",
+            row.view_name,
+            row.n
+        );
+    }
+}
