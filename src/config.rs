@@ -138,7 +138,7 @@ pub struct ServeConfig {
 
     /// Bearer token for the /admin endpoints, at least 32 characters (e.g. `openssl rand -hex 32`).
     /// Unset: the admin endpoints are disabled (403).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
 
     /// Refresh every view this often (0 turns the schedule off).
@@ -199,6 +199,37 @@ impl FromStr for AdminToken {
             ));
         }
         Ok(AdminToken(s.to_owned()))
+    }
+}
+
+/// Parses ADMIN_TOKEN without the usual "invalid value '…'" message: a rejected token may still be
+/// most of a real secret, and must not be echoed to the terminal or the logs.
+#[derive(Clone)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = AdminToken;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<AdminToken, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "ADMIN_TOKEN must be valid UTF-8\n",
+            )
+            .with_cmd(cmd)
+        })?;
+        text.parse().map_err(|reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{reason}\n"),
+            )
+            .with_cmd(cmd)
+        })
     }
 }
 

@@ -84,6 +84,7 @@ impl Application {
             refresher: refresher.clone(),
             metrics: metrics.clone(),
             admin_token: config.admin_token.clone(),
+            wrong_tokens: Arc::default(),
             read_pool,
             pool: pool.clone(),
             cursors,
@@ -153,9 +154,13 @@ impl Application {
                 stopping,
             )),
         ];
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         let _ = background.shutdown.send(true);
         for task in tasks {
             let _ = task.await;

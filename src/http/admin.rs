@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::admin_guard::{self, ClientAddr};
 use super::error::{ApiError, InvalidParam, Problem};
 use super::params::QueryParams;
 use crate::refresh::status::{self, RefreshLogEntry, ViewStatus};
@@ -26,18 +27,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.admin_token else {
-        return Err(ApiError::AdminDisabled);
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(candidate) if token.matches(candidate) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
-    }
+fn authorize(state: &AppState, client: &ClientAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    admin_guard::authorize(
+        state.admin_token.as_ref(),
+        &state.wrong_tokens,
+        client,
+        headers,
+    )
 }
 
 /// The optional body of `POST /admin/refresh`.
@@ -45,6 +41,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The views to refresh; all three when absent.
+    #[schema(value_type = Option<Vec<ViewName>>, min_items = 1)]
     views: Option<Vec<String>>,
 }
 
@@ -63,8 +60,10 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ViewName::ALL.to_vec());
     }
-    let request: RefreshRequest = serde_json::from_slice(body)
+    // `null` is a body saying nothing, like no body at all.
+    let request: Option<RefreshRequest> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("body", format!("is not a valid refresh request: {e}")))?;
+    let request = request.unwrap_or_default();
     let Some(names) = request.views else {
         return Ok(ViewName::ALL.to_vec());
     };
@@ -102,16 +101,18 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
         (status = 400, description = "Unknown view or malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A refresh failed; `results` holds each view's outcome and error", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn refresh(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &client, &headers)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let wait = params
         .parsed::<bool>("wait", "true or false")
@@ -154,14 +155,16 @@ async fn refresh(
         (status = 200, body = Vec<ViewStatus>),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn views(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<ViewStatus>>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &client, &headers)?;
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
     Ok(Json(status::view_statuses(&state.pool).await?))
 }
@@ -169,21 +172,23 @@ async fn views(
 /// The refresh log, newest first.
 #[utoipa::path(
     get, path = "/admin/refresh/history", tag = "admin",
-    params(("limit" = Option<i64>, Query, description = "Entries, 1 to 500 (default 50)")),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Entries, 1 to 500 (default 50)")),
     security(("admin_token" = [])),
     responses(
         (status = 200, body = Vec<RefreshLogEntry>),
         (status = 400, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn history(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<RefreshLogEntry>>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &client, &headers)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let limit = match params.parsed::<i64>("limit", "a whole number from 1 to 500") {
         Some(limit) if (1..=500).contains(&limit) => limit,

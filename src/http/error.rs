@@ -67,6 +67,8 @@ pub enum ApiError {
     AdminDisabled,
     #[error("missing or wrong admin token")]
     Unauthorized,
+    #[error("too many wrong admin tokens")]
+    TooManyWrongTokens { retry_after_secs: u64 },
     #[error("refresh failed")]
     RefreshFailed(Vec<RefreshReport>),
     #[error("refresher unavailable: {0}")]
@@ -90,6 +92,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::RefreshFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyWrongTokens { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -119,7 +122,7 @@ impl ApiError {
             ),
             ApiError::DatabaseUnavailable(_) => (
                 "urn:prospect-api:problem:database-unavailable",
-                "The database is not reachable right now. Retry shortly.".into(),
+                "The database is not reachable, or all its connections are busy, right now. Retry shortly.".into(),
                 vec![],
             ),
             ApiError::QueryTimeout => (
@@ -142,6 +145,13 @@ impl ApiError {
             ApiError::Unauthorized => (
                 "urn:prospect-api:problem:unauthorized",
                 "Send the admin token as `Authorization: Bearer <token>`.".into(),
+                vec![],
+            ),
+            ApiError::TooManyWrongTokens { retry_after_secs } => (
+                "urn:prospect-api:problem:too-many-wrong-tokens",
+                format!(
+                    "Too many wrong admin tokens from this address. Retry after {retry_after_secs} s with the right one."
+                ),
                 vec![],
             ),
             ApiError::RefreshFailed(reports) => {
@@ -213,6 +223,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let ApiError::TooManyWrongTokens { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

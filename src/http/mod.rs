@@ -2,6 +2,7 @@
 //! parameter parsing, the freshness gate, and the middleware stack assembled here.
 
 mod admin;
+pub mod admin_guard;
 mod companies;
 pub mod cursor;
 pub mod error;
@@ -36,6 +37,7 @@ use utoipa_scalar::{Scalar, Servable};
 
 pub use freshness::{X_DATA_AGE, X_DATA_REFRESHED_AT, X_DATA_STALE};
 
+use self::admin_guard::WrongTokenLimiter;
 use self::cursor::CursorSigner;
 use self::error::{
     ApiError, InvalidParam, PROBLEM_JSON, Problem, generic_problem, problem_response,
@@ -51,6 +53,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// None: the admin endpoints are disabled.
     pub admin_token: Option<AdminToken>,
+    /// Wrong admin tokens per client address, to lock out guessing.
+    pub wrong_tokens: Arc<WrongTokenLimiter>,
     /// Read-only, `plan_cache_mode = force_custom_plan`, with a statement timeout; may be a replica.
     pub read_pool: PgPool,
     /// The primary, for refreshes and the refresh log.
@@ -108,13 +112,14 @@ impl utoipa::Modify for AdminTokenScheme {
 
 /// The documented routes and the OpenAPI document describing exactly them.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(prospects::router())
         .merge(companies::router())
         .merge(search::router())
         .merge(health::router())
         .merge(admin::router())
-        .split_for_parts()
+        .split_for_parts();
+    (router, params::document_value_rules(spec))
 }
 
 /// The OpenAPI document (what `/openapi.json` serves and `openapi/openapi.json` holds).

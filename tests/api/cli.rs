@@ -97,6 +97,23 @@ async fn an_unknown_view_is_rejected_with_the_valid_names() {
     );
 }
 
+#[test]
+fn serve_refuses_to_start_with_an_admin_token_shorter_than_32_characters() {
+    let output = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:9/unused")
+        .env("ADMIN_TOKEN", "short-secret-31-characters-long")
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
+    assert!(
+        !stderr.contains("short-secret"),
+        "the token is not echoed: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_database_gets_a_message_saying_where_and_what_to_do() {
     // Port 9 (discard) on loopback: nothing listens there.

@@ -3,6 +3,8 @@
 use serde_json::Value;
 use sqlx::Connection;
 
+use prospect_api::http::admin_guard::{MAX_WRONG_TOKENS, WINDOW};
+
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, json, rejected_params, spawn_app, spawn_configured_app,
 };
@@ -60,6 +62,37 @@ async fn a_missing_or_wrong_token_is_a_401_with_www_authenticate() {
         .await
         .unwrap();
     json(basic, 401).await;
+}
+
+#[tokio::test]
+async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
+    let app = admin_app().await;
+    let views = |token: &str| {
+        app.client
+            .get(format!("{}/admin/views", app.address))
+            .bearer_auth(token)
+            .send()
+    };
+    json(views(ADMIN_TOKEN).await.unwrap(), 200).await;
+    for _ in 0..MAX_WRONG_TOKENS {
+        json(views("a-wrong-guess").await.unwrap(), 401).await;
+    }
+    // Now every admin endpoint refuses this address, even with the right token.
+    let refused = views(ADMIN_TOKEN).await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=WINDOW.as_secs()).contains(&retry_after));
+    let problem = json(refused, 429).await;
+    assert_eq!(
+        problem["type"],
+        "urn:prospect-api:problem:too-many-wrong-tokens"
+    );
+    json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 429).await;
+    // The data endpoints are not affected.
+    json(app.get("/prospects").await, 200).await;
 }
 
 #[tokio::test]
