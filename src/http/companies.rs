@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::list::{Listing, Page, list, one};
-use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range};
+use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range, path_id};
 use crate::views::ViewName;
 use crate::views::company_summaries::{self, CompanyFilters, CompanyKey, CompanyRow, CompanySort};
 
@@ -43,12 +43,16 @@ pub struct CompanyQuery {
     /// Companies with at least this many prospects.
     min_prospects: Option<i64>,
     /// `name` (default), `-revenue`, `-prospect_count`, `-last_prospect_update`.
+    #[param(pattern = "^(name|-revenue|-prospect_count|-last_prospect_update)$")]
     sort: Option<String>,
     /// Rows per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(max_length = 4000)]
     cursor: Option<String>,
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
+    #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
 }
 
@@ -194,7 +198,7 @@ async fn list_companies(
     responses(
         (status = 200, description = "The company", body = CompanyRow),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
-        (status = 400, description = "Query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id, or query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such company", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -205,6 +209,7 @@ async fn get_company(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let company_id = path_id("company_id", company_id)?;
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
     one(
         &state,

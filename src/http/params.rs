@@ -12,6 +12,8 @@ use super::error::{ApiError, InvalidParam};
 const MAX_PAIRS: usize = 100;
 const MAX_VALUE_CHARS: usize = 200;
 const MAX_REPEATS: usize = 50;
+/// A cursor carries the sort key of the last row (names can be long) and its signature.
+pub const MAX_CURSOR_CHARS: usize = 4000;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 500;
@@ -70,6 +72,11 @@ impl QueryParams {
 
     /// A single-valued text parameter.
     pub fn one(&mut self, name: &str) -> Option<String> {
+        self.one_up_to(name, MAX_VALUE_CHARS)
+    }
+
+    /// A single-valued text parameter of at most `max_chars` characters.
+    fn one_up_to(&mut self, name: &str, max_chars: usize) -> Option<String> {
         let mut values = self.take(name);
         if values.len() > 1 {
             self.reject(
@@ -79,7 +86,13 @@ impl QueryParams {
             return None;
         }
         let value = values.pop()?;
-        self.checked_value(name, value)
+        match value_problem(&value, max_chars) {
+            Some(reason) => {
+                self.reject(name, reason);
+                None
+            }
+            None => Some(value),
+        }
     }
 
     /// A repeatable parameter (`industry=A&industry=B`): any of the values. Sorted and de-duplicated,
@@ -135,14 +148,12 @@ impl QueryParams {
     }
 
     fn checked_value(&mut self, name: &str, value: String) -> Option<String> {
-        if value.is_empty() {
-            self.reject(name, "must not be empty");
-            None
-        } else if value.chars().count() > MAX_VALUE_CHARS {
-            self.reject(name, format!("longer than {MAX_VALUE_CHARS} characters"));
-            None
-        } else {
-            Some(value)
+        match value_problem(&value, MAX_VALUE_CHARS) {
+            Some(reason) => {
+                self.reject(name, reason);
+                None
+            }
+            None => Some(value),
         }
     }
 
@@ -170,6 +181,28 @@ impl QueryParams {
 }
 
 /// Percent-decodes one component of an `application/x-www-form-urlencoded` query.
+/// Why a text value cannot be used, if it cannot: PostgreSQL text cannot hold NUL, so a value
+/// containing one could match nothing and would only make the database raise an error.
+fn value_problem(value: &str, max_chars: usize) -> Option<String> {
+    if value.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if value.chars().count() > max_chars {
+        Some(format!("longer than {max_chars} characters"))
+    } else if value.contains('\0') {
+        Some("contains a NUL character".to_owned())
+    } else {
+        None
+    }
+}
+
+/// An id taken from the path (`/prospects/{prospect_id}`), held to the same rules as a text parameter.
+pub fn path_id(name: &str, value: String) -> Result<String, ApiError> {
+    match value_problem(&value, MAX_VALUE_CHARS) {
+        Some(reason) => Err(ApiError::invalid(name, reason)),
+        None => Ok(value),
+    }
+}
+
 fn decode(component: &str) -> Result<String, String> {
     let with_spaces = component.replace('+', " ");
     // A stray `%` that starts no escape stays as it is, as browsers do; only bytes that are not
@@ -257,7 +290,7 @@ impl PageParams {
         };
         PageParams {
             limit,
-            cursor: params.one("cursor"),
+            cursor: params.one_up_to("cursor", MAX_CURSOR_CHARS),
             count,
         }
     }
@@ -275,6 +308,50 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
     {
         params.reject(max_name, format!("{max} is below {min_name} ({min})"));
     }
+}
+
+/// Writes into the OpenAPI document the rules every text value of a query or path parameter is held
+/// to here (1 to MAX_VALUE_CHARS characters, no NUL; a repeatable parameter at most MAX_REPEATS
+/// times), once for all parameters as `QueryParams` applies them, so that clients, generated code and
+/// fuzzers see exactly what is accepted.
+pub fn document_value_rules(spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use serde_json::{Value, json};
+    fn text_rules(schema: &mut Value) {
+        if schema["type"] != "string" || schema.get("format").is_some() {
+            return;
+        }
+        let defaults = [
+            ("minLength", json!(1)),
+            ("maxLength", json!(MAX_VALUE_CHARS)),
+            ("pattern", json!("^[^\\x00]*$")),
+        ];
+        for (rule, value) in defaults {
+            if schema.get(rule).is_none() {
+                schema[rule] = value;
+            }
+        }
+    }
+    let mut document = serde_json::to_value(&spec).expect("the OpenAPI document serializes");
+    let operations = document["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let Some(parameters) = operation["parameters"].as_array_mut() else {
+            continue;
+        };
+        for schema in parameters.iter_mut().map(|p| &mut p["schema"]) {
+            if schema["type"] == "array" {
+                schema["maxItems"] = json!(MAX_REPEATS);
+                text_rules(&mut schema["items"]);
+            } else {
+                text_rules(schema);
+            }
+        }
+    }
+    serde_json::from_value(document).expect("the amended document is still an OpenAPI document")
 }
 
 /// For tests: the query parameters a documentation struct declares, sorted, against those a parser
@@ -375,6 +452,19 @@ mod tests {
         assert_eq!(params.one("email"), None);
         let errors = invalid(params.finish(&["domain", "email"]));
         assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn nul_characters_are_rejected_in_values_and_path_ids() {
+        let mut params = QueryParams::parse(Some("email=a%00b")).unwrap();
+        assert_eq!(params.one("email"), None);
+        assert_eq!(
+            invalid(params.finish(&["email"])),
+            [("email".to_owned(), "contains a NUL character".to_owned())]
+        );
+        assert!(path_id("prospect_id", "a\0".to_owned()).is_err());
+        assert!(path_id("prospect_id", "x".repeat(201)).is_err());
+        assert_eq!(path_id("prospect_id", "p-1".to_owned()).unwrap(), "p-1");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::list::{Listing, Page, list, one};
-use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range};
+use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range, path_id};
 use crate::views::ViewName;
 use crate::views::company_prospects::{
     self, ProspectFilters, ProspectKey, ProspectRow, ProspectSort,
@@ -25,7 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_company_prospects))
 }
 
-/// The filters of `GET /prospects` (documentation; parsing is `parse_filters`).
+/// The filters of `GET /prospects` and `GET /companies/{id}/prospects`, except `company_id`, which
+/// only the first takes (documentation; parsing is `parse_filters`).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -40,7 +41,6 @@ pub struct ProspectQuery {
     company_state: Option<String>,
     company_city: Option<String>,
     prospect_country: Option<String>,
-    company_id: Option<String>,
     /// Company domain.
     domain: Option<String>,
     /// Exact email, case-insensitive.
@@ -57,12 +57,16 @@ pub struct ProspectQuery {
     /// Prospects updated at or after this instant (RFC 3339).
     updated_since: Option<chrono::DateTime<chrono::Utc>>,
     /// `company_name` (default: company name, last name, first name, id), `-revenue`, `-updated_at`.
+    #[param(pattern = "^(company_name|-revenue|-updated_at)$")]
     sort: Option<String>,
     /// Rows per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(max_length = 4000)]
     cursor: Option<String>,
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
+    #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
 }
 
@@ -192,7 +196,7 @@ impl Listing for ProspectListing {
 /// Prospects with their company, filtered, sorted and paged.
 #[utoipa::path(
     get, path = "/prospects", tag = "prospects",
-    params(ProspectQuery),
+    params(("company_id" = Option<String>, Query, description = "Company id"), ProspectQuery),
     responses(
         (status = 200, description = "One page of prospects", body = Page<ProspectRow>, headers(
             ("X-Data-Age" = u64, description = "Seconds since the snapshot of the data served"),
@@ -244,6 +248,7 @@ async fn list_company_prospects(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let company_id = path_id("company_id", company_id)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let mut filters = parse_filters(&mut params, false);
     let sort = parse_sort(&mut params);
@@ -270,7 +275,7 @@ async fn list_company_prospects(
     responses(
         (status = 200, description = "The prospect", body = ProspectRow),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
-        (status = 400, description = "Query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id, or query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such prospect", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -281,6 +286,7 @@ async fn get_prospect(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let prospect_id = path_id("prospect_id", prospect_id)?;
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
     one(
         &state,
@@ -300,7 +306,8 @@ mod tests {
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
         let (documented, accepted) =
-            super::super::params::documented_and_accepted::<ProspectQuery>(&known_params(true));
+            super::super::params::documented_and_accepted::<ProspectQuery>(&known_params(false));
         assert_eq!(documented, accepted);
+        assert!(known_params(true).contains(&"company_id"));
     }
 }

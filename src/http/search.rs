@@ -29,6 +29,9 @@ pub struct SearchQuery {
     /// Whitespace-separated terms (1 to 5, each at least 3 characters); every term must occur,
     /// case-insensitively, in the prospect's name, email, job title, company name or industry.
     /// `%`, `_` and `\` are ordinary characters.
+    #[param(
+        pattern = "^[ \\t\\n\\f\\r]*[^ \\t\\n\\f\\r\\x00]{3,}([ \\t\\n\\f\\r]+[^ \\t\\n\\f\\r\\x00]{3,}){0,4}[ \\t\\n\\f\\r]*$"
+    )]
     q: String,
     /// Company industry; repeatable.
     industry: Option<Vec<String>>,
@@ -36,10 +39,13 @@ pub struct SearchQuery {
     /// Prospect department; repeatable.
     department: Option<Vec<String>>,
     /// Rows per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(max_length = 4000)]
     cursor: Option<String>,
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
+    #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
 }
 
@@ -57,7 +63,8 @@ fn parse_filters(params: &mut QueryParams) -> SearchFilters {
     let terms = match params.one("q") {
         None => vec![],
         Some(q) => {
-            let terms: Vec<String> = q.split_whitespace().map(str::to_owned).collect();
+            // ASCII whitespace only, as the documented pattern says: one rule for clients and server.
+            let terms: Vec<String> = q.split_ascii_whitespace().map(str::to_owned).collect();
             if let Some(reason) = term_problem(&terms) {
                 params.reject("q", reason);
             }

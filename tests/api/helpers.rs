@@ -233,6 +233,36 @@ pub async fn spawn_app_with(db: TestDb, config: ServeConfig) -> TestApp {
     }
 }
 
+/// Another server process, sharing a `TestApp`'s database (as instances behind a load balancer do).
+pub struct Instance {
+    pub address: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Starts one more server with `config`, on its own port.
+pub async fn spawn_instance(config: ServeConfig) -> Instance {
+    let app = Application::build(&config)
+        .await
+        .expect("the application builds");
+    let address = format!("http://{}", app.address());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Instance {
+        address,
+        shutdown: Some(shutdown),
+    }
+}
+
 /// A ready server (views populated) over a database holding the formatting fixture.
 pub async fn spawn_app() -> TestApp {
     spawn_configured_app(|_| {}).await

@@ -2,6 +2,7 @@
 
 mod cli;
 mod helpers;
+mod hostile_input;
 mod http_admin;
 mod http_companies_and_search;
 mod http_errors;
@@ -10,6 +11,7 @@ mod http_prospects;
 mod migrations;
 mod refresh;
 mod refresh_loop;
+mod reliability;
 mod repository;
 mod schema;
 mod seed;

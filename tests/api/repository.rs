@@ -33,9 +33,9 @@ fn settings_read_by_the_code() -> BTreeSet<String> {
     names
 }
 
-/// Direct environment reads in src/ (`env::var("X")`): each must be a setting we know of.
-fn direct_env_reads() -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
+/// Every Rust file under src/, with its text.
+fn source_files() -> Vec<(std::path::PathBuf, String)> {
+    let mut files = Vec::new();
     let mut stack = vec![std::path::PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/src"
@@ -45,12 +45,57 @@ fn direct_env_reads() -> BTreeSet<String> {
             stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&path).unwrap();
-            for piece in text.split("env::var(\"").skip(1) {
-                found.insert(piece.split('"').next().unwrap().to_owned());
-            }
+            files.push((path, text));
+        }
+    }
+    files
+}
+
+/// Direct environment reads in src/ (`env::var("X")`): each must be a setting we know of.
+fn direct_env_reads() -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (_, text) in source_files() {
+        for piece in text.split("env::var(\"").skip(1) {
+            found.insert(piece.split('"').next().unwrap().to_owned());
         }
     }
     found
+}
+
+/// SQL reaches the database only through sqlx's query macros, whose SQL is a string literal checked
+/// against the schema at compile time: every value is a bound parameter, and no code path builds SQL
+/// from text (the runtime functions and `AssertSqlSafe` are how it would).
+#[test]
+fn all_sql_in_src_goes_through_the_compile_time_checked_macros() {
+    let runtime_sql = [
+        "sqlx::query(",
+        "sqlx::query_as(",
+        "sqlx::query_scalar(",
+        "sqlx::raw_sql(",
+        "query_with(",
+        "query_as_with(",
+        "query_scalar_with(",
+        "AssertSqlSafe",
+        "_unchecked!(",
+        "QueryBuilder",
+    ];
+    let mut offending = Vec::new();
+    let mut macro_calls = 0;
+    for (path, text) in source_files() {
+        macro_calls += text.matches("query!(").count()
+            + text.matches("query_as!(").count()
+            + text.matches("query_scalar!(").count();
+        for pattern in runtime_sql {
+            if text.contains(pattern) {
+                offending.push(format!("{}: {pattern}", path.display()));
+            }
+        }
+    }
+    assert!(
+        offending.is_empty(),
+        "SQL outside the macros: {offending:?}"
+    );
+    assert!(macro_calls > 20, "{macro_calls} macro calls found");
 }
 
 #[test]
