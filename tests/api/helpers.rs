@@ -282,6 +282,11 @@ pub async fn spawn_configured_app(adjust: impl FnOnce(&mut ServeConfig)) -> Test
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-0123";
 
+/// A ready server with the admin endpoints enabled (token `ADMIN_TOKEN`).
+pub async fn spawn_admin_app() -> TestApp {
+    spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap())).await
+}
+
 /// Waits until `check` holds, polling every 50 ms, for at most `seconds`.
 pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
 where
@@ -302,6 +307,16 @@ impl TestApp {
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{}", self.address, path_and_query))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// A GET with the admin token.
+    pub async fn admin_get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{}", self.address, path_and_query))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("request failed")

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, json, spawn_configured_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, json, spawn_admin_app};
 
 const PAYLOADS: &[&str] = &[
     "' OR '1'='1",
@@ -29,10 +29,6 @@ const PAYLOADS: &[&str] = &[
     "NaN",
     "2024-13-45T99:99:99Z",
 ];
-
-async fn admin_app() -> TestApp {
-    spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap())).await
-}
 
 /// Every GET path of the live spec with its query parameter names, path parameters filled in with
 /// ids the fixture holds, and its required parameters given valid values (so that the payload is
@@ -85,7 +81,7 @@ async fn row_counts(app: &TestApp) -> (i64, i64, String) {
 
 #[tokio::test]
 async fn injection_payloads_in_every_parameter_are_a_200_or_a_4xx_naming_it_and_change_nothing() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let before = row_counts(&app).await;
     let endpoints = documented_get_endpoints(&app).await;
     assert!(endpoints.len() >= 10, "{endpoints:?}");
@@ -135,7 +131,7 @@ async fn injection_payloads_in_every_parameter_are_a_200_or_a_4xx_naming_it_and_
 
 #[tokio::test]
 async fn injection_payloads_in_path_ids_are_a_404_or_a_400() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     for template in ["/prospects/{}", "/companies/{}", "/companies/{}/prospects"] {
         for payload in PAYLOADS {
             let encoded: String = url_escape(payload);
@@ -166,7 +162,7 @@ fn url_escape(text: &str) -> String {
 
 #[tokio::test]
 async fn payloads_stored_in_the_data_match_themselves_literally_and_nothing_else() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let title = "'; DROP TABLE \"Prospect\"; --";
     let email = "x'or'1'='1@evil.example";
     sqlx::query!(
@@ -264,7 +260,7 @@ fn get_request(target: &str, extra_headers: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn malformed_encodings_are_400s_naming_the_parameter() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     for target in [
         "/prospects?industry=%FF%FE",
         "/prospects?industry=%C3%28",
@@ -288,7 +284,7 @@ async fn malformed_encodings_are_400s_naming_the_parameter() {
 
 #[tokio::test]
 async fn oversized_values_limits_and_repetitions_are_400s() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let long = "x".repeat(10_000);
     let repeated = vec!["industry=Software"; 60].join("&");
     let flood = (0..5_000)
@@ -325,7 +321,7 @@ async fn oversized_values_limits_and_repetitions_are_400s() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_a_413_problem() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let body = format!(r#"{{"views": ["{}"]}}"#, "v".repeat(200_000));
     let response = app
         .client
@@ -342,7 +338,7 @@ async fn a_body_over_the_limit_is_a_413_problem() {
 
 #[tokio::test]
 async fn headers_too_large_or_too_many_are_431s() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let one_huge = format!("X-Big: {}\r\n", "h".repeat(500_000));
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     for headers in [one_huge, many] {
@@ -357,7 +353,7 @@ async fn headers_too_large_or_too_many_are_431s() {
 /// than the 200 characters a filter value may have, and the next page was refused.
 #[tokio::test]
 async fn pages_after_rows_with_very_long_names_are_reachable() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let long_name = "A".repeat(500);
     sqlx::query!(
         r#"UPDATE "Company" SET "name" = $1 WHERE "id" IN ('c_0', 'c_null')"#,

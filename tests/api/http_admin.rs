@@ -5,13 +5,7 @@ use sqlx::Connection;
 
 use prospect_api::http::admin_guard::{MAX_WRONG_TOKENS, WINDOW};
 
-use crate::helpers::{
-    ADMIN_TOKEN, TestApp, json, rejected_params, spawn_app, spawn_configured_app,
-};
-
-async fn admin_app() -> TestApp {
-    spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap())).await
-}
+use crate::helpers::{ADMIN_TOKEN, TestApp, json, rejected_params, spawn_admin_app, spawn_app};
 
 async fn post_refresh(
     app: &TestApp,
@@ -43,7 +37,7 @@ async fn without_an_admin_token_the_admin_endpoints_are_disabled_and_say_how_to_
 
 #[tokio::test]
 async fn a_missing_or_wrong_token_is_a_401_with_www_authenticate() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     for token in [None, Some("wrong-token-wrong-token-wrong-token"), Some("")] {
         let response = post_refresh(&app, "", token, None).await;
         assert!(
@@ -66,7 +60,7 @@ async fn a_missing_or_wrong_token_is_a_401_with_www_authenticate() {
 
 #[tokio::test]
 async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let views = |token: &str| {
         app.client
             .get(format!("{}/admin/views", app.address))
@@ -97,7 +91,7 @@ async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn the_right_token_refreshes_and_reports_each_view() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let body = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 200).await;
     let results = body["results"].as_array().unwrap();
     let views: Vec<&str> = results
@@ -143,7 +137,7 @@ async fn the_right_token_refreshes_and_reports_each_view() {
 
 #[tokio::test]
 async fn bad_refresh_requests_are_400s_naming_what_is_wrong() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let cases: &[(&str, Option<&str>, &[&str])] = &[
         ("", Some(r#"{"views": ["company_view"]}"#), &["views[0]"]),
         ("", Some(r#"{"views": []}"#), &["views"]),
@@ -167,7 +161,7 @@ async fn bad_refresh_requests_are_400s_naming_what_is_wrong() {
 
 #[tokio::test]
 async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let body = json(
         post_refresh(
             &app,
@@ -197,7 +191,7 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
 
 #[tokio::test]
 async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_and_is_counted() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let mut blocker = app.db.connection().await;
     let mut blocking = blocker.begin().await.unwrap();
     sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
@@ -226,16 +220,7 @@ async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_a
         metrics.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"),
         "{metrics}"
     );
-    let views = json(
-        app.client
-            .get(format!("{}/admin/views", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let views = json(app.admin_get("/admin/views").await, 200).await;
     assert!(
         views[1]["last_error"]["message"]
             .as_str()
@@ -260,19 +245,8 @@ async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_a
 
 #[tokio::test]
 async fn admin_views_and_history_describe_every_view() {
-    let app = admin_app().await;
-    let get = |path: &'static str| {
-        let app = &app;
-        async move {
-            app.client
-                .get(format!("{}{path}", app.address))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let views: Value = json(get("/admin/views").await, 200).await;
+    let app = spawn_admin_app().await;
+    let views: Value = json(app.admin_get("/admin/views").await, 200).await;
     let views = views.as_array().unwrap();
     assert_eq!(views.len(), 3);
     for view in views {
@@ -284,11 +258,11 @@ async fn admin_views_and_history_describe_every_view() {
         assert_eq!(view["refreshing"], false);
         assert_eq!(view["last_error"], Value::Null);
     }
-    let history: Value = json(get("/admin/refresh/history?limit=2").await, 200).await;
+    let history: Value = json(app.admin_get("/admin/refresh/history?limit=2").await, 200).await;
     assert_eq!(history.as_array().unwrap().len(), 2);
     assert_eq!(history[0]["view"], "prospect_search_view", "newest first");
     assert_eq!(
-        rejected_params(get("/admin/refresh/history?limit=0").await).await,
+        rejected_params(app.admin_get("/admin/refresh/history?limit=0").await).await,
         vec!["limit"]
     );
 }
@@ -342,7 +316,7 @@ async fn metrics_are_prometheus_text_with_per_view_series() {
 
 #[tokio::test]
 async fn admin_views_report_a_refresh_held_by_any_process_on_this_database_only() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let mut other_process = app.db.connection().await;
     sqlx::query!("SELECT pg_advisory_lock(view_refresh_lock_key('company_summary_view'))")
         .fetch_one(&mut other_process)
@@ -369,7 +343,7 @@ async fn admin_views_report_a_refresh_held_by_any_process_on_this_database_only(
 
 #[tokio::test]
 async fn a_storm_of_100_concurrent_refresh_requests_causes_at_most_two_refreshes_per_view() {
-    let app = admin_app().await;
+    let app = spawn_admin_app().await;
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let request = app

@@ -262,16 +262,7 @@ async fn a_view_whose_refresh_keeps_failing_serves_its_last_data_with_a_growing_
     assert!(age >= 3, "age {age}");
     assert_eq!(json(after, 200).await["data"], rows);
 
-    let views = json(
-        app.client
-            .get(format!("{}/admin/views", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let views = json(app.admin_get("/admin/views").await, 200).await;
     let summary = views
         .as_array()
         .unwrap()
