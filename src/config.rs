@@ -141,6 +141,12 @@ pub struct ServeConfig {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
 
+    /// How long an instance reuses a view's freshness (from the refresh log) before reading it again;
+    /// its own refreshes are seen at once, other instances' within this time. 0 reads it on every
+    /// request.
+    #[arg(long, env = "FRESHNESS_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
+    pub freshness_cache_ttl: Duration,
+
     /// Refresh every view this often (0 turns the schedule off).
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
     pub refresh_interval: Duration,

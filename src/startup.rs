@@ -21,6 +21,7 @@ use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
 use crate::refresh::{self, ChangeSource, NotifySettings, Refresher};
 use crate::seed::{self, SeedOptions};
+use crate::views::freshness::FreshnessCache;
 
 pub struct Application {
     listener: TcpListener,
@@ -89,6 +90,7 @@ impl Application {
             pool: pool.clone(),
             cursors,
             stale_after_secs: config.effective_stale_after().as_secs(),
+            freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

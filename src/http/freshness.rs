@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::error::ApiError;
 use crate::views::ViewName;
-use crate::views::freshness::{self, Freshness};
+use crate::views::freshness::Freshness;
 
 pub const X_DATA_AGE: HeaderName = HeaderName::from_static("x-data-age");
 pub const X_DATA_REFRESHED_AT: HeaderName = HeaderName::from_static("x-data-refreshed-at");
@@ -46,7 +46,10 @@ pub async fn gate(
     query: &str,
     request: &HeaderMap,
 ) -> Result<Gate, ApiError> {
-    let freshness = freshness::read(&state.read_pool, view).await?;
+    let freshness = state
+        .freshness
+        .read(&state.read_pool, view, state.refresher.generation(view))
+        .await?;
     if !freshness.populated {
         return Err(ApiError::NotPopulated(view));
     }

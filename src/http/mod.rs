@@ -45,6 +45,7 @@ use self::error::{
 use crate::config::AdminToken;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
+use crate::views::freshness::FreshnessCache;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -62,6 +63,8 @@ pub struct AppState {
     pub cursors: CursorSigner,
     /// Data older than this is served with `X-Data-Stale: true`.
     pub stale_after_secs: u64,
+    /// Each view's freshness, so that a request runs only its data query.
+    pub freshness: Arc<FreshnessCache>,
 }
 
 pub struct HttpSettings {

@@ -8,7 +8,7 @@
 //! fixed, and need not be: each refresh is its own transaction and locks only its own view.
 //! Across processes, `refresh_view`'s advisory lock does the same job.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,18 +44,14 @@ struct Slot {
     waiting: Mutex<Vec<Waiter>>,
     wake: Notify,
     running: AtomicBool,
+    /// Refreshes finished (whatever their outcome): lets readers of the view's freshness tell
+    /// whether what they read before is still current.
+    finished: AtomicU64,
 }
 
 struct Waiter {
     trigger: RefreshTrigger,
     reply: oneshot::Sender<RefreshOutcome>,
-}
-
-fn slot_index(view: ViewName) -> usize {
-    ViewName::ALL
-        .iter()
-        .position(|v| *v == view)
-        .expect("every view is in ALL")
 }
 
 impl Refresher {
@@ -89,7 +85,7 @@ impl Refresher {
         trigger: RefreshTrigger,
     ) -> oneshot::Receiver<RefreshOutcome> {
         let (reply, outcome) = oneshot::channel();
-        let slot = &self.inner.slots[slot_index(view)];
+        let slot = &self.inner.slots[view.index()];
         slot.waiting
             .lock()
             .expect("not poisoned")
@@ -122,13 +118,20 @@ impl Refresher {
 
     /// Whether this process is refreshing `view` right now.
     pub fn is_running(&self, view: ViewName) -> bool {
-        self.inner.slots[slot_index(view)]
+        self.inner.slots[view.index()]
             .running
             .load(Ordering::SeqCst)
     }
 
+    /// Changes whenever this process finishes a refresh of `view`.
+    pub fn generation(&self, view: ViewName) -> u64 {
+        self.inner.slots[view.index()]
+            .finished
+            .load(Ordering::SeqCst)
+    }
+
     async fn work(self, view: ViewName, mut shutdown: watch::Receiver<bool>) {
-        let slot = &self.inner.slots[slot_index(view)];
+        let slot = &self.inner.slots[view.index()];
         loop {
             let waiters = std::mem::take(&mut *slot.waiting.lock().expect("not poisoned"));
             if waiters.is_empty() {
@@ -166,6 +169,7 @@ impl Refresher {
             error.to_string()
         });
         slot.running.store(false, Ordering::SeqCst);
+        slot.finished.fetch_add(1, Ordering::SeqCst);
         self.inner.metrics.record_refresh(
             view,
             trigger,

@@ -31,7 +31,9 @@ pub struct ProspectRow {
     pub prospect_zip_code: Option<String>,
     pub prospect_phone: Option<String>,
     pub prospect_mobile_phone: Option<String>,
+    #[serde(serialize_with = "super::timestamp_json::optional")]
     pub prospect_created_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::timestamp_json::optional")]
     pub prospect_updated_at: Option<DateTime<Utc>>,
     pub company_id: String,
     pub domain: Option<String>,
@@ -50,7 +52,9 @@ pub struct ProspectRow {
     pub company_zip_code: Option<String>,
     pub company_phone: Option<String>,
     pub company_mobile_phone: Option<String>,
+    #[serde(serialize_with = "super::timestamp_json::optional")]
     pub company_created_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::timestamp_json::optional")]
     pub company_updated_at: Option<DateTime<Utc>>,
 }
 

@@ -25,6 +25,7 @@ pub struct CompanyRow {
     pub department_count: i64,
     pub job_level_count: i64,
     /// When any of its prospects was last updated; null without prospects.
+    #[serde(serialize_with = "super::timestamp_json::optional")]
     pub last_prospect_update: Option<DateTime<Utc>>,
 }
 

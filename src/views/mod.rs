@@ -4,6 +4,7 @@ pub mod company_prospects;
 pub mod company_summaries;
 pub mod freshness;
 pub mod prospect_search;
+mod timestamp_json;
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +41,11 @@ impl ViewName {
         ViewName::CompanySummaryView,
         ViewName::ProspectSearchView,
     ];
+
+    /// The view's position in `ALL`, for per-view arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,4 +85,16 @@ fn planned_rows(plan: &serde_json::Value) -> i64 {
     plan.pointer("/0/Plan/Plan Rows")
         .and_then(serde_json::Value::as_f64)
         .map_or(0, |rows| rows.round() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ViewName;
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (position, view) in ViewName::ALL.into_iter().enumerate() {
+            assert_eq!(view.index(), position);
+        }
+    }
 }

@@ -7,7 +7,8 @@ use prospect_api::views::ViewName;
 use sqlx::Connection;
 
 use crate::helpers::{
-    TestDb, json, quick_refresh_settings, serve_config, spawn_app, spawn_app_with,
+    ADMIN_TOKEN, TestDb, eventually, json, quick_refresh_settings, serve_config, spawn_app,
+    spawn_app_with, spawn_configured_app,
 };
 
 fn header(response: &reqwest::Response, name: &str) -> String {
@@ -45,7 +46,8 @@ async fn every_data_endpoint_carries_the_freshness_headers() {
 
 #[tokio::test]
 async fn x_data_age_follows_a_refresh_made_by_another_process() {
-    let app = spawn_app().await;
+    // Reading the log on every request (no freshness cache): another process's refresh shows at once.
+    let app = spawn_configured_app(|config| config.freshness_cache_ttl = Duration::ZERO).await;
     // Another process (its own pool) refreshes the view; this server reads the log it wrote.
     let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
     let report = refresh_view(
@@ -84,7 +86,11 @@ async fn x_data_age_follows_a_refresh_made_by_another_process() {
 
 #[tokio::test]
 async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
-    let app = spawn_app().await;
+    let app = spawn_configured_app(|config| {
+        config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
+        config.freshness_cache_ttl = Duration::from_secs(3600);
+    })
+    .await;
     let first = app.get("/prospects?industry=Software").await;
     let etag = header(&first, "etag");
     assert_ne!(
@@ -105,14 +111,16 @@ async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
     assert!(revalidated.headers().contains_key("x-data-age"));
     assert!(revalidated.bytes().await.unwrap().is_empty());
 
-    refresh_view(
-        &app.db.pool,
-        ViewName::CompanyProspectView,
-        RefreshTrigger::Manual,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    // A refresh by this instance is seen by the very next request, however long the cache lasts.
+    let refreshed = app
+        .client
+        .post(format!("{}/admin/refresh", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"views": ["company_prospect_view"]}))
+        .send()
+        .await
+        .unwrap();
+    json(refreshed, 200).await;
     let after_refresh = app
         .client
         .get(format!("{}/prospects?industry=Software", app.address))
@@ -122,6 +130,53 @@ async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
         .unwrap();
     assert_eq!(after_refresh.status(), 200);
     assert_ne!(header(&after_refresh, "etag"), etag);
+}
+
+#[tokio::test]
+async fn with_the_freshness_cache_another_process_refresh_shows_within_its_ttl_and_the_age_keeps_counting()
+ {
+    let app =
+        spawn_configured_app(|config| config.freshness_cache_ttl = Duration::from_secs(2)).await;
+    let first = app.get("/prospects").await;
+    let first_refreshed_at = header(&first, "x-data-refreshed-at");
+    let first_age: u64 = header(&first, "x-data-age").parse().unwrap();
+
+    // While reused, the age still counts from the refresh it names (never too low).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reused = app.get("/prospects").await;
+    let reused_age: u64 = header(&reused, "x-data-age").parse().unwrap();
+    let refreshed_at =
+        chrono::DateTime::parse_from_rfc3339(&header(&reused, "x-data-refreshed-at")).unwrap();
+    let true_age = (chrono::Utc::now() - refreshed_at.to_utc()).num_milliseconds() as f64 / 1000.0;
+    assert!(reused_age > first_age, "{first_age} then {reused_age}");
+    assert!(
+        (reused_age as f64 - true_age).abs() < 1.5,
+        "{reused_age} vs {true_age}"
+    );
+
+    let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let report = refresh_view(
+        &other,
+        ViewName::CompanyProspectView,
+        RefreshTrigger::Schedule,
+        &quick_refresh_settings(),
+    )
+    .await
+    .unwrap();
+    let expected = report
+        .started_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_ne!(expected, first_refreshed_at);
+    let started = std::time::Instant::now();
+    eventually(5, "the other process's refresh shows", || async {
+        header(&app.get("/prospects").await, "x-data-refreshed-at") == expected
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "seen after {:?}, the TTL is 2 s",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
