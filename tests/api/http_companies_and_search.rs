@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, json, rejected_params, spawn_app};
+use crate::helpers::{
+    TestApp, TestDb, json, rejected_params, serve_config, spawn_app, spawn_app_with,
+};
 
 fn field(body: &Value, name: &str) -> Vec<String> {
     body["data"]
@@ -227,4 +229,64 @@ async fn search_rejects_missing_short_and_too_many_terms() {
         rejected_params(app.get("/search?q=ada&country=France").await).await,
         vec!["country"]
     );
+}
+
+/// Pages through `/search?{query}` to the end; returns the prospect ids in the order served.
+async fn search_all_pages(app: &TestApp, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/search?{query}&cursor={cursor}"),
+            None => format!("/search?{query}"),
+        };
+        let page = json(app.get(&path).await, 200).await;
+        for row in page["data"].as_array().unwrap() {
+            ids.push(row["prospect_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn search_finds_matches_far_down_the_result_order_and_pages_through_them_in_order() {
+    // 6,000 prospects in result order before most of the matches (more than the first step of a
+    // search reads in order), a few matches among the first rows, the rest at the very end.
+    let db = TestDb::new().await;
+    db.execute(
+        r#"INSERT INTO "Company" ("id", "name") VALUES
+               ('c_early', 'Aardvark Labs'), ('c_filler', 'Middle Corp'), ('c_late', 'Zulu Systems');
+           INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName", "jobTitle")
+           SELECT 'p_filler_' || lpad(n::text, 5, '0'), 'c_filler', 'Filler', 'Person', 'Clerk'
+           FROM generate_series(1, 6000) n;
+           INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName", "jobTitle")
+           SELECT 'p_early_' || n, 'c_early', 'Early', 'Match', 'Quasar Analyst'
+           FROM generate_series(1, 3) n;
+           INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName", "jobTitle")
+           SELECT 'p_late_' || lpad(n::text, 3, '0'), 'c_late', 'Late', 'Match', 'Quasar Analyst'
+           FROM generate_series(1, 120) n;"#,
+    )
+    .await;
+    let config = serve_config(&db);
+    let app = spawn_app_with(db, config).await;
+    app.wait_until_ready().await;
+
+    let mut expected: Vec<String> = (1..=3).map(|n| format!("p_early_{n}")).collect();
+    expected.extend((1..=120).map(|n| format!("p_late_{n:03}")));
+    for limit in [10, 50, 200] {
+        assert_eq!(
+            search_all_pages(&app, &format!("q=quasar&limit={limit}")).await,
+            expected,
+            "limit {limit}"
+        );
+    }
+    // A term that matches everywhere still pages in order, each row once.
+    let everyone = search_all_pages(&app, "q=person&limit=500").await;
+    assert_eq!(everyone.len(), 6000);
+    assert!(everyone.windows(2).all(|pair| pair[0] < pair[1]));
+    // And one that matches nothing answers an empty last page.
+    assert!(search_all_pages(&app, "q=nowhere").await.is_empty());
 }
