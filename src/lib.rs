@@ -1,7 +1,7 @@
 //! prospect-api: a read API over PostgreSQL materialized views of company and prospect data.
 //!
 //! The data flows one way: base tables -> triggers -> materialized views (refreshed by `refresh`)
-//! -> `views` queries -> HTTP. Freshness is read from the refresh log beside every query.
+//! -> `views` queries -> HTTP. Freshness comes from the refresh log (reused for up to a second).
 
 pub mod cli;
 pub mod commands;
