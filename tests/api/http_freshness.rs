@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use prospect_api::refresh::{RefreshTrigger, refresh_view};
+use prospect_api::refresh::{RefreshReport, RefreshTrigger, refresh_view};
 use prospect_api::views::ViewName;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestDb, eventually, json, quick_refresh_settings, serve_config, spawn_app,
-    spawn_app_with, spawn_configured_app,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
+    spawn_app, spawn_app_with, spawn_configured_app,
 };
 
 fn header(response: &reqwest::Response, name: &str) -> String {
@@ -19,6 +19,20 @@ fn header(response: &reqwest::Response, name: &str) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+/// Refreshes `company_prospect_view` through a pool of its own, as another instance or a cron job
+/// would: the server under test learns of it only from the refresh log.
+async fn refresh_from_another_process(app: &TestApp) -> RefreshReport {
+    let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    refresh_view(
+        &other,
+        ViewName::CompanyProspectView,
+        RefreshTrigger::Schedule,
+        &quick_refresh_settings(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -49,15 +63,7 @@ async fn x_data_age_follows_a_refresh_made_by_another_process() {
     // Reading the log on every request (no freshness cache): another process's refresh shows at once.
     let app = spawn_configured_app(|config| config.freshness_cache_ttl = Duration::ZERO).await;
     // Another process (its own pool) refreshes the view; this server reads the log it wrote.
-    let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-    let report = refresh_view(
-        &other,
-        ViewName::CompanyProspectView,
-        RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    let report = refresh_from_another_process(&app).await;
     let response = app.get("/prospects").await;
     let refreshed_at =
         chrono::DateTime::parse_from_rfc3339(&header(&response, "x-data-refreshed-at")).unwrap();
@@ -154,15 +160,7 @@ async fn with_the_freshness_cache_another_process_refresh_shows_within_its_ttl_a
         "{reused_age} vs {true_age}"
     );
 
-    let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-    let report = refresh_view(
-        &other,
-        ViewName::CompanyProspectView,
-        RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    let report = refresh_from_another_process(&app).await;
     let expected = report
         .started_at
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
