@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "release", "prospect-api")
+BINARY = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "prospect-api")
 PORT = 18090
 API = f"http://127.0.0.1:{PORT}"
 CLIENTS = 8
