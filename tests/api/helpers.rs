@@ -216,21 +216,25 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
     }
 }
 
+/// Holds `company_summary_view`'s ACCESS EXCLUSIVE lock (a plain REFRESH in an open transaction, as a
+/// DBA might leave it) until the returned transaction ends: reads and refreshes of the view wait.
+pub async fn lock_summary_view(connection: &mut PgConnection) -> sqlx::Transaction<'_, Postgres> {
+    let mut blocking = connection.begin().await.unwrap();
+    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
+        .execute(&mut *blocking)
+        .await
+        .unwrap();
+    blocking
+}
+
 /// Starts the server over `db` with `config` (see `serve_config`), without waiting for readiness.
 pub async fn spawn_app_with(db: TestDb, config: ServeConfig) -> TestApp {
-    let app = Application::build(&config)
-        .await
-        .expect("the application builds");
-    let address = format!("http://{}", app.address());
-    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let mut server = spawn_instance(config).await;
     TestApp {
-        address,
+        address: server.address.clone(),
         db,
         client: reqwest::Client::new(),
-        shutdown: Some(shutdown),
+        shutdown: server.shutdown.take(),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The admin plane and the metrics, over real HTTP.
 
 use serde_json::Value;
-use sqlx::Connection;
 
 use prospect_api::http::admin_guard::{MAX_WRONG_TOKENS, WINDOW};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, json, rejected_params, spawn_admin_app, spawn_app};
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, json, lock_summary_view, rejected_params, spawn_admin_app, spawn_app,
+};
 
 async fn post_refresh(
     app: &TestApp,
@@ -193,11 +194,7 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
 async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_and_is_counted() {
     let app = spawn_admin_app().await;
     let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = lock_summary_view(&mut blocker).await;
     let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 500).await;
     blocking.rollback().await.unwrap();
 

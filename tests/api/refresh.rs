@@ -4,7 +4,7 @@ use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all, refresh_
 use prospect_api::views::ViewName;
 use sqlx::Connection;
 
-use crate::helpers::{TestDb, quick_refresh_settings};
+use crate::helpers::{TestDb, lock_summary_view, quick_refresh_settings};
 
 async fn db_with_fixture() -> TestDb {
     let db = TestDb::new().await;
@@ -120,11 +120,7 @@ async fn a_failed_refresh_is_recorded_keeps_the_old_data_and_the_other_views_sti
     // A DBA's plain REFRESH, left open in a transaction, holds the summary view's ACCESS EXCLUSIVE lock:
     // our refresh cannot get the view's lock within the lock timeout.
     let mut blocker = db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = lock_summary_view(&mut blocker).await;
     let reports = refresh_all(
         &db.pool,
         RefreshTrigger::Schedule,

@@ -11,7 +11,8 @@ use sqlx::Connection;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, eventually, json, serve_config, spawn_configured_app, spawn_instance,
+    ADMIN_TOKEN, TestApp, eventually, json, lock_summary_view, serve_config, spawn_configured_app,
+    spawn_instance,
 };
 
 /// What a client saw under load: the statuses, each checked to be a 200 or an honest 503.
@@ -138,12 +139,8 @@ async fn a_query_past_statement_timeout_is_a_503_query_timeout_and_the_next_one_
     })
     .await;
     let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
     // A plain REFRESH holds ACCESS EXCLUSIVE on the view until its transaction ends: reads wait.
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = lock_summary_view(&mut blocker).await;
     let started = Instant::now();
     let response = app.get("/companies").await;
     assert_eq!(response.headers()["retry-after"], "5");
@@ -169,12 +166,8 @@ async fn an_exhausted_pool_answers_503_within_the_request_timeout_while_healthz_
     })
     .await;
     let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
     // A plain REFRESH holds ACCESS EXCLUSIVE on the view until its transaction ends: reads wait.
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = lock_summary_view(&mut blocker).await;
 
     let slow: Vec<JoinHandle<(u16, String, Duration)>> = (0..12)
         .map(|_| {
