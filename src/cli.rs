@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DatabaseConfig, RefreshSettings, ServeConfig};
+use crate::config::{DatabaseConfig, MaintenanceConfig, RefreshSettings, ServeConfig};
 use crate::telemetry::LogFormat;
 use crate::views::ViewName;
 
@@ -37,9 +37,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (migrating the database first; populating empty views in the background).
     Serve(ServeArgs),
-    /// Create the database if it is missing and apply all pending migrations.
+    /// Create the database if it is missing, apply all pending migrations, and convert the read
+    /// models to VIEW_MAINTENANCE.
     Migrate(MigrateArgs),
-    /// Refresh the materialized views now (all, or one) and print what was done.
+    /// Refresh the read models now (all, or one), each as its mode does it, and print what was done.
     Refresh(RefreshArgs),
     /// Fill the base tables with deterministic demo data (generated inside PostgreSQL).
     Seed(SeedArgs),
@@ -57,6 +58,12 @@ pub struct ServeArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub maintenance: MaintenanceConfig,
+
+    #[command(flatten)]
+    pub refresh: RefreshSettings,
 }
 
 #[derive(Debug, Args)]

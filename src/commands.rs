@@ -1,44 +1,11 @@
 //! What each CLI command does. `main.rs` only parses arguments and calls one of these.
 
 use anyhow::Context;
-use sqlx::PgPool;
 
 use crate::cli::{MigrateArgs, RefreshArgs, SeedArgs, ServeArgs};
-use crate::config::DatabaseConfig;
-use crate::db;
-use crate::refresh::{self, RefreshReport, RefreshStatus, RefreshTrigger};
+use crate::db::prepare_database;
+use crate::refresh::{self, RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::seed::{self, SeedOptions};
-
-/// Creates the database if needed, connects and applies pending migrations: what every command that
-/// touches data needs first.
-pub async fn prepare_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let url = &config.database_url;
-    let created = db::create_database_if_missing(url)
-        .await
-        .map_err(|e| unreachable_database(config, e))?;
-    if created {
-        tracing::info!(database = %url, "created the database");
-    }
-    let pool = db::connect(config)
-        .await
-        .map_err(|e| unreachable_database(config, e))?;
-    db::migrate(&pool)
-        .await
-        .context("applying migrations failed")?;
-    Ok(pool)
-}
-
-/// The error for a database we cannot reach: where we tried, why, and how to get one.
-fn unreachable_database(config: &DatabaseConfig, error: sqlx::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot reach PostgreSQL at {url}: {error}\n\n\
-         Point DATABASE_URL (or --database-url) at a running PostgreSQL 13 or newer, for example:\n  \
-         - docker compose up -d db        (the compose file in this repository)\n  \
-         - a local install, e.g. apt-get install postgresql, then use {default}",
-        url = config.database_url,
-        default = crate::config::DEFAULT_DATABASE_URL,
-    )
-}
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let pool = prepare_database(&args.database).await?;
@@ -50,6 +17,14 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         "{}: schema up to date ({applied} migrations applied)",
         args.database.database_url
     );
+    crate::views::check_catalog(&pool).await?;
+    let mode = args.maintenance.view_maintenance;
+    for conversion in refresh::convert_all(&pool, mode, &args.refresh)
+        .await
+        .context("converting the read models to VIEW_MAINTENANCE")?
+    {
+        println!("{conversion}");
+    }
     Ok(())
 }
 
@@ -100,11 +75,18 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
 fn describe(report: &RefreshReport) -> String {
     match report.status {
         RefreshStatus::Ok => format!(
-            "{:<22} ok       {:>9} rows in {:>6} ms  (data as of {})",
+            "{:<22} ok       {:>9} rows in {:>6} ms  (data as of {}; {})",
             report.view.as_str(),
             report.rows.unwrap_or_default(),
             report.duration_ms.unwrap_or_default(),
             report.started_at.to_rfc3339(),
+            match (report.method, report.rows_changed) {
+                (Some(RefreshMethod::Rebuild), Some(changed)) =>
+                    format!("table rebuilt, {changed} rows changed"),
+                (Some(RefreshMethod::Apply), Some(changed)) =>
+                    format!("changes applied, {changed} rows changed"),
+                _ => "materialized view refreshed".to_owned(),
+            },
         ),
         RefreshStatus::Skipped => format!(
             "{:<22} skipped  (another process refreshed it while this one waited)",

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::views::Mode;
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/prospects";
 
 /// A connection URL, which may carry a password: it is never printed by `Debug` or `Display`.
@@ -92,6 +94,12 @@ pub struct RefreshSettings {
     /// rows: 16.8 s at 4MB, 12.0 s at 256MB). Only the refresh transaction gets it.
     #[arg(long, env = "REFRESH_WORK_MEM", default_value = "256MB", value_parser = parse_pg_memory)]
     pub refresh_work_mem: String,
+
+    /// In incremental mode, a round in which more than this share of all companies changed rebuilds
+    /// the tables in full (a diff against the whole definitions, as a scheduled rebuild does) instead
+    /// of recomputing company by company: past it, the full diff costs less (bench/README.md).
+    #[arg(long, env = "INCREMENTAL_REBUILD_SHARE", default_value = "0.05", value_parser = parse_share)]
+    pub incremental_rebuild_share: f64,
 }
 
 impl Default for RefreshSettings {
@@ -100,8 +108,21 @@ impl Default for RefreshSettings {
             refresh_lock_timeout: Duration::from_secs(10),
             refresh_statement_timeout: Duration::from_secs(600),
             refresh_work_mem: "256MB".to_owned(),
+            incremental_rebuild_share: 0.05,
         }
     }
+}
+
+/// How the read models are kept fresh; `migrate` and `serve` convert them to it.
+#[derive(Debug, Clone, Args)]
+pub struct MaintenanceConfig {
+    /// `refresh`: materialized views refreshed in full with REFRESH ... CONCURRENTLY (freshness
+    /// costs grow with the data). `incremental`: tables with the same names, columns and indexes,
+    /// in which only the rows of the companies that changed are recomputed. `migrate` and `serve`
+    /// convert the read models to this mode (and back), serving the old data while the new relation is
+    /// built.
+    #[arg(long, env = "VIEW_MAINTENANCE", value_enum, default_value = "refresh")]
+    pub view_maintenance: Mode,
 }
 
 /// Everything `prospect-api serve` needs.
@@ -169,9 +190,17 @@ pub struct ServeConfig {
     #[arg(long, env = "REFRESH_MAX_DELAY", default_value = "10s", value_parser = parse_duration)]
     pub refresh_max_delay: Duration,
 
+    /// Keep the refresh log and the error record this long (each view's last success and last error
+    /// are always kept); 0 keeps everything.
+    #[arg(long, env = "REFRESH_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub refresh_log_retention: Duration,
+
     /// Seed demo data when the base tables are empty (for trying the API out).
     #[arg(long)]
     pub demo: bool,
+
+    #[command(flatten)]
+    pub maintenance: MaintenanceConfig,
 
     #[command(flatten)]
     pub refresh: RefreshSettings,
@@ -297,6 +326,16 @@ pub fn parse_pg_memory(text: &str) -> Result<String, String> {
     }
 }
 
+/// A share between 0 (exclusive) and 1 (inclusive), such as `0.05`.
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err(format!(
+            "'{text}' is not a share between 0 and 1, such as 0.05"
+        )),
+    }
+}
+
 /// A duration as a PostgreSQL setting value (`statement_timeout`, `lock_timeout`).
 pub fn pg_duration(duration: Duration) -> String {
     format!("{}ms", duration.as_millis())
@@ -344,6 +383,15 @@ mod tests {
         assert!(!token.matches("0123456789abcdef0123456789abcdeF"));
         assert!(!token.matches(""));
         assert!(!format!("{token:?}").contains("0123"));
+    }
+
+    #[test]
+    fn shares_lie_between_zero_and_one() {
+        assert_eq!(parse_share("0.05").unwrap(), 0.05);
+        assert_eq!(parse_share("1").unwrap(), 1.0);
+        for bad in ["0", "-0.1", "1.5", "NaN", "inf", "five", ""] {
+            assert!(parse_share(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Connecting to PostgreSQL, creating the database, applying the embedded migrations.
 
+use anyhow::Context;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Connection, Postgres};
 use std::str::FromStr;
@@ -19,6 +20,35 @@ pub async fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, sqlx:
     }
     Postgres::create_database(url.expose()).await?;
     Ok(true)
+}
+
+/// Creates the database if needed, connects and applies pending migrations: what every command that
+/// touches data needs first.
+pub async fn prepare_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let url = &config.database_url;
+    let created = create_database_if_missing(url)
+        .await
+        .map_err(|e| unreachable_database(config, e))?;
+    if created {
+        tracing::info!(database = %url, "created the database");
+    }
+    let pool = connect(config)
+        .await
+        .map_err(|e| unreachable_database(config, e))?;
+    migrate(&pool).await.context("applying migrations failed")?;
+    Ok(pool)
+}
+
+/// The error for a database we cannot reach: where we tried, why, and how to get one.
+fn unreachable_database(config: &DatabaseConfig, error: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach PostgreSQL at {url}: {error}\n\n\
+         Point DATABASE_URL (or --database-url) at a running PostgreSQL 13 or newer, for example:\n  \
+         - docker compose up -d db        (the compose file in this repository)\n  \
+         - a local install, e.g. apt-get install postgresql, then use {default}",
+        url = config.database_url,
+        default = crate::config::DEFAULT_DATABASE_URL,
+    )
 }
 
 /// A pool for `config`, connected eagerly so that a wrong URL fails here and not on first use.

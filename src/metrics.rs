@@ -1,15 +1,15 @@
 //! Prometheus metrics, kept in process and rendered as text by `GET /metrics`. Labels are bounded:
 //! route templates (never raw URIs), the three views, the fixed triggers and statuses.
 //!
-//! Per-view freshness (last successful refresh, data age) is not kept here but read from the refresh
-//! log at scrape time, so it is right whichever process refreshed.
+//! Per-view freshness (last successful refresh, data age) and mode are not kept here but read from
+//! the database at scrape time, so they are right whichever process refreshed or converted. This
+//! module knows nothing of how views are refreshed: the refresher reports into it with plain labels.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::refresh::{RefreshStatus, RefreshTrigger};
 use crate::views::ViewName;
 
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -26,13 +26,13 @@ pub struct Metrics {
 struct Registry {
     requests: BTreeMap<(String, String, u16), u64>,
     request_seconds: BTreeMap<String, Histogram>,
-    refreshes: BTreeMap<(ViewName, &'static str, RefreshStatusLabel), u64>,
+    refreshes: BTreeMap<(ViewName, &'static str, &'static str), u64>,
     refresh_seconds: BTreeMap<ViewName, Histogram>,
+    rows_changed: BTreeMap<ViewName, u64>,
+    companies_applied: u64,
     notifications: u64,
     refreshes_after_notifications: u64,
 }
-
-type RefreshStatusLabel = &'static str;
 
 struct Histogram {
     bounds: &'static [f64],
@@ -71,19 +71,28 @@ impl Histogram {
     }
 }
 
-fn status_label(status: RefreshStatus) -> &'static str {
-    match status {
-        RefreshStatus::Ok => "ok",
-        RefreshStatus::Error => "error",
-        RefreshStatus::Skipped => "skipped",
-    }
-}
-
-/// What the refresh log says about one view, for the freshness gauges.
+/// What the database says about one view, for the freshness and mode gauges.
 pub struct ViewFreshness {
     pub view: String,
+    /// `refresh` or `incremental`.
+    pub mode: Option<String>,
     pub last_success_unix: Option<f64>,
     pub age_seconds: Option<f64>,
+}
+
+/// Triggers whose refreshes base-table changes caused.
+const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
+
+/// One finished refresh, apply or rebuild of one view, as the refresher reports it.
+pub struct RefreshObservation {
+    pub view: ViewName,
+    /// What asked for it (`schedule`, `poll`, `incremental`, ...).
+    pub trigger: &'static str,
+    /// `ok`, `error` or `skipped` (another process did the work).
+    pub status: &'static str,
+    pub took: Duration,
+    /// Rows deleted plus rows inserted, for table-backed views.
+    pub rows_changed: Option<i64>,
 }
 
 impl Metrics {
@@ -100,29 +109,34 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    pub fn record_refresh(
-        &self,
-        view: ViewName,
-        trigger: RefreshTrigger,
-        status: RefreshStatus,
-        took: Duration,
-    ) {
+    pub fn record_refresh(&self, refresh: RefreshObservation) {
         let mut registry = self.registry.lock().expect("not poisoned");
         *registry
             .refreshes
-            .entry((view, trigger.as_str(), status_label(status)))
+            .entry((refresh.view, refresh.trigger, refresh.status))
             .or_default() += 1;
-        let after_change = matches!(trigger, RefreshTrigger::Notify | RefreshTrigger::Poll);
-        if after_change && status != RefreshStatus::Skipped {
+        if refresh.status == "skipped" {
+            return;
+        }
+        if CHANGE_TRIGGERS.contains(&refresh.trigger) {
             registry.refreshes_after_notifications += 1;
         }
-        if status != RefreshStatus::Skipped {
-            registry
-                .refresh_seconds
-                .entry(view)
-                .or_insert_with(|| Histogram::new(&REFRESH_BUCKETS))
-                .observe(took.as_secs_f64());
+        registry
+            .refresh_seconds
+            .entry(refresh.view)
+            .or_insert_with(|| Histogram::new(&REFRESH_BUCKETS))
+            .observe(refresh.took.as_secs_f64());
+        if let Some(rows) = refresh.rows_changed {
+            *registry.rows_changed.entry(refresh.view).or_default() += rows.max(0) as u64;
         }
+    }
+
+    /// One incremental apply recomputed this many companies.
+    pub fn record_apply(&self, companies: i64) {
+        self.registry
+            .lock()
+            .expect("not poisoned")
+            .companies_applied += companies.max(0) as u64;
     }
 
     pub fn record_notification(&self) {
@@ -174,6 +188,26 @@ impl Metrics {
                 "view_refresh_duration_seconds",
                 &format!("view=\"{view}\""),
             );
+        }
+        out.push_str("# HELP view_rows_changed_total Rows deleted plus inserted in table-backed views by this process's applies and rebuilds.\n# TYPE view_rows_changed_total counter\n");
+        for (view, rows) in &registry.rows_changed {
+            let _ = writeln!(out, "view_rows_changed_total{{view=\"{view}\"}} {rows}");
+        }
+        out.push_str("# HELP incremental_companies_applied_total Companies whose rows this process's incremental applies recomputed.\n# TYPE incremental_companies_applied_total counter\n");
+        let _ = writeln!(
+            out,
+            "incremental_companies_applied_total {}",
+            registry.companies_applied
+        );
+        out.push_str("# HELP view_maintenance_mode How each view is kept fresh now: 1 for its mode (refresh: materialized view; incremental: table).\n# TYPE view_maintenance_mode gauge\n");
+        for view in freshness {
+            if let Some(mode) = &view.mode {
+                let _ = writeln!(
+                    out,
+                    "view_maintenance_mode{{view=\"{}\",mode=\"{mode}\"}} 1",
+                    view.view
+                );
+            }
         }
         out.push_str("# HELP view_last_success_timestamp_seconds Snapshot time of the view's last successful refresh (any process).\n# TYPE view_last_success_timestamp_seconds gauge\n");
         for view in freshness {
@@ -242,12 +276,13 @@ mod tests {
     #[test]
     fn failures_are_counted_per_view_even_when_zero() {
         let metrics = Metrics::default();
-        metrics.record_refresh(
-            ViewName::CompanySummaryView,
-            RefreshTrigger::Schedule,
-            RefreshStatus::Error,
-            Duration::from_secs(1),
-        );
+        metrics.record_refresh(RefreshObservation {
+            view: ViewName::CompanySummaryView,
+            trigger: "schedule",
+            status: "error",
+            took: Duration::from_secs(1),
+            rows_changed: None,
+        });
         let text = metrics.render(&[]);
         assert!(text.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"));
         assert!(text.contains("view_refresh_failures_total{view=\"company_prospect_view\"} 0"));

@@ -13,9 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::commands::prepare_database;
 use crate::config::ServeConfig;
-use crate::db;
+use crate::db::{self, prepare_database};
 use crate::http::cursor::CursorSigner;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
@@ -34,10 +33,11 @@ struct Background {
     pool: PgPool,
     changes: ChangeSource,
     refresher: Refresher,
-    workers: Vec<JoinHandle<()>>,
+    worker: JoinHandle<()>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     interval: Duration,
+    log_retention: Duration,
     notify: NotifySettings,
 }
 
@@ -58,6 +58,7 @@ impl Application {
         if config.demo {
             seed_demo_data_if_empty(&pool).await?;
         }
+        let modes = convert_read_models(&pool, config).await?;
         let read_url = config
             .read_database_url
             .as_ref()
@@ -75,10 +76,11 @@ impl Application {
 
         let metrics = Arc::new(Metrics::default());
         let (shutdown, stopping) = watch::channel(false);
-        let (refresher, workers) = Refresher::start(
+        let (refresher, worker) = Refresher::start(
             pool.clone(),
             config.refresh.clone(),
             metrics.clone(),
+            modes,
             stopping,
         );
         let state = AppState {
@@ -104,10 +106,11 @@ impl Application {
                 ChangeSource::Polling(config.refresh_poll_interval)
             },
             refresher,
-            workers,
+            worker,
             metrics,
             shutdown,
             interval: config.refresh_interval,
+            log_retention: config.refresh_log_retention,
             notify: NotifySettings {
                 debounce: config.refresh_debounce,
                 max_delay: config.refresh_max_delay,
@@ -153,6 +156,11 @@ impl Application {
                 background.refresher.clone(),
                 background.notify,
                 background.metrics.clone(),
+                stopping.clone(),
+            )),
+            tokio::spawn(refresh::run_log_retention(
+                background.pool.clone(),
+                background.log_retention,
                 stopping,
             )),
         ];
@@ -167,9 +175,26 @@ impl Application {
         for task in tasks {
             let _ = task.await;
         }
-        refresh::stop_workers(background.workers, REFRESH_GRACE).await;
+        refresh::stop_worker(background.worker, REFRESH_GRACE).await;
         served
     }
+}
+
+/// Converts the read models to VIEW_MAINTENANCE (a no-op when they are already so) and returns each
+/// one's mode.
+async fn convert_read_models(
+    pool: &PgPool,
+    config: &ServeConfig,
+) -> anyhow::Result<[Option<crate::views::Mode>; 3]> {
+    crate::views::check_catalog(pool).await?;
+    let conversions =
+        refresh::convert_all(pool, config.maintenance.view_maintenance, &config.refresh)
+            .await
+            .context("converting the read models to VIEW_MAINTENANCE")?;
+    for conversion in conversions.iter().filter(|c| c.rebuilt) {
+        tracing::info!(%conversion, "read model converted");
+    }
+    Ok(refresh::modes(pool).await?)
 }
 
 async fn seed_demo_data_if_empty(pool: &PgPool) -> anyhow::Result<()> {

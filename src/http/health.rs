@@ -39,8 +39,7 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let unpopulated = sqlx::query_scalar!(
-        r#"SELECT v AS "view!" FROM unnest(refreshable_views()) v
-           WHERE NOT (SELECT relispopulated FROM pg_class WHERE oid = to_regclass(v))"#
+        r#"SELECT name AS "view!" FROM read_models WHERE NOT populated ORDER BY position"#
     )
     .fetch_all(&state.read_pool)
     .await?;

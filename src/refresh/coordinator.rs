@@ -1,26 +1,32 @@
-//! The in-process refresher: one worker per view, so that refreshes are single-flight.
+//! The in-process refresher: one worker that runs this process's refreshes, incremental applies and
+//! rebuilds, one at a time (two at once would only fight over the same cores and the same rows).
 //!
-//! A request for a view that is not being refreshed starts a refresh. A request that arrives while
-//! one runs cannot join it (its snapshot may predate the write that prompted the request), so it
-//! waits for exactly one follow-up refresh, which serves every request queued meanwhile: a burst of
-//! requests costs at most two refreshes. A shared permit makes the workers refresh one view at a time
-//! (three concurrent refreshes would only fight over two cores); which waiting view goes next is not
-//! fixed, and need not be: each refresh is its own transaction and locks only its own view.
-//! Across processes, `refresh_view`'s advisory lock does the same job.
+//! Two kinds of job are queued: a full refresh of a view (CONCURRENTLY for a materialized view, a
+//! rebuild for a table), and an incremental apply (every table-backed view at once). Requests are
+//! single-flight: a request that arrives while a batch runs cannot join it (its snapshot may predate
+//! the write that prompted the request), so it waits for the next batch, which serves every request
+//! queued meanwhile: a burst of requests costs at most two runs. A batch refreshes the materialized
+//! views (one transaction each, in the fixed order), then runs one incremental round that rebuilds
+//! the table-backed views asked for and applies the pending changes to the others: a rebuild absorbs
+//! the incremental work rather than queueing behind it. Across processes, the advisory locks
+//! (refresh) and the catalog lock (incremental) do the same job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_view};
+use super::full::{in_mode, modes};
+use super::incremental;
+use super::refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_materialized_view};
 use super::stopped;
 use crate::config::RefreshSettings;
-use crate::metrics::Metrics;
-use crate::views::ViewName;
+use crate::metrics::{Metrics, RefreshObservation};
+use crate::views::{Mode, ViewName};
 
 /// A refresh that could not even be recorded (the database was unreachable), or a refresher that is
 /// shutting down.
@@ -35,18 +41,24 @@ struct Inner {
     pool: PgPool,
     settings: RefreshSettings,
     metrics: Arc<Metrics>,
-    slots: [Slot; 3],
-    one_at_a_time: Semaphore,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    busy: AtomicBool,
+    /// Per view: whether a job touching it runs now, and how many have finished (whatever their
+    /// outcome), which lets readers of a view's freshness tell whether what they read is current.
+    running: [AtomicBool; 3],
+    finished: [AtomicU64; 3],
+    /// Each view's mode as last read from the database.
+    modes: Mutex<[Option<Mode>; 3]>,
 }
 
 #[derive(Default)]
-struct Slot {
-    waiting: Mutex<Vec<Waiter>>,
-    wake: Notify,
-    running: AtomicBool,
-    /// Refreshes finished (whatever their outcome): lets readers of the view's freshness tell
-    /// whether what they read before is still current.
-    finished: AtomicU64,
+struct Queue {
+    full: [Vec<Waiter>; 3],
+    apply: bool,
+    /// After a failed apply, applies wait until then (doubling up to 30 s), so a persistent failure is
+    /// not logged four times a second.
+    apply_backoff: Option<(Instant, Duration)>,
 }
 
 struct Waiter {
@@ -54,142 +66,309 @@ struct Waiter {
     reply: oneshot::Sender<RefreshOutcome>,
 }
 
+/// What one batch does.
+struct Batch {
+    full: [Vec<Waiter>; 3],
+    apply: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        !self.apply && self.full.iter().all(Vec::is_empty)
+    }
+
+    fn views(&self) -> Vec<ViewName> {
+        ViewName::ALL
+            .into_iter()
+            .filter(|view| !self.full[view.index()].is_empty())
+            .collect()
+    }
+
+    fn trigger(&self, view: ViewName) -> RefreshTrigger {
+        self.full[view.index()][0].trigger
+    }
+}
+
+const FIRST_APPLY_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_APPLY_BACKOFF: Duration = Duration::from_secs(30);
+
 impl Refresher {
-    /// Starts one worker per view; they stop when `shutdown` turns true, after the refresh at hand.
+    /// Starts the worker; it stops when `shutdown` turns true, after the job at hand.
     pub fn start(
         pool: PgPool,
         settings: RefreshSettings,
         metrics: Arc<Metrics>,
+        modes: [Option<Mode>; 3],
         shutdown: watch::Receiver<bool>,
-    ) -> (Refresher, Vec<JoinHandle<()>>) {
+    ) -> (Refresher, JoinHandle<()>) {
         let refresher = Refresher {
             inner: Arc::new(Inner {
                 pool,
                 settings,
                 metrics,
-                slots: Default::default(),
-                one_at_a_time: Semaphore::new(1),
+                queue: Mutex::default(),
+                wake: Notify::new(),
+                busy: AtomicBool::new(false),
+                running: Default::default(),
+                finished: Default::default(),
+                modes: Mutex::new(modes),
             }),
         };
-        let workers = ViewName::ALL
-            .into_iter()
-            .map(|view| tokio::spawn(refresher.clone().work(view, shutdown.clone())))
-            .collect();
-        (refresher, workers)
+        let worker = tokio::spawn(refresher.clone().work(shutdown));
+        (refresher, worker)
     }
 
-    /// Asks for a refresh of `view`; the receiver gets the outcome of the refresh that serves it.
+    /// Asks for a full refresh of `view`; the receiver gets the outcome of the refresh that serves it.
     pub fn request(
         &self,
         view: ViewName,
         trigger: RefreshTrigger,
     ) -> oneshot::Receiver<RefreshOutcome> {
         let (reply, outcome) = oneshot::channel();
-        let slot = &self.inner.slots[view.index()];
-        slot.waiting
-            .lock()
-            .expect("not poisoned")
-            .push(Waiter { trigger, reply });
-        slot.wake.notify_one();
+        self.queue().full[view.index()].push(Waiter { trigger, reply });
+        self.inner.wake.notify_one();
         outcome
     }
 
-    /// Asks for every view to be refreshed, without waiting.
+    /// Asks for a full refresh of every view, without waiting.
     pub fn request_all(&self, trigger: RefreshTrigger) {
-        for view in ViewName::ALL {
+        self.request_in_mode(Mode::Refresh, trigger);
+        self.request_in_mode(Mode::Incremental, trigger);
+    }
+
+    /// Asks for a full refresh of every view in `mode` (as last seen), without waiting.
+    pub fn request_in_mode(&self, mode: Mode, trigger: RefreshTrigger) {
+        for view in in_mode(&self.modes(), &ViewName::ALL, mode) {
             drop(self.request(view, trigger));
         }
     }
 
-    /// Refreshes `view` (or waits for the refresh that serves this request) and returns its outcome.
+    /// Asks for the pending changes to be applied to the table-backed views (if there are any).
+    pub fn request_apply(&self) {
+        if !self.modes().contains(&Some(Mode::Incremental)) {
+            return;
+        }
+        self.queue().apply = true;
+        self.inner.wake.notify_one();
+    }
+
+    /// Refreshes `view` in full (or waits for the refresh that serves this request); its outcome.
     pub async fn refresh(&self, view: ViewName, trigger: RefreshTrigger) -> RefreshOutcome {
         self.request(view, trigger)
             .await
             .unwrap_or_else(|_| Err("the refresher is shutting down".to_owned()))
     }
 
-    /// Whether no view is being refreshed or waiting to be.
+    /// Whether nothing runs and nothing waits.
     pub fn is_idle(&self) -> bool {
-        self.inner.slots.iter().all(|slot| {
-            !slot.running.load(Ordering::SeqCst)
-                && slot.waiting.lock().expect("not poisoned").is_empty()
-        })
+        let queue = self.queue();
+        !self.inner.busy.load(Ordering::SeqCst)
+            && !queue.apply
+            && queue.full.iter().all(Vec::is_empty)
     }
 
-    /// Whether this process is refreshing `view` right now.
+    /// Whether this process is refreshing, applying to or rebuilding `view` right now.
     pub fn is_running(&self, view: ViewName) -> bool {
-        self.inner.slots[view.index()]
-            .running
-            .load(Ordering::SeqCst)
+        self.inner.running[view.index()].load(Ordering::SeqCst)
     }
 
-    /// Changes whenever this process finishes a refresh of `view`.
+    /// Changes whenever this process finishes a job touching `view`.
     pub fn generation(&self, view: ViewName) -> u64 {
-        self.inner.slots[view.index()]
-            .finished
-            .load(Ordering::SeqCst)
+        self.inner.finished[view.index()].load(Ordering::SeqCst)
     }
 
-    async fn work(self, view: ViewName, mut shutdown: watch::Receiver<bool>) {
-        let slot = &self.inner.slots[view.index()];
+    /// Each view's mode as last read from the database.
+    pub fn modes(&self) -> [Option<Mode>; 3] {
+        *self.inner.modes.lock().expect("not poisoned")
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.queue.lock().expect("not poisoned")
+    }
+
+    fn take_batch(&self) -> Batch {
+        let mut queue = self.queue();
+        let backing_off = queue
+            .apply_backoff
+            .is_some_and(|(until, _)| Instant::now() < until);
+        // An apply asked for during the back-off is dropped: the change watcher asks again.
+        let apply = std::mem::take(&mut queue.apply) && !backing_off;
+        Batch {
+            full: std::mem::take(&mut queue.full),
+            apply,
+        }
+    }
+
+    async fn work(self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let waiters = std::mem::take(&mut *slot.waiting.lock().expect("not poisoned"));
-            if waiters.is_empty() {
+            let batch = self.take_batch();
+            if batch.is_empty() {
                 tokio::select! {
-                    () = slot.wake.notified() => continue,
+                    () = self.inner.wake.notified() => continue,
                     () = stopped(&mut shutdown) => return,
                 }
             }
             if *shutdown.borrow() {
                 return; // dropping the waiters tells them the refresher is shutting down
             }
-            let outcome = self.refresh_once(slot, view, waiters[0].trigger).await;
-            for waiter in waiters {
-                let _ = waiter.reply.send(outcome.clone());
+            self.inner.busy.store(true, Ordering::SeqCst);
+            self.run(batch).await;
+            self.inner.busy.store(false, Ordering::SeqCst);
+        }
+    }
+
+    async fn run(&self, mut batch: Batch) {
+        let modes = match modes(&self.inner.pool).await {
+            Ok(modes) => modes,
+            Err(error) => {
+                tracing::error!(%error, "refresh could not start: database unreachable");
+                for waiters in batch.full {
+                    reply(waiters, Err(error.to_string()));
+                }
+                return;
+            }
+        };
+        *self.inner.modes.lock().expect("not poisoned") = modes;
+        let asked = batch.views();
+        for view in in_mode(&modes, &asked, Mode::Refresh) {
+            let trigger = batch.trigger(view);
+            let refresh = async {
+                refresh_materialized_view(&self.inner.pool, view, trigger, &self.inner.settings)
+                    .await
+                    .map(|report| vec![report])
+            };
+            let outcome = self
+                .job(&[view], trigger, refresh)
+                .await
+                .map(|mut reports| reports.remove(0));
+            reply(std::mem::take(&mut batch.full[view.index()]), outcome);
+        }
+        let rebuild = in_mode(&modes, &asked, Mode::Incremental);
+        if !rebuild.is_empty() || (batch.apply && modes.contains(&Some(Mode::Incremental))) {
+            self.incremental_round(&mut batch, &rebuild, &modes).await;
+        }
+        for (view, waiters) in ViewName::ALL.into_iter().zip(batch.full) {
+            reply(waiters, Err(format!("{view} is missing from the database")));
+        }
+    }
+
+    /// One round for every table-backed view: rebuilds `rebuild`, applies pending changes to the rest.
+    async fn incremental_round(
+        &self,
+        batch: &mut Batch,
+        rebuild: &[ViewName],
+        modes: &[Option<Mode>; 3],
+    ) {
+        let trigger = rebuild
+            .first()
+            .map_or(RefreshTrigger::Incremental, |view| batch.trigger(*view));
+        let tables = in_mode(modes, &ViewName::ALL, Mode::Incremental);
+        let round = self
+            .job(
+                &tables,
+                trigger,
+                incremental::round(&self.inner.pool, trigger, rebuild, &self.inner.settings),
+            )
+            .await;
+        if rebuild.is_empty() {
+            self.note_apply_outcome(&round);
+        }
+        for view in rebuild {
+            let outcome = round.clone().and_then(|reports| {
+                reports
+                    .into_iter()
+                    .find(|report| report.view == *view)
+                    .ok_or_else(|| format!("{view} was not maintained"))
+            });
+            reply(std::mem::take(&mut batch.full[view.index()]), outcome);
+        }
+    }
+
+    /// Runs one job touching `views`: marks them running meanwhile, counts it finished, records metrics.
+    async fn job(
+        &self,
+        views: &[ViewName],
+        trigger: RefreshTrigger,
+        work: impl Future<Output = Result<Vec<RefreshReport>, sqlx::Error>>,
+    ) -> Result<Vec<RefreshReport>, String> {
+        for view in views {
+            self.inner.running[view.index()].store(true, Ordering::SeqCst);
+        }
+        let started = std::time::Instant::now();
+        let outcome = work.await;
+        for view in views {
+            self.inner.running[view.index()].store(false, Ordering::SeqCst);
+            self.inner.finished[view.index()].fetch_add(1, Ordering::SeqCst);
+        }
+        match outcome {
+            Ok(reports) => {
+                for report in &reports {
+                    self.observe(report, trigger, started.elapsed());
+                }
+                Ok(reports)
+            }
+            Err(error) => {
+                tracing::error!(?views, %error, "refresh could not be recorded: database unreachable");
+                for view in views {
+                    self.inner.metrics.record_refresh(RefreshObservation {
+                        view: *view,
+                        trigger: trigger.as_str(),
+                        status: RefreshStatus::Error.as_str(),
+                        took: started.elapsed(),
+                        rows_changed: None,
+                    });
+                }
+                Err(error.to_string())
             }
         }
     }
 
-    async fn refresh_once(
-        &self,
-        slot: &Slot,
-        view: ViewName,
-        trigger: RefreshTrigger,
-    ) -> RefreshOutcome {
-        let _permit = self
-            .inner
-            .one_at_a_time
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        slot.running.store(true, Ordering::SeqCst);
-        let started = std::time::Instant::now();
-        let outcome = refresh_view(&self.inner.pool, view, trigger, &self.inner.settings).await.map_err(|error| {
-            tracing::error!(%view, %error, "refresh could not be recorded: database unreachable");
-            error.to_string()
+    fn observe(&self, report: &RefreshReport, trigger: RefreshTrigger, took: Duration) {
+        self.inner.metrics.record_refresh(RefreshObservation {
+            view: report.view,
+            trigger: trigger.as_str(),
+            status: report.status.as_str(),
+            took,
+            rows_changed: report.rows_changed,
         });
-        slot.running.store(false, Ordering::SeqCst);
-        slot.finished.fetch_add(1, Ordering::SeqCst);
-        self.inner.metrics.record_refresh(
-            view,
-            trigger,
-            outcome
-                .as_ref()
-                .map(|r| r.status)
-                .unwrap_or(RefreshStatus::Error),
-            started.elapsed(),
-        );
-        outcome
+        if report.view == ViewName::ALL[0]
+            && let Some(companies) = report.companies_changed
+        {
+            self.inner.metrics.record_apply(companies);
+        }
+    }
+
+    /// Backs applies off after a failure, and resets the back-off after a success.
+    fn note_apply_outcome(&self, round: &Result<Vec<RefreshReport>, String>) {
+        let failed = match round {
+            Ok(reports) => reports.iter().any(|r| r.status == RefreshStatus::Error),
+            Err(_) => true,
+        };
+        let mut queue = self.queue();
+        queue.apply_backoff = if failed {
+            let wait = queue
+                .apply_backoff
+                .map_or(FIRST_APPLY_BACKOFF, |(_, wait)| {
+                    (wait * 2).min(MAX_APPLY_BACKOFF)
+                });
+            Some((Instant::now() + wait, wait))
+        } else {
+            None
+        };
     }
 }
 
-/// Waits up to `grace` for the workers to finish the refresh at hand, then stops them; a refresh
-/// stopped mid-way rolls back with its transaction, so no log row claims it.
-pub async fn stop_workers(workers: Vec<JoinHandle<()>>, grace: Duration) {
-    for worker in workers {
-        let abort = worker.abort_handle();
-        if tokio::time::timeout(grace, worker).await.is_err() {
-            abort.abort();
-        }
+fn reply(waiters: Vec<Waiter>, outcome: RefreshOutcome) {
+    for waiter in waiters {
+        let _ = waiter.reply.send(outcome.clone());
+    }
+}
+
+/// Waits up to `grace` for the worker to finish the job at hand, then stops it; a job stopped mid-way
+/// rolls back with its transaction, so no log row claims it.
+pub async fn stop_worker(worker: JoinHandle<()>, grace: Duration) {
+    let abort = worker.abort_handle();
+    if tokio::time::timeout(grace, worker).await.is_err() {
+        abort.abort();
     }
 }

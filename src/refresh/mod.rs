@@ -1,19 +1,32 @@
-//! Keeping the views fresh.
+//! Keeping the read models fresh, in either mode.
 //!
-//! - `refresher`: one refresh of one view, in its own transaction, logged whatever happens;
-//! - `coordinator`: the in-process single-flight worker per view that every trigger goes through;
-//! - `scheduler`: the triggers (a schedule, debounced notifications, catch-up after reconnecting);
+//! - `refresher`: one CONCURRENTLY refresh of one materialized view (mode `refresh`), in its own
+//!   transaction, logged whatever happens; the report and trigger types both modes share;
+//! - `incremental`: one round of incremental maintenance of every table-backed view (mode
+//!   `incremental`): pending changes applied per company, or whole definitions diffed;
+//! - `full`: a full refresh of some views, each as its mode does it;
+//! - `convert`: converting the read models between the modes (`migrate`, `serve`);
+//! - `coordinator`: the in-process single-flight worker that every trigger goes through;
+//! - `scheduler`: the triggers (a schedule, changes seen by polling or notification, catch-up after
+//!   reconnecting) and the log's retention;
 //! - `status`: what admins and `/metrics` read about the views.
 
+mod convert;
 mod coordinator;
+mod full;
+mod incremental;
 mod refresher;
 mod scheduler;
 pub mod status;
 
-pub use coordinator::{RefreshOutcome, Refresher, stop_workers};
-pub use refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_all, refresh_view};
+pub use convert::{Conversion, convert_all};
+pub use coordinator::{RefreshOutcome, Refresher, stop_worker};
+pub use full::{modes, refresh_all, refresh_view, refresh_views};
+pub use incremental::round as incremental_round;
+pub use refresher::{RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 pub use scheduler::{
-    CHANNEL, ChangeSource, NotifySettings, run_change_watcher, run_schedule, views_needing_refresh,
+    CHANNEL, ChangeSource, NotifySettings, read_models_behind, run_change_watcher,
+    run_log_retention, run_schedule,
 };
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -1,5 +1,6 @@
-//! One refresh of one view: its own transaction, its own timeouts, the cross-process advisory lock, and
-//! a row in `materialized_view_log` whatever happens.
+//! One refresh of one materialized view (mode `refresh`): its own transaction, its own timeouts, the
+//! cross-process advisory lock, and a row in `materialized_view_log` whatever happens. Also what both
+//! modes report and log alike: the trigger, the report, the record of a failure.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,6 +21,8 @@ pub enum RefreshTrigger {
     Startup,
     Cli,
     Catchup,
+    /// The applier: changes found in the change record, applied per company.
+    Incremental,
 }
 
 impl RefreshTrigger {
@@ -32,6 +35,7 @@ impl RefreshTrigger {
             RefreshTrigger::Startup => "startup",
             RefreshTrigger::Cli => "cli",
             RefreshTrigger::Catchup => "catchup",
+            RefreshTrigger::Incremental => "incremental",
         }
     }
 }
@@ -54,42 +58,88 @@ pub enum RefreshStatus {
     Skipped,
 }
 
-/// The outcome of one view's refresh, as logged and as the admin endpoint reports it.
+impl RefreshStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshStatus::Ok => "ok",
+            RefreshStatus::Error => "error",
+            RefreshStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// How a view's data was brought up to date (the log's `method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshMethod {
+    /// `REFRESH MATERIALIZED VIEW` (mode `refresh`).
+    Refresh,
+    /// The rows of the changed companies recomputed (mode `incremental`).
+    Apply,
+    /// The table diffed against its whole definition (mode `incremental`).
+    Rebuild,
+    /// Built anew while converting between modes.
+    Build,
+}
+
+impl RefreshMethod {
+    pub fn parse(text: &str) -> Option<RefreshMethod> {
+        match text {
+            "refresh" => Some(RefreshMethod::Refresh),
+            "apply" => Some(RefreshMethod::Apply),
+            "rebuild" => Some(RefreshMethod::Rebuild),
+            "build" => Some(RefreshMethod::Build),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of one view's refresh, apply or rebuild, as logged and as the admin endpoint reports it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RefreshReport {
     pub view: ViewName,
     pub status: RefreshStatus,
+    /// How it was done (for `ok`).
+    pub method: Option<RefreshMethod>,
     /// For `ok`, the snapshot time the refreshed data reflects; otherwise when the attempt began.
     pub started_at: DateTime<Utc>,
     pub duration_ms: Option<i64>,
     pub rows: Option<i64>,
+    /// For an apply or rebuild: rows deleted plus rows inserted (a changed row counts twice).
+    pub rows_changed: Option<i64>,
+    /// For an apply: the companies whose rows were recomputed.
+    pub companies_changed: Option<i64>,
     /// The database's error message, for `error`.
     pub error: Option<String>,
     /// The id of the `materialized_view_log` row (none for `skipped`).
     pub log_id: Option<i64>,
 }
 
-/// Refreshes every view, in the fixed order, each in its own transaction. A failing view does not stop
-/// the others; only losing the database altogether is an `Err`.
-pub async fn refresh_all(
-    pool: &PgPool,
-    trigger: RefreshTrigger,
-    settings: &RefreshSettings,
-) -> Result<Vec<RefreshReport>, sqlx::Error> {
-    let mut reports = Vec::with_capacity(ViewName::ALL.len());
-    for view in ViewName::ALL {
-        reports.push(refresh_view(pool, view, trigger, settings).await?);
+impl RefreshReport {
+    /// Another process did the work while this request waited for it.
+    pub fn skipped(view: ViewName, requested_at: DateTime<Utc>) -> RefreshReport {
+        RefreshReport {
+            view,
+            status: RefreshStatus::Skipped,
+            method: None,
+            started_at: requested_at,
+            duration_ms: None,
+            rows: None,
+            rows_changed: None,
+            companies_changed: None,
+            error: None,
+            log_id: None,
+        }
     }
-    Ok(reports)
 }
 
-/// Refreshes one view (CONCURRENTLY once populated) in its own transaction and logs it.
+/// Refreshes one materialized view (CONCURRENTLY once populated) in its own transaction and logs it.
 ///
 /// A failed refresh is rolled back, so the previous data stays served, and is then recorded in the log
 /// and in `materialized_view_errors`: it is an `Ok(report)` with status `error`. `Err` means the outcome
 /// could not even be recorded (the database is unreachable).
 #[tracing::instrument(skip(pool, settings), fields(view = %view, trigger = %trigger))]
-pub async fn refresh_view(
+pub async fn refresh_materialized_view(
     pool: &PgPool,
     view: ViewName,
     trigger: RefreshTrigger,
@@ -151,15 +201,7 @@ async fn refresh_in_transaction(
         tracing::info!(
             "another process refreshed this view while we waited for its lock; skipping"
         );
-        return Ok(RefreshReport {
-            view,
-            status: RefreshStatus::Skipped,
-            started_at: requested_at,
-            duration_ms: None,
-            rows: None,
-            error: None,
-            log_id: None,
-        });
+        return Ok(RefreshReport::skipped(view, requested_at));
     }
 
     sqlx::query!(
@@ -183,15 +225,19 @@ async fn refresh_in_transaction(
     Ok(RefreshReport {
         view,
         status: RefreshStatus::Ok,
+        method: Some(RefreshMethod::Refresh),
         started_at: logged.started_at,
         duration_ms: logged.duration_ms,
         rows: logged.row_count,
+        rows_changed: None,
+        companies_changed: None,
         error: None,
         log_id: Some(logged.id),
     })
 }
 
-async fn record_failure(
+/// Records a failed attempt (after its transaction rolled back) in the log and the error table.
+pub(super) async fn record_failure(
     pool: &PgPool,
     view: ViewName,
     trigger: RefreshTrigger,
@@ -210,16 +256,19 @@ async fn record_failure(
     Ok(RefreshReport {
         view,
         status: RefreshStatus::Error,
+        method: None,
         started_at: attempt_started,
         duration_ms: logged.duration_ms,
         rows: None,
+        rows_changed: None,
+        companies_changed: None,
         error: Some(message.to_owned()),
         log_id: Some(logged.id),
     })
 }
 
 /// The database's own message for a database error (what an admin needs), else sqlx's description.
-fn database_message(error: &sqlx::Error) -> String {
+pub(super) fn database_message(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),

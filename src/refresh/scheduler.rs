@@ -1,6 +1,9 @@
-//! What decides *when* views are refreshed: a fixed schedule, and changes to the base tables
-//! (debounced), seen either by polling the change record (the default) or through the triggers'
-//! notifications, with a catch-up from the change record whenever watching (re)starts.
+//! What decides *when* read models are maintained: a fixed schedule (a full refresh in either mode),
+//! and changes to the base tables, seen either by polling the change record (the default) or through
+//! the triggers' notifications, with a catch-up from the change record whenever watching (re)starts.
+//! A change is applied at once to the table-backed views (an incremental apply is cheap and single
+//! flight); the materialized views are refreshed after a burst of changes (debounced). Also the
+//! retention of the refresh log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +18,13 @@ use super::refresher::RefreshTrigger;
 use super::stopped;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::views::ViewName;
+use crate::views::{Mode, ViewName};
 
 pub const CHANNEL: &str = "refresh_views";
 
-/// Requests a refresh of every view every `interval` (never, for zero) until shutdown.
+/// Requests a full refresh of every view every `interval` (never, for zero) until shutdown. In
+/// incremental mode that is a rebuild: it repairs whatever the triggers could not see (writes made
+/// with `session_replication_role = replica`, say).
 pub async fn run_schedule(
     refresher: Refresher,
     interval: Duration,
@@ -61,13 +66,20 @@ enum ChangeEvent {
     /// A notification arrived.
     Notified,
     /// Polling found views behind the base tables; `grew`: the change record grew since last time.
-    Pending { grew: bool },
+    Pending { grew: bool, behind: Behind },
 }
 
-/// Watches for base-table changes until shutdown and refreshes every view after a burst of them
-/// (debounced, but never later than `max_delay` after its first change); whenever watching
-/// (re)starts, refreshes the views the change record says are behind (at startup that includes
-/// views never populated).
+/// Which kinds of view are behind the base tables.
+#[derive(Debug, Clone, Copy)]
+struct Behind {
+    materialized: bool,
+    tables: bool,
+}
+
+/// Watches for base-table changes until shutdown: applies them to the table-backed views at once, and
+/// refreshes the materialized views after a burst of them (debounced, but never later than
+/// `max_delay` after its first change); whenever watching (re)starts, brings up to date the views the
+/// change record says are behind (at startup that includes views never populated).
 pub async fn run_change_watcher(
     pool: PgPool,
     source: ChangeSource,
@@ -93,16 +105,25 @@ pub async fn run_change_watcher(
             burst.map(|(first, last)| (last + settings.debounce).min(first + settings.max_delay));
         tokio::select! {
             event = received.recv() => match event {
-                Some(ChangeEvent::Notified | ChangeEvent::Pending { grew: true }) => {
+                Some(ChangeEvent::Notified) => {
+                    refresher.request_apply();
                     let now = Instant::now();
                     burst = Some((burst.map_or(now, |(first, _)| first), now));
                 }
-                Some(ChangeEvent::Pending { grew: false }) => {
-                    // Behind, nothing new since the last poll. A refresh that is running or queued
-                    // will cover it (as at startup); only an idle refresher must be asked again.
-                    if burst.is_none() && refresher.is_idle() {
+                Some(ChangeEvent::Pending { grew, behind }) => {
+                    if behind.tables {
+                        refresher.request_apply();
+                    }
+                    if behind.materialized {
                         let now = Instant::now();
-                        burst = Some((now, now));
+                        if grew {
+                            burst = Some((burst.map_or(now, |(first, _)| first), now));
+                        } else if burst.is_none() && refresher.is_idle() {
+                            // Behind, nothing new since the last poll. A refresh that is running
+                            // or queued will cover it (as at startup); only an idle refresher
+                            // must be asked again.
+                            burst = Some((now, now));
+                        }
                     }
                 }
                 Some(ChangeEvent::Connected { first }) => catch_up(&pool, &refresher, first).await,
@@ -110,7 +131,7 @@ pub async fn run_change_watcher(
             },
             () = sleep_until_optional(deadline) => {
                 burst = None;
-                refresher.request_all(trigger);
+                refresher.request_in_mode(Mode::Refresh, trigger);
             }
             () = stopped(&mut shutdown) => break,
         }
@@ -139,7 +160,9 @@ async fn poll_changes(
         tokio::time::sleep(interval).await;
         let polled = sqlx::query!(
             r#"SELECT (SELECT count(*) FROM base_table_changes) AS "changes!",
-                      EXISTS (SELECT 1 FROM views_needing_refresh()) AS "behind!""#
+                      COALESCE(bool_or(mode = 'refresh'), false) AS "materialized!",
+                      COALESCE(bool_or(mode = 'incremental'), false) AS "tables!"
+               FROM read_models_behind()"#
         )
         .fetch_one(&pool)
         .await;
@@ -148,11 +171,19 @@ async fn poll_changes(
                 backoff.reset();
                 let grew = last_count.is_some_and(|last| row.changes > last);
                 last_count = Some(row.changes);
-                if row.behind {
+                let behind = Behind {
+                    materialized: row.materialized,
+                    tables: row.tables,
+                };
+                if behind.materialized || behind.tables {
                     if grew {
                         metrics.record_notification();
                     }
-                    if events.send(ChangeEvent::Pending { grew }).await.is_err() {
+                    if events
+                        .send(ChangeEvent::Pending { grew, behind })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -172,20 +203,24 @@ async fn sleep_until_optional(deadline: Option<Instant>) {
     }
 }
 
-/// Refreshes the views whose base data changed since their last refresh.
+/// Brings up to date the views whose base data changed since their last refresh: a full refresh of
+/// each such materialized view, an apply for the table-backed ones.
 async fn catch_up(pool: &PgPool, refresher: &Refresher, first: bool) {
     let trigger = if first {
         RefreshTrigger::Startup
     } else {
         RefreshTrigger::Catchup
     };
-    match views_needing_refresh(pool).await {
-        Ok(views) => {
-            if !views.is_empty() {
-                tracing::info!(?views, %trigger, "refreshing views that are behind the base tables");
+    match read_models_behind(pool).await {
+        Ok(behind) => {
+            if !behind.is_empty() {
+                tracing::info!(?behind, %trigger, "bringing up to date the views that are behind the base tables");
             }
-            for view in views {
-                drop(refresher.request(view, trigger));
+            for (view, mode) in behind {
+                match mode {
+                    Mode::Refresh => drop(refresher.request(view, trigger)),
+                    Mode::Incremental => refresher.request_apply(),
+                }
             }
         }
         Err(error) => {
@@ -194,14 +229,58 @@ async fn catch_up(pool: &PgPool, refresher: &Refresher, first: bool) {
     }
 }
 
-pub async fn views_needing_refresh(pool: &PgPool) -> Result<Vec<ViewName>, sqlx::Error> {
-    let names = sqlx::query_scalar!(
-        r#"SELECT v AS "view!" FROM views_needing_refresh() v
-           ORDER BY array_position(refreshable_views(), v)"#
+/// The views whose base data changed since their last refresh (or never refreshed), with their mode.
+pub async fn read_models_behind(pool: &PgPool) -> Result<Vec<(ViewName, Mode)>, sqlx::Error> {
+    let rows = sqlx::query!(r#"SELECT view_name AS "view!", mode FROM read_models_behind()"#)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| Some((row.view.parse().ok()?, row.mode?.parse().ok()?)))
+        .collect())
+}
+
+/// How often the log's retention is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Every minute until shutdown, deletes log and error rows older than `keep`, keeping each view's
+/// last success and last error (`prune_refresh_log()`); zero keeps everything. Every instance does it:
+/// deleting what another instance already deleted costs nothing.
+pub async fn run_log_retention(pool: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>) {
+    if keep.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(PRUNE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(error) = prune_log(&pool, keep).await {
+                    tracing::warn!(%error, "pruning the refresh log failed; trying again in a minute");
+                }
+            }
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn prune_log(pool: &PgPool, keep: Duration) -> Result<(), sqlx::Error> {
+    let pruned = sqlx::query!(
+        r#"SELECT log_rows AS "log_rows!", error_rows AS "error_rows!"
+           FROM prune_refresh_log($1::bigint * interval '1 millisecond')"#,
+        // Capped (at about 300 years) so that PostgreSQL's interval cannot overflow.
+        keep.as_millis().min(10_000_000_000_000) as i64,
     )
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(names.iter().filter_map(|name| name.parse().ok()).collect())
+    if pruned.log_rows + pruned.error_rows > 0 {
+        tracing::info!(
+            log_rows = pruned.log_rows,
+            error_rows = pruned.error_rows,
+            "pruned the refresh log"
+        );
+    }
+    Ok(())
 }
 
 /// Owns the `PgListener`: it is never cancelled mid-read, only this task reads from it. A lost

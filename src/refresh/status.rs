@@ -1,6 +1,6 @@
 //! What the database says about the views and their refreshes: for `GET /admin/views`,
-//! `GET /admin/refresh/history` and the freshness gauges of `/metrics`. Read from the log and the
-//! catalogs, so it is true whichever process refreshed.
+//! `GET /admin/refresh/history` and the freshness and mode gauges of `/metrics`. Read from the log and
+//! the catalogs, so it is true whichever process refreshed or converted.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,10 +8,13 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::metrics::ViewFreshness;
+use crate::views::Mode;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ViewStatus {
     pub view: String,
+    /// How it is kept fresh now: `refresh` (a materialized view) or `incremental` (a table).
+    pub mode: Option<Mode>,
     pub populated: bool,
     /// Rows as of the last successful refresh.
     pub row_count: Option<i64>,
@@ -21,7 +24,8 @@ pub struct ViewStatus {
     pub last_error: Option<LastError>,
     /// Seconds since the snapshot of the data served now.
     pub data_age_seconds: Option<f64>,
-    /// Whether any process holds this view's refresh lock right now.
+    /// Whether any process is refreshing it right now (holds its refresh lock or, for a table, the
+    /// incremental maintenance lock).
     pub refreshing: bool,
 }
 
@@ -31,6 +35,8 @@ pub struct LastSuccess {
     pub started_at: DateTime<Utc>,
     pub duration_ms: Option<i64>,
     pub trigger: String,
+    /// `refresh`, `apply`, `rebuild` or `build`.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,29 +48,32 @@ pub struct LastError {
 #[tracing::instrument(skip(pool))]
 pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT u.v AS "view!", c.relispopulated AS "populated!", pg_total_relation_size(c.oid) AS "total_bytes!",
+        r#"SELECT m.name AS "view!", m.mode, m.populated AS "populated!",
+                  pg_total_relation_size(to_regclass(m.name)) AS "total_bytes!",
                   ok.row_count, ok.started_at AS "ok_started_at?", ok.duration_ms AS "ok_duration_ms?",
-                  ok.trigger AS "ok_trigger?",
+                  ok.trigger AS "ok_trigger?", l.method AS "ok_method?",
                   extract(epoch FROM clock_timestamp() - ok.started_at)::float8 AS "age_seconds?",
                   err.error_message AS "error_message?", err.occurred_at AS "error_at?",
                   EXISTS (
-                      SELECT 1 FROM pg_locks l
-                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                        AND l.classid::bigint = (view_refresh_lock_key(u.v) >> 32) & 4294967295
-                        AND l.objid::bigint = view_refresh_lock_key(u.v) & 4294967295
+                      SELECT 1 FROM pg_locks k
+                      WHERE k.granted AND k.pid <> pg_backend_pid()
+                        AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND CASE m.mode
+                            WHEN 'incremental' THEN k.locktype = 'relation'
+                                AND k.relation = 'read_model_catalog'::regclass AND k.mode = 'ShareRowExclusiveLock'
+                            ELSE k.locktype = 'advisory' AND k.objsubid = 1
+                                AND k.classid::bigint = (m.lock_key >> 32) & 4294967295
+                                AND k.objid::bigint = m.lock_key & 4294967295
+                        END
                   ) AS "refreshing!"
-           FROM unnest(refreshable_views()) WITH ORDINALITY AS u(v, position)
-           JOIN pg_class c ON c.oid = to_regclass(u.v)
-           LEFT JOIN LATERAL (
-               SELECT row_count, started_at, duration_ms, trigger FROM materialized_view_log
-               WHERE view_name = u.v AND status = 'ok' ORDER BY started_at DESC LIMIT 1
-           ) ok ON true
+           FROM read_models m
+           JOIN last_successful_refreshes() ok ON ok.view_name = m.name
+           LEFT JOIN materialized_view_log l ON l.id = ok.log_id
            LEFT JOIN LATERAL (
                SELECT error_message, occurred_at FROM materialized_view_errors
-               WHERE view_name = u.v ORDER BY occurred_at DESC LIMIT 1
+               WHERE view_name = m.name ORDER BY occurred_at DESC LIMIT 1
            ) err ON true
-           ORDER BY u.position"#
+           ORDER BY m.position"#
     )
     .fetch_all(pool)
     .await?;
@@ -72,6 +81,7 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
         .into_iter()
         .map(|r| ViewStatus {
             view: r.view,
+            mode: r.mode.and_then(|mode| mode.parse().ok()),
             populated: r.populated,
             row_count: r.row_count,
             total_bytes: r.total_bytes,
@@ -80,6 +90,7 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
                     started_at,
                     duration_ms: r.ok_duration_ms,
                     trigger,
+                    method: r.ok_method,
                 }),
                 _ => None,
             },
@@ -103,10 +114,16 @@ pub struct RefreshLogEntry {
     pub view: String,
     pub trigger: String,
     pub status: String,
+    /// `refresh`, `apply`, `rebuild` or `build` (for successes).
+    pub method: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_ms: Option<i64>,
     pub row_count: Option<i64>,
+    /// For an apply: the companies whose rows were recomputed.
+    pub companies_changed: Option<i64>,
+    /// For an apply or rebuild: rows deleted plus rows inserted.
+    pub rows_changed: Option<i64>,
     pub error_message: Option<String>,
 }
 
@@ -115,7 +132,8 @@ pub struct RefreshLogEntry {
 pub async fn history(pool: &PgPool, limit: i64) -> Result<Vec<RefreshLogEntry>, sqlx::Error> {
     sqlx::query_as!(
         RefreshLogEntry,
-        "SELECT id, view_name AS view, trigger, status, started_at, finished_at, duration_ms, row_count, error_message
+        "SELECT id, view_name AS view, trigger, status, method, started_at, finished_at, duration_ms, row_count,
+                companies_changed, rows_changed, error_message
          FROM materialized_view_log ORDER BY started_at DESC, id DESC LIMIT $1",
         limit
     )
@@ -123,17 +141,14 @@ pub async fn history(pool: &PgPool, limit: i64) -> Result<Vec<RefreshLogEntry>, 
     .await
 }
 
-/// Last success and data age per view, for the gauges of `/metrics`.
+/// Mode, last success and data age per view, for the gauges of `/metrics`.
 pub async fn freshness_for_metrics(pool: &PgPool) -> Result<Vec<ViewFreshness>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT v AS "view!",
+        r#"SELECT m.name AS "view!", m.mode,
                   extract(epoch FROM ok.started_at)::float8 AS "last_success?",
                   extract(epoch FROM clock_timestamp() - ok.started_at)::float8 AS "age?"
-           FROM unnest(refreshable_views()) v
-           LEFT JOIN LATERAL (
-               SELECT started_at FROM materialized_view_log
-               WHERE view_name = v AND status = 'ok' ORDER BY started_at DESC LIMIT 1
-           ) ok ON true"#
+           FROM read_models m JOIN last_successful_refreshes() ok ON ok.view_name = m.name
+           ORDER BY m.position"#
     )
     .fetch_all(pool)
     .await?;
@@ -141,6 +156,7 @@ pub async fn freshness_for_metrics(pool: &PgPool) -> Result<Vec<ViewFreshness>, 
         .into_iter()
         .map(|r| ViewFreshness {
             view: r.view,
+            mode: r.mode,
             last_success_unix: r.last_success,
             age_seconds: r.age,
         })

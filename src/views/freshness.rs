@@ -1,6 +1,6 @@
 //! How fresh a view's data is, read from `materialized_view_log` (so it is right whichever process
-//! refreshed the view) and from `pg_class` (whether the view was ever populated), and the cache that
-//! spares each request that query.
+//! refreshed, applied to or rebuilt the view) and from the catalog (whether it was ever populated), and
+//! the cache that spares each request that query.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,16 +32,11 @@ pub struct LastRefresh {
 #[tracing::instrument(skip(pool))]
 pub async fn read(pool: &PgPool, view: ViewName) -> Result<Freshness, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT c.relispopulated AS "populated!",
-                  l.id AS "log_id?", l.started_at AS "started_at?",
+        r#"SELECT m.populated AS "populated!",
+                  l.log_id AS "log_id?", l.started_at AS "started_at?",
                   extract(epoch FROM clock_timestamp() - l.started_at)::float8 AS "age_seconds?"
-           FROM pg_class c
-           LEFT JOIN LATERAL (
-               SELECT id, started_at FROM materialized_view_log
-               WHERE view_name = $1 AND status = 'ok'
-               ORDER BY started_at DESC LIMIT 1
-           ) l ON true
-           WHERE c.oid = to_regclass($1)"#,
+           FROM read_models m JOIN last_successful_refreshes() l ON l.view_name = m.name
+           WHERE m.name = $1"#,
         view.as_str()
     )
     .fetch_one(pool)

@@ -1,4 +1,8 @@
-//! The read side: the three materialized views, and one module per view with its queries.
+//! The read side: the three read models, and one module per read model with its queries.
+//!
+//! Each read model's facts (its definition, key, lock and current mode) live in the database's
+//! `read_model_catalog` and `read_models` (migration 0006), which every SQL path reads; Rust knows
+//! only the names, in the catalog's order (`ViewName::ALL`, checked against the catalog at startup).
 
 pub mod company_prospects;
 pub mod company_summaries;
@@ -11,10 +15,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A materialized view this service serves and refreshes.
+/// A read model this service serves and keeps fresh.
 ///
-/// `ALL` is the one order in which every refresh path visits them (the same order as the SQL function
-/// `refreshable_views()`): refreshing in different orders in different processes could deadlock.
+/// `ALL` is the one order in which every maintenance path visits them (the catalog's `position`):
+/// refreshing in different orders in different processes could deadlock.
 #[derive(
     Debug,
     Clone,
@@ -62,6 +66,48 @@ impl fmt::Display for ViewName {
     }
 }
 
+/// How a read model is kept fresh: what its relation is in the database.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A materialized view, refreshed in full with `REFRESH MATERIALIZED VIEW CONCURRENTLY`.
+    Refresh,
+    /// A table with the same name, columns, key and indexes, in which the rows of the companies that
+    /// changed are recomputed.
+    Incremental,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Refresh => "refresh",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refresh" => Ok(Mode::Refresh),
+            "incremental" => Ok(Mode::Incremental),
+            other => Err(format!(
+                "unknown maintenance mode '{other}'; expected refresh or incremental"
+            )),
+        }
+    }
+}
+
 /// The error for a name that is not one of the three views.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -78,6 +124,20 @@ impl FromStr for ViewName {
             .find(|view| view.as_str() == s)
             .ok_or_else(|| UnknownView(s.to_owned()))
     }
+}
+
+/// Fails unless the database's read-model catalog lists exactly `ViewName::ALL`, in that order: a
+/// binary and a schema that disagree about the read models must not run together.
+pub async fn check_catalog(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let names = sqlx::query_scalar!("SELECT name FROM read_model_catalog ORDER BY position")
+        .fetch_all(pool)
+        .await?;
+    let expected: Vec<&str> = ViewName::ALL.iter().map(|v| v.as_str()).collect();
+    anyhow::ensure!(
+        names == expected,
+        "the database's read_model_catalog lists {names:?}, this binary serves {expected:?}"
+    );
+    Ok(())
 }
 
 /// The row count at the top of an `EXPLAIN (FORMAT JSON)` plan.

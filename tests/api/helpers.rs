@@ -7,8 +7,11 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use prospect_api::config::{DatabaseConfig, DatabaseUrl, RefreshSettings, ServeConfig};
+use prospect_api::config::{
+    DatabaseConfig, DatabaseUrl, MaintenanceConfig, RefreshSettings, ServeConfig,
+};
 use prospect_api::startup::Application;
+use prospect_api::views::Mode;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
@@ -54,13 +57,27 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A new database with every migration applied.
+    /// A new database as `prospect-api migrate` leaves it: every migration applied, the read models
+    /// materialized views built from their definitions (not yet populated).
     pub async fn new() -> TestDb {
+        TestDb::in_mode(Mode::Refresh).await
+    }
+
+    /// A new database as `prospect-api migrate` leaves it with VIEW_MAINTENANCE=`mode`.
+    pub async fn in_mode(mode: Mode) -> TestDb {
         let db = TestDb::empty().await;
         prospect_api::db::migrate(&db.pool)
             .await
             .expect("migrations failed");
+        db.convert(mode).await;
         db
+    }
+
+    /// Converts the read models to `mode`, as `migrate` and `serve` do.
+    pub async fn convert(&self, mode: Mode) -> Vec<prospect_api::refresh::Conversion> {
+        prospect_api::refresh::convert_all(&self.pool, mode, &quick_refresh_settings())
+            .await
+            .expect("converting the read models failed")
     }
 
     /// A new database with nothing in it.
@@ -176,6 +193,8 @@ pub fn quick_refresh_settings() -> RefreshSettings {
         refresh_lock_timeout: std::time::Duration::from_millis(300),
         refresh_statement_timeout: std::time::Duration::from_secs(60),
         refresh_work_mem: "64MB".to_owned(),
+        // The fixtures are a few companies: any change would be a large share of them.
+        incremental_rebuild_share: 1.0,
     }
 }
 
@@ -211,7 +230,11 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         refresh_poll_interval: std::time::Duration::from_millis(50),
         refresh_debounce: std::time::Duration::from_millis(100),
         refresh_max_delay: std::time::Duration::from_secs(1),
+        refresh_log_retention: std::time::Duration::from_secs(7 * 24 * 3600),
         demo: false,
+        maintenance: MaintenanceConfig {
+            view_maintenance: Mode::Refresh,
+        },
         refresh: quick_refresh_settings(),
     }
 }

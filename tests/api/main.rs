@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step) with a module per area.
 
 mod cli;
+mod differential;
 mod helpers;
 mod hostile_input;
 mod http_admin;

@@ -181,36 +181,60 @@ async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_
 }
 
 #[tokio::test]
-async fn the_change_record_keeps_one_row_per_transaction_and_table_and_is_pruned_after_refresh() {
+async fn the_change_record_keeps_a_row_per_writing_statement_with_the_companies_it_touched() {
     let db = TestDb::new().await;
-    let mut conn = db.connection().await;
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    for i in 0..50 {
-        sqlx::query!(
-            r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ($1, 'c1')"#,
-            format!("p{i}")
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let writes = [
+        r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One'), ('c2', 'Two')"#,
+        r#"INSERT INTO "Prospect" ("id", "companyId") SELECT 'p' || i, 'c1' FROM generate_series(1, 50) i"#,
+        // A prospect moving between companies touches both.
+        r#"UPDATE "Prospect" SET "companyId" = 'c2' WHERE "id" = 'p1'"#,
+        r#"UPDATE "Prospect" SET "firstName" = 'Ann' WHERE "id" = 'p2'"#,
+        // A statement that changes no row records nothing.
+        r#"UPDATE "Prospect" SET "firstName" = 'Nobody' WHERE false"#,
+        // A company's new id cascades to its prospects: both tables record the old and new id.
+        r#"UPDATE "Company" SET "id" = 'c3' WHERE "id" = 'c2'"#,
+        r#"DELETE FROM "Prospect" WHERE "companyId" = 'c1'"#,
+        r#"DELETE FROM "Company" WHERE "id" = 'c1'"#,
+        // TRUNCATE has no transition table: its rows say "every company" (NULL).
+        r#"TRUNCATE "Prospect", "Company""#,
+    ];
+    for sql in writes {
+        db.execute(sql).await;
     }
-    tx.commit().await.unwrap();
-    let changes = sqlx::query!(
-        r#"SELECT table_name, count(*) AS "n!" FROM base_table_changes GROUP BY 1 ORDER BY 1"#
+    let recorded = sqlx::query!(
+        r#"SELECT table_name, (SELECT array_agg(id ORDER BY id) FROM unnest(company_ids) id) AS companies
+           FROM base_table_changes ORDER BY xid, table_name DESC"#
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    let changes: Vec<(String, i64)> = changes.into_iter().map(|r| (r.table_name, r.n)).collect();
-    assert_eq!(
-        changes,
-        vec![("Company".to_owned(), 1), ("Prospect".to_owned(), 1)]
-    );
+    let recorded: Vec<(String, Option<Vec<String>>)> = recorded
+        .into_iter()
+        .map(|r| (r.table_name, r.companies))
+        .collect();
+    let owned = |companies: &[&str]| companies.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let expected: Vec<(String, Option<Vec<String>>)> = vec![
+        ("Company".into(), Some(owned(&["c1", "c2"]))),
+        ("Prospect".into(), Some(owned(&["c1"]))),
+        ("Prospect".into(), Some(owned(&["c1", "c2"]))),
+        ("Prospect".into(), Some(owned(&["c1"]))),
+        ("Prospect".into(), Some(owned(&["c2", "c3"]))),
+        ("Company".into(), Some(owned(&["c2", "c3"]))),
+        ("Prospect".into(), Some(owned(&["c1"]))),
+        ("Company".into(), Some(owned(&["c1"]))),
+        ("Prospect".into(), None),
+        ("Company".into(), None),
+    ];
+    assert_eq!(recorded, expected);
+}
 
+#[tokio::test]
+async fn the_change_record_is_pruned_once_every_view_has_seen_it() {
+    let db = TestDb::new().await;
+    db.execute(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
+        .await;
+    db.execute(r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p1', 'c1')"#)
+        .await;
     refresh_all(&db.pool, RefreshTrigger::Notify, &quick_refresh_settings())
         .await
         .unwrap();
