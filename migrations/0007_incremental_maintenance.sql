@@ -548,7 +548,8 @@ BEGIN
     GET DIAGNOSTICS log_rows = ROW_COUNT;
     DELETE FROM materialized_view_errors e
     WHERE e.occurred_at < clock_timestamp() - p_keep
-      AND e.id NOT IN (SELECT max(x.id) FROM materialized_view_errors x GROUP BY x.view_name);
+      AND e.id NOT IN (SELECT DISTINCT ON (x.view_name) x.id FROM materialized_view_errors x
+                       ORDER BY x.view_name, x.occurred_at DESC, x.id DESC);
     GET DIAGNOSTICS error_rows = ROW_COUNT;
 END
 $$;

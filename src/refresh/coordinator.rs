@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::full::{in_mode, modes};
 use super::incremental;
 use super::refresher::{RefreshReport, RefreshStatus, RefreshTrigger, refresh_materialized_view};
-use super::stopped;
+use super::{sleep_until_optional, stopped};
 use crate::config::RefreshSettings;
 use crate::metrics::{Metrics, RefreshObservation};
 use crate::views::{Mode, ViewName};
@@ -56,9 +56,18 @@ struct Inner {
 struct Queue {
     full: [Vec<Waiter>; 3],
     apply: bool,
-    /// After a failed apply, applies wait until then (doubling up to 30 s), so a persistent failure is
-    /// not logged four times a second.
+    /// After a failed apply, the next one (asked for at once, so that nothing waits for another
+    /// change to be retried) waits until then, doubling up to 30 s: a persistent failure is not
+    /// logged four times a second.
     apply_backoff: Option<(Instant, Duration)>,
+}
+
+impl Queue {
+    fn backing_off(&self) -> Option<Instant> {
+        self.apply_backoff
+            .map(|(until, _)| until)
+            .filter(|until| Instant::now() < *until)
+    }
 }
 
 struct Waiter {
@@ -143,11 +152,9 @@ impl Refresher {
         }
     }
 
-    /// Asks for the pending changes to be applied to the table-backed views (if there are any).
+    /// Asks for the pending changes to be applied to the table-backed views (a batch without any
+    /// does nothing).
     pub fn request_apply(&self) {
-        if !self.modes().contains(&Some(Mode::Incremental)) {
-            return;
-        }
         self.queue().apply = true;
         self.inner.wake.notify_one();
     }
@@ -186,25 +193,29 @@ impl Refresher {
         self.inner.queue.lock().expect("not poisoned")
     }
 
-    fn take_batch(&self) -> Batch {
+    /// The work queued now; an apply stays queued while backing off. Also when to look again if
+    /// nothing is to be done now but an apply waits for its back-off.
+    fn take_batch(&self) -> (Batch, Option<Instant>) {
         let mut queue = self.queue();
-        let backing_off = queue
-            .apply_backoff
-            .is_some_and(|(until, _)| Instant::now() < until);
-        // An apply asked for during the back-off is dropped: the change watcher asks again.
-        let apply = std::mem::take(&mut queue.apply) && !backing_off;
-        Batch {
+        let backing_off = queue.backing_off();
+        let apply = queue.apply && backing_off.is_none();
+        if apply {
+            queue.apply = false;
+        }
+        let batch = Batch {
             full: std::mem::take(&mut queue.full),
             apply,
-        }
+        };
+        (batch, backing_off.filter(|_| queue.apply))
     }
 
     async fn work(self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let batch = self.take_batch();
+            let (batch, retry_at) = self.take_batch();
             if batch.is_empty() {
                 tokio::select! {
                     () = self.inner.wake.notified() => continue,
+                    () = sleep_until_optional(retry_at) => continue,
                     () = stopped(&mut shutdown) => return,
                 }
             }
@@ -218,17 +229,19 @@ impl Refresher {
     }
 
     async fn run(&self, mut batch: Batch) {
+        // Conversions happen at other processes' startup: read the modes afresh. If that fails (a
+        // dead pooled connection after a restart, say), the last seen ones do; the job then fails
+        // or succeeds on its own, and is recorded either way.
         let modes = match modes(&self.inner.pool).await {
-            Ok(modes) => modes,
+            Ok(modes) => {
+                *self.inner.modes.lock().expect("not poisoned") = modes;
+                modes
+            }
             Err(error) => {
-                tracing::error!(%error, "refresh could not start: database unreachable");
-                for waiters in batch.full {
-                    reply(waiters, Err(error.to_string()));
-                }
-                return;
+                tracing::warn!(%error, "could not read the views' modes; using the last seen");
+                self.modes()
             }
         };
-        *self.inner.modes.lock().expect("not poisoned") = modes;
         let asked = batch.views();
         for view in in_mode(&modes, &asked, Mode::Refresh) {
             let trigger = batch.trigger(view);
@@ -346,6 +359,7 @@ impl Refresher {
         };
         let mut queue = self.queue();
         queue.apply_backoff = if failed {
+            queue.apply = true;
             let wait = queue
                 .apply_backoff
                 .map_or(FIRST_APPLY_BACKOFF, |(_, wait)| {

@@ -29,6 +29,14 @@ pub use scheduler::{
     run_log_retention, run_schedule,
 };
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;

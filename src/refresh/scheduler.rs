@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::coordinator::Refresher;
 use super::refresher::RefreshTrigger;
-use super::stopped;
+use super::{sleep_until_optional, stopped};
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::views::{Mode, ViewName};
@@ -106,7 +106,11 @@ pub async fn run_change_watcher(
         tokio::select! {
             event = received.recv() => match event {
                 Some(ChangeEvent::Notified) => {
-                    refresher.request_apply();
+                    // Notifications say nothing of modes: the last seen ones decide (a refresh of a
+                    // view that has become a table rebuilds it, and the batch updates them).
+                    if refresher.modes().contains(&Some(Mode::Incremental)) {
+                        refresher.request_apply();
+                    }
                     let now = Instant::now();
                     burst = Some((burst.map_or(now, |(first, _)| first), now));
                 }
@@ -193,13 +197,6 @@ async fn poll_changes(
                 backoff.wait().await;
             }
         }
-    }
-}
-
-async fn sleep_until_optional(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

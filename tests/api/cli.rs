@@ -84,6 +84,68 @@ async fn seed_then_refresh_print_what_they_did() {
 }
 
 #[tokio::test]
+async fn migrate_converts_the_read_models_to_view_maintenance_and_says_what_it_did() {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    let migrate = |mode: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .env("VIEW_MAINTENANCE", mode)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output)
+    };
+    let converted = migrate("incremental");
+    let lines: Vec<&str> = converted.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "{converted}");
+    for line in &lines {
+        assert!(
+            line.contains("materialized view -> table (incremental)")
+                && line.contains("rows built in")
+                && line.contains("readers waited"),
+            "{line}"
+        );
+    }
+    let again = migrate("incremental");
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.contains("incremental (table), as configured"))
+            .count(),
+        3,
+        "{again}"
+    );
+    let back = migrate("refresh");
+    assert_eq!(
+        back.lines()
+            .filter(|l| l.contains("table -> materialized view (refresh)"))
+            .count(),
+        3,
+        "{back}"
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("VIEW_MAINTENANCE", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("sometimes") && stderr.contains("incremental"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_view_is_rejected_with_the_valid_names() {
     let output = prospect_api(
         "postgres://postgres@127.0.0.1:5432/unused",

@@ -9,6 +9,7 @@ mod http_companies_and_search;
 mod http_errors;
 mod http_freshness;
 mod http_prospects;
+mod incremental;
 mod migrations;
 mod refresh;
 mod refresh_loop;
