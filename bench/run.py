@@ -40,7 +40,7 @@ PORT = 18090
 API = f"http://127.0.0.1:{PORT}"
 CLIENTS = 8
 WRITER_ROUNDS = 3
-SIZES = {"100k": 10_300, "1m": 103_000}  # companies; about 9.7 prospects each
+SIZES = {"100k": 10_300, "1m": 103_000, "10m": 1_030_000}  # companies; about 9.7 prospects each
 
 INDUSTRIES = ["Software", "Financial Services", "Healthcare", "Retail", "Manufacturing", "Telecommunications",
               "Education", "Real Estate", "Transportation", "Energy", "Insurance", "Media"]
@@ -308,11 +308,11 @@ UPDATE "Prospect" SET "updatedAt" = now() AT TIME ZONE 'UTC' WHERE "id" = (SELEC
             one = {}
             for label, enable in (("with triggers", True), ("without triggers", False)):
                 if not enable:
-                    psql(url, 'ALTER TABLE "Prospect" DISABLE TRIGGER prospect_changed')
+                    psql(url, 'ALTER TABLE "Prospect" DISABLE TRIGGER USER')
                 try:
                     one[label] = {"insert_tps": measure(insert), "update_tps": measure(update)}
                 finally:
-                    psql(url, 'ALTER TABLE "Prospect" ENABLE TRIGGER prospect_changed')
+                    psql(url, 'ALTER TABLE "Prospect" ENABLE TRIGGER USER')
             rounds.append(one)
     finally:
         for table in ('"Prospect"', "base_table_changes"):
@@ -444,8 +444,26 @@ def write_results(results, args):
             "",
         ]
     lines += ["## Raw figures", "", "```json", json.dumps(results, indent=1), "```", ""]
-    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
-        f.write("\n".join(lines))
+    write_section("suite", "\n".join(lines))
+
+
+RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+
+
+def write_section(name, text):
+    """Replaces this script's section of bench/RESULTS.md (between its markers), keeping the others:
+    bench/run.py and bench/freshness.py each own one."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    sections = {}
+    if os.path.exists(RESULTS):
+        current = open(RESULTS).read()
+        for found in re.finditer(r"<!-- (\w+):begin -->\n(.*?)<!-- \1:end -->", current, re.S):
+            sections[found.group(1)] = found.group(2)
+    sections[name] = text.rstrip() + "\n"
+    with open(RESULTS, "w") as f:
+        for key in ("suite", "freshness"):
+            if key in sections:
+                f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")
 
 
 def main():

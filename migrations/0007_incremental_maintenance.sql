@@ -149,6 +149,11 @@ $$;
 -- Maintaining a table-backed read model.
 -- ---------------------------------------------------------------------------------------------------
 
+-- Every read model is maintained per company, so each needs its rows by company id. The other two have
+-- it as the start of their key; prospect_search_view (keyed by prospect) gets its own index, which also
+-- serves the materialized view's refresh no worse than any index does.
+CREATE INDEX IF NOT EXISTS prospect_search_view_company ON prospect_search_view (company_id);
+
 -- Makes a table-backed read model equal to its definition for the given companies (NULL: all of
 -- them), writing only rows that differ, as REFRESH ... CONCURRENTLY does for a whole view: first the
 -- rows whose exact image the definition no longer has are deleted, then the definition's rows whose
@@ -158,26 +163,32 @@ LANGUAGE plpgsql AS $$
 DECLARE
     model read_model_catalog;
     same_key TEXT;
+    fresh TEXT;
     table_scope TEXT := '';
-    definition_scope TEXT := '';
 BEGIN
     SELECT * INTO STRICT model FROM read_model_catalog WHERE name = p_view;
     SELECT string_agg(format('d.%1$I = t.%1$I', k), ' AND ') INTO same_key FROM unnest(model.key_columns) k;
-    IF p_companies IS NOT NULL THEN
+    IF p_companies IS NULL THEN
+        fresh := format('%I', model.definition);
+    ELSE
+        -- The companies' rows are computed first, once: joined to the table inside one plan, the
+        -- planner expects the anti-join to find almost nothing and nests a scan of the companies in
+        -- it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
+        fresh := 'fresh';
         table_scope := 'AND t.company_id = ANY ($1)';
-        definition_scope := 'AND d.company_id = ANY ($1)';
     END IF;
     -- ROW(...) IS NOT DISTINCT FROM ROW(...) compares every column, NULLs equal: the row image.
     EXECUTE format(
-        'DELETE FROM %1$I t WHERE true %3$s AND NOT EXISTS (
-             SELECT FROM %2$I d WHERE %4$s %5$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
-        p_view, model.definition, table_scope, same_key, definition_scope)
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
+         DELETE FROM %1$I t WHERE true %3$s AND NOT EXISTS (
+             SELECT FROM %4$s d WHERE %5$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
+        p_view, model.definition, table_scope, fresh, same_key)
         USING p_companies;
     GET DIAGNOSTICS removed = ROW_COUNT;
     EXECUTE format(
-        'INSERT INTO %1$I SELECT d.* FROM %2$I d WHERE true %3$s AND NOT EXISTS (
-             SELECT FROM %1$I t WHERE %4$s)',
-        p_view, model.definition, definition_scope, same_key)
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
+         INSERT INTO %1$I SELECT d.* FROM %3$s d WHERE NOT EXISTS (SELECT FROM %1$I t WHERE %4$s)',
+        p_view, model.definition, fresh, same_key)
         USING p_companies;
     GET DIAGNOSTICS added = ROW_COUNT;
 END
