@@ -131,9 +131,25 @@ def percentile(values, share):
     return ordered[math.ceil(share * len(ordered)) - 1] if ordered else None
 
 
+def settle(url):
+    """Waits until no read model is behind the base tables and no refresh or round runs, so that
+    "idle" means idle (the commit-to-visible inserts leave refreshes behind them)."""
+    for _ in range(600):
+        busy = suite.psql(url, """SELECT EXISTS (SELECT 1 FROM read_models_behind())
+            OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                       AND (query LIKE '%refresh_view_logged%' OR query LIKE '%maintain_incremental%')
+                       AND state = 'active' AND pid <> pg_backend_pid())""")
+        if busy == "f":
+            time.sleep(1)
+            return
+        time.sleep(0.5)
+    raise SystemExit("the read models did not settle")
+
+
 def reads_under_writers(url, mode, companies, duration, workdir):
     """Case (a) idle, then while pgbench changes WRITER_RATE companies a second."""
     requests = [(f"/prospects?industry={suite.quote(i)}", {}) for i in suite.INDUSTRIES]
+    settle(url)
     suite.run_wrk(requests, 2, workdir)
     idle = suite.run_wrk(requests, duration, workdir)
     scripts = []

@@ -181,10 +181,11 @@ async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_
 }
 
 #[tokio::test]
-async fn the_change_record_keeps_a_row_per_writing_statement_with_the_companies_it_touched() {
+async fn the_change_record_keeps_each_company_a_transaction_touched() {
     let db = TestDb::new().await;
     let writes = [
         r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One'), ('c2', 'Two')"#,
+        // 50 rows of one company: recorded once.
         r#"INSERT INTO "Prospect" ("id", "companyId") SELECT 'p' || i, 'c1' FROM generate_series(1, 50) i"#,
         // A prospect moving between companies touches both.
         r#"UPDATE "Prospect" SET "companyId" = 'c2' WHERE "id" = 'p1'"#,
@@ -203,7 +204,7 @@ async fn the_change_record_keeps_a_row_per_writing_statement_with_the_companies_
     }
     let recorded = sqlx::query!(
         r#"SELECT table_name, (SELECT array_agg(id ORDER BY id) FROM unnest(company_ids) id) AS companies
-           FROM base_table_changes ORDER BY xid, table_name DESC"#
+           FROM base_table_changes ORDER BY xid, table_name DESC, company_ids"#
     )
     .fetch_all(&db.pool)
     .await
@@ -214,7 +215,8 @@ async fn the_change_record_keeps_a_row_per_writing_statement_with_the_companies_
         .collect();
     let owned = |companies: &[&str]| companies.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     let expected: Vec<(String, Option<Vec<String>>)> = vec![
-        ("Company".into(), Some(owned(&["c1", "c2"]))),
+        ("Company".into(), Some(owned(&["c1"]))),
+        ("Company".into(), Some(owned(&["c2"]))),
         ("Prospect".into(), Some(owned(&["c1"]))),
         ("Prospect".into(), Some(owned(&["c1", "c2"]))),
         ("Prospect".into(), Some(owned(&["c1"]))),
