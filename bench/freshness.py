@@ -194,7 +194,7 @@ def round_costs(url):
         out = suite.sh("psql", url, "-v", "ON_ERROR_STOP=1", "-Atq", "-c", f"""
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE;
-SELECT set_config('work_mem', '256MB', true);
+SELECT set_config('work_mem', '256MB', true), set_config('jit', 'off', true);
 SELECT count(*) FROM maintain_incremental_read_models('incremental', {rebuild_views}, 1.0);
 SELECT round((extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 1);
 COMMIT;""")
@@ -213,6 +213,63 @@ COMMIT;""")
           f"({rebuild / per_company / all_companies:.1%} of them)", flush=True)
     return {"round_ms": costs, "rebuild_ms": rebuild, "per_company_ms": round(per_company, 2),
             "crossover_companies": round(rebuild / per_company), "crossover_share": round(rebuild / per_company / all_companies, 3)}
+
+
+def postgres_cpu_ticks():
+    """CPU used so far by every PostgreSQL process, the backends that already exited included (the
+    postmaster's reaped children)."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith("postgres"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total
+
+
+def writers_cpu(url, companies, workdir, rounds=6, transactions=3000):
+    """PostgreSQL's CPU per single-row write transaction, 8 pgbench clients, with the change-capture
+    triggers and without, in alternating rounds (medians). CPU is steadier than throughput on a machine
+    shared with everything else; bench/run.py's throughput ratios are reported beside it."""
+    scripts = {
+        "insert": f"""\\set c random(1, {companies})
+INSERT INTO "Prospect" ("id", "companyId", "firstName")
+VALUES ('w_' || :client_id || '_' || random(), 'cmp_' || lpad(:c::text, 8, '0'), 'Writer');""",
+        "update": f"""\\set c random(1, {companies})
+UPDATE "Prospect" SET "updatedAt" = now() AT TIME ZONE 'UTC' WHERE "id" = 'prs_' || lpad(:c::text, 8, '0') || '_1';""",
+    }
+    paths = {}
+    for name, sql in scripts.items():
+        paths[name] = os.path.join(workdir, f"cpu_{name}.sql")
+        with open(paths[name], "w") as f:
+            f.write(sql.replace("\\\\", "\\") + "\n")
+    samples = {(op, on): [] for op in scripts for on in (True, False)}
+    try:
+        for _ in range(rounds):
+            for on in (True, False):
+                suite.psql(url, f'ALTER TABLE "Prospect" {"ENABLE" if on else "DISABLE"} TRIGGER USER')
+                for op in scripts:
+                    suite.psql(url, "CHECKPOINT")
+                    before = postgres_cpu_ticks()
+                    suite.sh("pgbench", "-n", "-M", "prepared", "-c", "8", "-j", "2", "-t", str(transactions),
+                             "-f", paths[op], url)
+                    ticks = postgres_cpu_ticks() - before
+                    samples[(op, on)].append(ticks / os.sysconf("SC_CLK_TCK") / (8 * transactions) * 1e6)
+    finally:
+        suite.psql(url, 'ALTER TABLE "Prospect" ENABLE TRIGGER USER')
+        suite.psql(url, """DELETE FROM "Prospect" WHERE "id" LIKE 'w\\_%'""")
+    result = {}
+    for op in scripts:
+        with_triggers = statistics.median(samples[(op, True)])
+        without = statistics.median(samples[(op, False)])
+        result[op] = {"with_us": round(with_triggers, 1), "without_us": round(without, 1),
+                      "ratio": round(without / with_triggers, 2)}
+    return result
 
 
 def bench_mode(url, size, mode, duration, workdir):
@@ -247,6 +304,8 @@ def bench_size(size, args, workdir):
         modes = [m for m in modes if m == "incremental"]
     result = {"size": size, "prospects": prospects, "modes": [bench_mode(url, size, m, args.duration, workdir) for m in modes]}
     if not args.skip_writers:
+        result["writers_cpu"] = writers_cpu(url, suite.SIZES[size], workdir)
+        print(f"  writers' PostgreSQL CPU per transaction: {result['writers_cpu']}", flush=True)
         result["writers"] = suite.writers_cost(url, args.duration, workdir)
         print(f"  writers: {result['writers']}", flush=True)
     return result
@@ -285,6 +344,12 @@ def describe(results, args):
                              + ", ".join(f"{k} → {v:.0f} ms" for k, v in rc["round_ms"].items())
                              + f"; full rebuild {rc['rebuild_ms']:.0f} ms; a rebuild is cheaper beyond {rc['crossover_companies']} "
                              f"companies ({rc['crossover_share']:.1%} of all).")
+        if "writers_cpu" in r:
+            cpu = r["writers_cpu"]
+            lines.append("- Writers' cost, PostgreSQL CPU per single-row transaction (8 pgbench clients, 6 alternating "
+                         "rounds, medians): " + "; ".join(
+                             f"{op.upper()} {c['with_us']} µs with the change-capture triggers vs {c['without_us']} µs "
+                             f"without (throughput ceiling ratio {c['ratio']})" for op, c in cpu.items()) + ".")
         if "writers" in r:
             w = r["writers"]
             lines.append(f"- Writers, 8 pgbench clients, {len(w['rounds'])} alternating rounds (medians): INSERT "

@@ -392,12 +392,7 @@ impl Run {
                     writer.companies.len(),
                     writer.prospects.len()
                 );
-                writer.tx.commit().await.unwrap();
-                self.world.companies.extend(writer.companies);
-                for (p, c) in writer.prospects {
-                    self.world.prospects.retain(|(id, _)| *id != p);
-                    self.world.prospects.push((p, c));
-                }
+                self.commit(writer).await;
                 note
             }
             _ => return,
@@ -503,15 +498,20 @@ impl Run {
         );
     }
 
+    /// Commits an open writer: what it wrote becomes part of the world.
+    async fn commit(&mut self, writer: OpenWriter) {
+        writer.tx.commit().await.unwrap();
+        self.world.companies.extend(writer.companies);
+        for (p, c) in writer.prospects {
+            self.world.prospects.retain(|(id, _)| *id != p);
+            self.world.prospects.push((p, c));
+        }
+    }
+
     /// Commits every open writer and applies until nothing is pending.
     async fn settle(&mut self) {
         for writer in std::mem::take(&mut self.open) {
-            writer.tx.commit().await.unwrap();
-            self.world.companies.extend(writer.companies);
-            for (p, c) in writer.prospects {
-                self.world.prospects.retain(|(id, _)| *id != p);
-                self.world.prospects.push((p, c));
-            }
+            self.commit(writer).await;
         }
         self.apply(false).await;
     }

@@ -361,6 +361,17 @@ impl TestApp {
     }
 }
 
+/// A response header that must be there, as text.
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The JSON body of a response, checking its status and its Content-Type (problem+json for errors).
 pub async fn json(response: reqwest::Response, expected_status: u16) -> serde_json::Value {
     let status = response.status();

@@ -7,19 +7,9 @@ use prospect_api::views::ViewName;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, serve_config,
     spawn_app, spawn_app_with, spawn_configured_app,
 };
-
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
 
 /// Refreshes `company_prospect_view` through a pool of its own, as another instance or a cron job
 /// would: the server under test learns of it only from the refresh log.

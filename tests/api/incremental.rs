@@ -11,7 +11,7 @@ use prospect_api::views::{Mode, ViewName};
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, serve_config,
     spawn_app_with, spawn_configured_app, spawn_instance,
 };
 
@@ -71,10 +71,6 @@ async fn modes(db: &TestDb) -> Vec<String> {
         .fetch_all(&db.pool)
         .await
         .unwrap()
-}
-
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers()[name].to_str().unwrap().to_owned()
 }
 
 #[tokio::test]

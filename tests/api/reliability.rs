@@ -11,8 +11,8 @@ use sqlx::Connection;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, eventually, json, lock_summary_view, serve_config, spawn_configured_app,
-    spawn_instance,
+    ADMIN_TOKEN, TestApp, eventually, header, json, lock_summary_view, serve_config,
+    spawn_configured_app, spawn_instance,
 };
 
 /// What a client saw under load: the statuses, each checked to be a 200 or an honest 503.
@@ -208,10 +208,6 @@ async fn an_exhausted_pool_answers_503_within_the_request_timeout_while_healthz_
     }
     blocking.rollback().await.unwrap();
     json(app.get("/companies?country=Germany").await, 200).await;
-}
-
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers()[name].to_str().unwrap().to_owned()
 }
 
 #[tokio::test]

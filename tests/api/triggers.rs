@@ -181,11 +181,11 @@ async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_
 }
 
 #[tokio::test]
-async fn the_change_record_keeps_each_company_a_transaction_touched() {
+async fn the_change_record_keeps_the_companies_each_written_row_touched() {
     let db = TestDb::new().await;
     let writes = [
         r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One'), ('c2', 'Two')"#,
-        // 50 rows of one company: recorded once.
+        // A row per written row.
         r#"INSERT INTO "Prospect" ("id", "companyId") SELECT 'p' || i, 'c1' FROM generate_series(1, 50) i"#,
         // A prospect moving between companies touches both.
         r#"UPDATE "Prospect" SET "companyId" = 'c2' WHERE "id" = 'p1'"#,
@@ -196,36 +196,41 @@ async fn the_change_record_keeps_each_company_a_transaction_touched() {
         r#"UPDATE "Company" SET "id" = 'c3' WHERE "id" = 'c2'"#,
         r#"DELETE FROM "Prospect" WHERE "companyId" = 'c1'"#,
         r#"DELETE FROM "Company" WHERE "id" = 'c1'"#,
-        // TRUNCATE has no transition table: its rows say "every company" (NULL).
+        // TRUNCATE has no rows to look at: its rows say "every company" (NULL).
         r#"TRUNCATE "Prospect", "Company""#,
     ];
     for sql in writes {
         db.execute(sql).await;
     }
+    // Per transaction and table: the companies recorded, and how many rows recorded them.
     let recorded = sqlx::query!(
-        r#"SELECT table_name, (SELECT array_agg(id ORDER BY id) FROM unnest(company_ids) id) AS companies
-           FROM base_table_changes ORDER BY xid, table_name DESC, company_ids"#
+        r#"SELECT table_name AS "table!", (SELECT array_agg(id ORDER BY id) FROM unnest(company_ids) id) AS companies,
+                  count(*) AS "rows!"
+           FROM base_table_changes GROUP BY xid, table_name, company_ids ORDER BY xid, table_name DESC, company_ids"#
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    let recorded: Vec<(String, Option<Vec<String>>)> = recorded
+    let recorded: Vec<(String, Option<Vec<String>>, i64)> = recorded
         .into_iter()
-        .map(|r| (r.table_name, r.companies))
+        .map(|r| (r.table, r.companies, r.rows))
         .collect();
-    let owned = |companies: &[&str]| companies.iter().map(|c| c.to_string()).collect::<Vec<_>>();
-    let expected: Vec<(String, Option<Vec<String>>)> = vec![
-        ("Company".into(), Some(owned(&["c1"]))),
-        ("Company".into(), Some(owned(&["c2"]))),
-        ("Prospect".into(), Some(owned(&["c1"]))),
-        ("Prospect".into(), Some(owned(&["c1", "c2"]))),
-        ("Prospect".into(), Some(owned(&["c1"]))),
-        ("Prospect".into(), Some(owned(&["c2", "c3"]))),
-        ("Company".into(), Some(owned(&["c2", "c3"]))),
-        ("Prospect".into(), Some(owned(&["c1"]))),
-        ("Company".into(), Some(owned(&["c1"]))),
-        ("Prospect".into(), None),
-        ("Company".into(), None),
+    let row = |table: &str, companies: Option<&[&str]>, rows: i64| {
+        let companies = companies.map(|ids| ids.iter().map(|c| c.to_string()).collect());
+        (table.to_owned(), companies, rows)
+    };
+    let expected = vec![
+        row("Company", Some(&["c1"]), 1),
+        row("Company", Some(&["c2"]), 1),
+        row("Prospect", Some(&["c1"]), 50),
+        row("Prospect", Some(&["c1", "c2"]), 1),
+        row("Prospect", Some(&["c1"]), 1),
+        row("Prospect", Some(&["c2", "c3"]), 1),
+        row("Company", Some(&["c2", "c3"]), 1),
+        row("Prospect", Some(&["c1"]), 49),
+        row("Company", Some(&["c1"]), 1),
+        row("Prospect", None, 1),
+        row("Company", None, 1),
     ];
     assert_eq!(recorded, expected);
 }
