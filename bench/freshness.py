@@ -132,26 +132,26 @@ def percentile(values, share):
 
 
 def settle(url):
-    """Waits until no read model is behind the base tables and no refresh or round runs, so that
-    "idle" means idle (the commit-to-visible inserts leave refreshes behind them)."""
-    for _ in range(600):
+    """Waits until no read model is behind the base tables, no refresh or round runs and no autovacuum
+    worker is busy, then checkpoints, so that "idle" means idle (the commit-to-visible inserts leave
+    refreshes behind them; a conversion leaves gigabytes of dirty pages that a checkpoint would
+    otherwise write during the measurement)."""
+    for _ in range(1200):
         busy = suite.psql(url, """SELECT EXISTS (SELECT 1 FROM read_models_behind())
-            OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
-                       AND (query LIKE '%refresh_view_logged%' OR query LIKE '%maintain_incremental%')
-                       AND state = 'active' AND pid <> pg_backend_pid())""")
+            OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (backend_type = 'autovacuum worker'
+                       OR (datname = current_database() AND state = 'active'
+                           AND (query LIKE '%refresh_view_logged%' OR query LIKE '%maintain_incremental%'))))""")
         if busy == "f":
+            suite.psql(url, "CHECKPOINT")
             time.sleep(1)
             return
         time.sleep(0.5)
     raise SystemExit("the read models did not settle")
 
 
-def reads_under_writers(url, mode, companies, duration, workdir):
-    """Case (a) idle, then while pgbench changes WRITER_RATE companies a second."""
-    requests = [(f"/prospects?industry={suite.quote(i)}", {}) for i in suite.INDUSTRIES]
-    settle(url)
-    suite.run_wrk(requests, 2, workdir)
-    idle = suite.run_wrk(requests, duration, workdir)
+def start_writers(url, companies, seconds, workdir):
+    """pgbench changing WRITER_RATE random companies a second for `seconds`: half of them a prospect's
+    update time, half the company's revenue (every row of the company changes)."""
     scripts = []
     for i, sql in enumerate([
         f"""\\set c random(1, {companies})
@@ -164,9 +164,18 @@ UPDATE "Company" SET "revenue" = COALESCE("revenue", 0) + 1 WHERE "id" = 'cmp_' 
         with open(path, "w") as f:
             f.write(sql + "\n")
         scripts += ["-f", f"{path}@1"]
+    return subprocess.Popen(["pgbench", "-n", "-c", "2", "-j", "1", "-R", str(WRITER_RATE), "-T", str(seconds),
+                             *scripts, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def reads_under_writers(url, mode, companies, duration, workdir):
+    """Case (a) idle, then while pgbench changes WRITER_RATE companies a second."""
+    requests = [(f"/prospects?industry={suite.quote(i)}", {}) for i in suite.INDUSTRIES]
+    settle(url)
+    suite.run_wrk(requests, 2, workdir)
+    idle = suite.run_wrk(requests, duration, workdir)
     since = suite.psql(url, "SELECT clock_timestamp()")
-    writers = subprocess.Popen(["pgbench", "-n", "-c", "2", "-j", "1", "-R", str(WRITER_RATE), "-T", str(duration + 3),
-                                *scripts, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    writers = start_writers(url, companies, duration + 3, workdir)
     time.sleep(1.5)
     busy = suite.run_wrk(requests, duration, workdir)
     out, _ = writers.communicate()
@@ -188,27 +197,28 @@ def commit_to_visible(url, mode):
 
 def round_costs(url):
     """Incremental rounds of k changed companies (their revenue changes, so every row of each is
-    rewritten: the dearest kind of change) against a full rebuild, in the applier's own transaction."""
-    def one_round(rebuild):
-        rebuild_views = "'{company_prospect_view,company_summary_view,prospect_search_view}'" if rebuild else "'{}'"
-        out = suite.sh("psql", url, "-v", "ON_ERROR_STOP=1", "-Atq", "-c", f"""
+    rewritten: the dearest kind of change) against a full rebuild, run as the applier runs them: in
+    one warm session, REPEATABLE READ, the catalog lock first, no JIT."""
+    all_companies = int(suite.psql(url, 'SELECT count(*) FROM "Company"'))
+    everything = "{company_prospect_view,company_summary_view,prospect_search_view}"
+    script = []
+    for label, k, rebuild in [("warm-up", 1, "{}"), *[(str(k), k, "{}") for k in (1, 10, 100, 1000)], ("rebuild", 0, everything)]:
+        script.append(f"""UPDATE "Company" SET "revenue" = COALESCE("revenue", 0) + 1
+WHERE "id" IN (SELECT "id" FROM "Company" ORDER BY random() LIMIT {k});
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE;
 SELECT set_config('work_mem', '256MB', true), set_config('jit', 'off', true);
-SELECT count(*) FROM maintain_incremental_read_models('incremental', {rebuild_views}, 1.0);
-SELECT round((extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 1);
+SELECT count(*) FROM maintain_incremental_read_models('incremental', '{rebuild}', 1.0);
+SELECT 'round', '{label}', round((extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 1);
 COMMIT;""")
-        return float(out.split()[-1])
-
-    costs = {}
-    all_companies = int(suite.psql(url, 'SELECT count(*) FROM "Company"'))
-    for k in (1, 10, 100, 1000):
-        suite.psql(url, f"""UPDATE "Company" SET "revenue" = COALESCE("revenue", 0) + 1
-                            WHERE "id" IN (SELECT "id" FROM "Company" ORDER BY random() LIMIT {k})""")
-        costs[k] = one_round(False)
-        print(f"    round of {k} companies: {costs[k]:.0f} ms", flush=True)
-    rebuild = one_round(True)
-    per_company = costs[1000] / 1000
+    out = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-Atq"], input="\n".join(script),
+                         check=True, capture_output=True, text=True).stdout
+    took = {line.split("|")[1]: float(line.split("|")[2]) for line in out.splitlines() if line.startswith("round|")}
+    costs = {k: took[str(k)] for k in (1, 10, 100, 1000)}
+    for k, ms in costs.items():
+        print(f"    round of {k} companies: {ms:.0f} ms", flush=True)
+    rebuild = took["rebuild"]
+    per_company = (costs[1000] - costs[1]) / 999
     print(f"    full rebuild: {rebuild:.0f} ms; cheaper than applying more than {rebuild / per_company:.0f} companies "
           f"({rebuild / per_company / all_companies:.1%} of them)", flush=True)
     return {"round_ms": costs, "rebuild_ms": rebuild, "per_company_ms": round(per_company, 2),
@@ -232,7 +242,7 @@ def postgres_cpu_ticks():
     return total
 
 
-def writers_cpu(url, companies, workdir, rounds=6, transactions=3000):
+def writers_cpu(url, companies, workdir, rounds=8, transactions=3000):
     """PostgreSQL's CPU per single-row write transaction, 8 pgbench clients, with the change-capture
     triggers and without, in alternating rounds (medians). CPU is steadier than throughput on a machine
     shared with everything else; bench/run.py's throughput ratios are reported beside it."""
@@ -249,6 +259,8 @@ UPDATE "Prospect" SET "updatedAt" = now() AT TIME ZONE 'UTC' WHERE "id" = 'prs_'
         with open(paths[name], "w") as f:
             f.write(sql.replace("\\\\", "\\") + "\n")
     samples = {(op, on): [] for op in scripts for on in (True, False)}
+    for table in ('"Prospect"', "base_table_changes"):
+        suite.psql(url, f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
     try:
         for _ in range(rounds):
             for on in (True, False):
@@ -262,6 +274,8 @@ UPDATE "Prospect" SET "updatedAt" = now() AT TIME ZONE 'UTC' WHERE "id" = 'prs_'
                     samples[(op, on)].append(ticks / os.sysconf("SC_CLK_TCK") / (8 * transactions) * 1e6)
     finally:
         suite.psql(url, 'ALTER TABLE "Prospect" ENABLE TRIGGER USER')
+        for table in ('"Prospect"', "base_table_changes"):
+            suite.psql(url, f"ALTER TABLE {table} RESET (autovacuum_enabled)")
         suite.psql(url, """DELETE FROM "Prospect" WHERE "id" LIKE 'w\\_%'""")
     result = {}
     for op in scripts:
@@ -302,7 +316,10 @@ def bench_size(size, args, workdir):
     modes = args.modes.split(",")
     if size == "10m" and not args.refresh_at_10m:
         modes = [m for m in modes if m == "incremental"]
-    result = {"size": size, "prospects": prospects, "modes": [bench_mode(url, size, m, args.duration, workdir) for m in modes]}
+    result = {"size": size, "prospects": prospects,
+              "command": " ".join(["bench/freshness.py"] + sys.argv[1:]),
+              "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+              "modes": [bench_mode(url, size, m, args.duration, workdir) for m in modes]}
     if not args.skip_writers:
         result["writers_cpu"] = writers_cpu(url, suite.SIZES[size], workdir)
         print(f"  writers' PostgreSQL CPU per transaction: {result['writers_cpu']}", flush=True)
@@ -311,15 +328,29 @@ def bench_size(size, args, workdir):
     return result
 
 
+def merged_with_earlier(results):
+    """This run's sizes, and the sizes an earlier run measured that this one did not (from the raw
+    figures in bench/RESULTS.md), so that an optional size such as 10m can be run on its own."""
+    earlier = []
+    if os.path.exists(suite.RESULTS):
+        text = open(suite.RESULTS).read()
+        section = text.split("<!-- freshness:begin -->")[-1].split("<!-- freshness:end -->")[0]
+        if "```json" in section:
+            earlier = json.loads(section.split("```json")[1].split("```")[0])
+    measured = {r["size"] for r in results}
+    order = list(suite.SIZES)
+    combined = [r for r in earlier if r["size"] not in measured] + results
+    return sorted(combined, key=lambda r: order.index(r["size"]))
+
+
 def describe(results, args):
     lines = ["## Freshness: refresh and incremental maintenance", "",
-             f"Written by `{' '.join(['bench/freshness.py'] + sys.argv[1:])}` on "
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC (same machine as above). "
+             "Written by `bench/freshness.py` (each size says which run measured it; same machine as above). "
              f"Commit to visible: single-row inserts, {SAMPLES['refresh']} in refresh mode (1 s debounce), "
              f"{SAMPLES['incremental']} in incremental mode (250 ms poll); p99 is nearest-rank (of 20: the worst). "
              f"Reads: case (a) with wrk as above, idle and while pgbench changes {WRITER_RATE} companies a second.", ""]
     for r in results:
-        lines += [f"### {r['size']}: {r['prospects']:,} prospects", "",
+        lines += [f"### {r['size']}: {r['prospects']:,} prospects", "", f"Measured by `{r.get('command', 'bench/freshness.py')}` on {r.get('date', 'an earlier run')}.", "",
                   "| mode | commit to visible median / p99 / worst (s) | (a) idle req/s, p99 ms | (a) under writers req/s, p99 ms | ratio | applies meanwhile |",
                   "|---|---|---|---|---|---|"]
         for m in r["modes"]:
@@ -346,7 +377,7 @@ def describe(results, args):
                              f"companies ({rc['crossover_share']:.1%} of all).")
         if "writers_cpu" in r:
             cpu = r["writers_cpu"]
-            lines.append("- Writers' cost, PostgreSQL CPU per single-row transaction (8 pgbench clients, 6 alternating "
+            lines.append("- Writers' cost, PostgreSQL CPU per single-row transaction (8 pgbench clients, 8 alternating "
                          "rounds, medians): " + "; ".join(
                              f"{op.upper()} {c['with_us']} µs with the change-capture triggers vs {c['without_us']} µs "
                              f"without (throughput ceiling ratio {c['ratio']})" for op, c in cpu.items()) + ".")
@@ -375,7 +406,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=suite.ROOT)
     with tempfile.TemporaryDirectory() as workdir:
         results = [bench_size(size, args, workdir) for size in args.sizes.split(",")]
-    suite.write_section("freshness", describe(results, args))
+    suite.write_section("freshness", describe(merged_with_earlier(results), args))
     print("wrote bench/RESULTS.md")
 
 

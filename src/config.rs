@@ -98,7 +98,7 @@ pub struct RefreshSettings {
     /// In incremental mode, a round in which more than this share of all companies changed rebuilds
     /// the tables in full (a diff against the whole definitions, as a scheduled rebuild does) instead
     /// of recomputing company by company: past it, the full diff costs less (bench/README.md).
-    #[arg(long, env = "INCREMENTAL_REBUILD_SHARE", default_value = "0.1", value_parser = parse_share)]
+    #[arg(long, env = "INCREMENTAL_REBUILD_SHARE", default_value = "0.05", value_parser = parse_share)]
     pub incremental_rebuild_share: f64,
 }
 
@@ -108,7 +108,7 @@ impl Default for RefreshSettings {
             refresh_lock_timeout: Duration::from_secs(10),
             refresh_statement_timeout: Duration::from_secs(600),
             refresh_work_mem: "256MB".to_owned(),
-            incremental_rebuild_share: 0.1,
+            incremental_rebuild_share: 0.05,
         }
     }
 }
