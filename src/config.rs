@@ -168,6 +168,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FRESHNESS_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
     pub freshness_cache_ttl: Duration,
 
+    /// Memory for this instance's cache of whole data responses (bytes, or with KiB, MiB, GiB); an
+    /// entry serves its request until the view's data changes. 0 turns it off.
+    #[arg(long, env = "RESPONSE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub response_cache_bytes: u64,
+
     /// Refresh every view this often (0 turns the schedule off).
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
     pub refresh_interval: Duration,
@@ -326,6 +331,25 @@ pub fn parse_pg_memory(text: &str) -> Result<String, String> {
     }
 }
 
+/// A byte count such as `67108864`, `512KiB`, `64MiB` or `1GiB`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &text[digits.len()..] {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|_| unit > 0)
+        .ok_or_else(|| format!("'{text}' is not a size like 0, 65536, 512KiB, 64MiB or 1GiB"))
+}
+
 /// A share between 0 (exclusive) and 1 (inclusive), such as `0.05`.
 pub fn parse_share(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
@@ -368,6 +392,18 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert_eq!(pg_duration(Duration::from_secs(2)), "2000ms");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_reject_garbage() {
+        assert_eq!(parse_bytes("0").unwrap(), 0);
+        assert_eq!(parse_bytes("65536").unwrap(), 65536);
+        assert_eq!(parse_bytes("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert!(parse_bytes("64MB").unwrap_err().contains("64MiB"));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
     }
 
     #[test]

@@ -80,6 +80,44 @@ pub struct ViewFreshness {
     pub age_seconds: Option<f64>,
 }
 
+/// This instance's response cache (src/http/response_cache.rs), read at scrape time.
+#[derive(Debug, Default)]
+pub struct ResponseCacheFigures {
+    /// False with `RESPONSE_CACHE_BYTES=0`.
+    pub enabled: bool,
+    /// Per view, in `ViewName::ALL` order.
+    pub per_view: [ViewCacheCounts; 3],
+    /// Entries pushed out by the byte bound.
+    pub evictions: u64,
+    /// Bytes held (bodies, keys and overhead), as the bound counts them.
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Responses of one view's endpoints on this instance: served from the cache, rendered (a query
+/// ran), or served by waiting for an identical request's render.
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ViewCacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    /// Share of responses that ran no query of their own: (hits + coalesced) / all; null before the
+    /// first response.
+    pub hit_ratio: Option<f64>,
+}
+
+impl ViewCacheCounts {
+    pub fn new(hits: u64, misses: u64, coalesced: u64) -> ViewCacheCounts {
+        let total = hits + misses + coalesced;
+        ViewCacheCounts {
+            hits,
+            misses,
+            coalesced,
+            hit_ratio: (total > 0).then(|| (hits + coalesced) as f64 / total as f64),
+        }
+    }
+}
+
 /// Triggers whose refreshes base-table changes caused.
 const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
 
@@ -143,9 +181,10 @@ impl Metrics {
         self.registry.lock().expect("not poisoned").notifications += 1;
     }
 
-    pub fn render(&self, freshness: &[ViewFreshness]) -> String {
+    pub fn render(&self, freshness: &[ViewFreshness], cache: &ResponseCacheFigures) -> String {
         let registry = self.registry.lock().expect("not poisoned");
         let mut out = String::new();
+        render_response_cache(&mut out, cache);
         out.push_str("# HELP http_requests_total HTTP requests by route template, method and status.\n# TYPE http_requests_total counter\n");
         for ((route, method, status), count) in &registry.requests {
             let _ = writeln!(
@@ -241,6 +280,65 @@ impl Metrics {
     }
 }
 
+fn render_response_cache(out: &mut String, cache: &ResponseCacheFigures) {
+    type Count = fn(&ViewCacheCounts) -> u64;
+    let counters: [(&str, &str, Count); 3] = [
+        (
+            "response_cache_hits_total",
+            "Data responses served from this instance's response cache.",
+            |c| c.hits,
+        ),
+        (
+            "response_cache_misses_total",
+            "Data responses rendered by a query and then cached.",
+            |c| c.misses,
+        ),
+        (
+            "response_cache_coalesced_total",
+            "Data responses that waited for an identical request's query instead of running their own.",
+            |c| c.coalesced,
+        ),
+    ];
+    for (name, help, count) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (view, counts) in ViewName::ALL.iter().zip(&cache.per_view) {
+            let _ = writeln!(out, "{name}{{view=\"{view}\"}} {}", count(counts));
+        }
+    }
+    let totals = [
+        (
+            "response_cache_evictions_total",
+            "counter",
+            "Cached responses pushed out by RESPONSE_CACHE_BYTES.",
+            cache.evictions,
+        ),
+        (
+            "response_cache_bytes",
+            "gauge",
+            "Bytes the response cache holds (bodies, keys, overhead).",
+            cache.bytes,
+        ),
+        (
+            "response_cache_entries",
+            "gauge",
+            "Responses the response cache holds.",
+            cache.entries,
+        ),
+        (
+            "response_cache_enabled",
+            "gauge",
+            "1 when the response cache is on (RESPONSE_CACHE_BYTES > 0).",
+            u64::from(cache.enabled),
+        ),
+    ];
+    for (name, kind, help, value) in totals {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,7 +348,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.record_request("/prospects", "GET", 200, Duration::from_millis(3));
         metrics.record_request("/prospects", "GET", 200, Duration::from_millis(30));
-        let text = metrics.render(&[]);
+        let text = metrics.render(&[], &ResponseCacheFigures::default());
         assert!(
             text.contains(
                 "http_requests_total{route=\"/prospects\",method=\"GET\",status=\"200\"} 2"
@@ -283,7 +381,7 @@ mod tests {
             took: Duration::from_secs(1),
             rows_changed: None,
         });
-        let text = metrics.render(&[]);
+        let text = metrics.render(&[], &ResponseCacheFigures::default());
         assert!(text.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"));
         assert!(text.contains("view_refresh_failures_total{view=\"company_prospect_view\"} 0"));
     }

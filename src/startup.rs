@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::ServeConfig;
 use crate::db::{self, prepare_database};
 use crate::http::cursor::CursorSigner;
+use crate::http::response_cache::ResponseCache;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
 use crate::refresh::{self, ChangeSource, NotifySettings, Refresher};
@@ -93,6 +94,7 @@ impl Application {
             cursors,
             stale_after_secs: config.effective_stale_after().as_secs(),
             freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
+            responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

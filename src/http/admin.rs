@@ -166,7 +166,15 @@ async fn views(
 ) -> Result<Json<Vec<ViewStatus>>, ApiError> {
     authorize(&state, &client, &headers)?;
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
-    Ok(Json(status::view_statuses(&state.pool).await?))
+    let mut statuses = status::view_statuses(&state.pool).await?;
+    let cache = state.responses.figures();
+    if cache.enabled {
+        for status in &mut statuses {
+            let view = ViewName::ALL.iter().position(|v| v.as_str() == status.view);
+            status.response_cache = view.map(|index| cache.per_view[index]);
+        }
+    }
+    Ok(Json(statuses))
 }
 
 /// The refresh log, newest first.
@@ -209,7 +217,9 @@ async fn history(
 )]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let freshness = status::freshness_for_metrics(&state.pool).await?;
-    let text = state.metrics.render(&freshness);
+    // Applies the cache's pending evictions first, so that the bytes held are exact.
+    state.responses.settle().await;
+    let text = state.metrics.render(&freshness, &state.responses.figures());
     Ok((
         [(
             header::CONTENT_TYPE,

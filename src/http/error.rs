@@ -1,6 +1,8 @@
 //! The one error type of the HTTP layer, rendered as RFC 9457 problem details
 //! (`application/problem+json`). Internal causes are logged, never sent to clients.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -73,6 +75,10 @@ pub enum ApiError {
     RefreshFailed(Vec<RefreshReport>),
     #[error("refresher unavailable: {0}")]
     RefreshUnavailable(String),
+    /// The failure of an identical request whose query this one waited for (the response cache's
+    /// single flight): the same status and problem.
+    #[error("{0}")]
+    Shared(Arc<ApiError>),
 }
 
 impl ApiError {
@@ -80,8 +86,14 @@ impl ApiError {
         ApiError::InvalidParams(vec![InvalidParam::new(name, reason)])
     }
 
+    /// A failure several waiting requests share: the error itself when this is the last holder.
+    pub fn shared(error: Arc<ApiError>) -> ApiError {
+        Arc::try_unwrap(error).unwrap_or_else(ApiError::Shared)
+    }
+
     fn status(&self) -> StatusCode {
         match self {
+            ApiError::Shared(inner) => inner.status(),
             ApiError::InvalidParams(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -97,6 +109,9 @@ impl ApiError {
     }
 
     fn problem(&self) -> Problem {
+        if let ApiError::Shared(inner) = self {
+            return inner.problem();
+        }
         let status = self.status();
         let mut results = vec![];
         let (problem_type, detail, invalid_params) = match self {
@@ -172,6 +187,7 @@ impl ApiError {
                 "The refresh could not run: the database is not reachable. Retry shortly.".into(),
                 vec![],
             ),
+            ApiError::Shared(_) => unreachable!("answered by the shared error above"),
         };
         Problem {
             problem_type: problem_type.to_owned(),
@@ -206,17 +222,25 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match &self {
+impl ApiError {
+    /// Internal causes go to the log, never to the client.
+    fn log(&self) {
+        match self {
             ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
             ApiError::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable")
             }
             ApiError::QueryTimeout => tracing::warn!("query hit statement_timeout"),
             ApiError::RefreshUnavailable(cause) => tracing::warn!(%cause, "refresh could not run"),
+            ApiError::Shared(inner) => inner.log(),
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
         let status = self.status();
         let mut response = problem_response(&self.problem());
         if status == StatusCode::SERVICE_UNAVAILABLE {

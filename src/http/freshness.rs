@@ -29,11 +29,20 @@ pub enum Gate {
     Serve(FreshHeaders),
 }
 
-pub struct FreshHeaders(HeaderMap);
+pub struct FreshHeaders {
+    headers: HeaderMap,
+    /// The refresh log id of the data served: what the ETag and the response cache are keyed by.
+    /// None when the view was populated outside the log, so that nothing could tell its change.
+    generation: Option<i64>,
+}
 
 impl FreshHeaders {
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
+    }
+
     pub fn apply(self, mut response: Response) -> Response {
-        response.headers_mut().extend(self.0);
+        response.headers_mut().extend(self.headers);
         response
     }
 }
@@ -61,7 +70,10 @@ pub async fn gate(
         response.headers_mut().extend(headers);
         return Ok(Gate::NotModified(response));
     }
-    Ok(Gate::Serve(FreshHeaders(headers)))
+    Ok(Gate::Serve(FreshHeaders {
+        headers,
+        generation: freshness.last_refresh.as_ref().map(|last| last.log_id),
+    }))
 }
 
 fn headers_for(

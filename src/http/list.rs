@@ -1,12 +1,12 @@
 //! What every list endpoint does the same way: verify the cursor, pass the freshness gate, fetch one
 //! page (one row more than asked, to know whether another follows), count when asked, and answer
 //! with `{data, next_cursor, total}`, a `Link: <…>; rel="next"` header and the freshness headers.
+//! Rendered bodies go through the response cache, keyed by the request and the data's generation.
 
 use std::future::Future;
 
-use axum::Json;
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::response::Response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::freshness::{Gate, gate};
 use super::params::{CountMode, PageParams};
+use super::response_cache::Rendered;
 use crate::views::ViewName;
 
 /// One page of a list.
@@ -81,61 +82,85 @@ pub async fn list<L: Listing>(
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
-
-    let mut rows = listing
-        .fetch(&state.read_pool, after.as_ref(), page.limit)
+    let render = async {
+        let mut rows = listing
+            .fetch(&state.read_pool, after.as_ref(), page.limit)
+            .await?;
+        let next_cursor = if rows.len() as i64 > page.limit {
+            rows.truncate(page.limit as usize);
+            rows.last()
+                .map(|row| state.cursors.sign(&scope, &listing.key_of(row)))
+        } else {
+            None
+        };
+        let (total, estimated_total) = match page.count {
+            CountMode::None => (None, None),
+            CountMode::Exact => (Some(listing.count_exact(&state.read_pool).await?), None),
+            CountMode::Estimated => (None, Some(listing.count_estimate(&state.read_pool).await?)),
+        };
+        let link = next_cursor
+            .as_deref()
+            .and_then(|cursor| next_link(uri, cursor));
+        let page = Page {
+            data: rows,
+            next_cursor,
+            total,
+            estimated_total,
+        };
+        Ok(Rendered {
+            json: to_json(&page)?,
+            link,
+        })
+    };
+    let response = state
+        .responses
+        .respond(
+            listing.view(),
+            fresh.generation(),
+            &exact_query,
+            request_headers,
+            render,
+        )
         .await?;
-    let next_cursor = if rows.len() as i64 > page.limit {
-        rows.truncate(page.limit as usize);
-        rows.last()
-            .map(|row| state.cursors.sign(&scope, &listing.key_of(row)))
-    } else {
-        None
-    };
-    let (total, estimated_total) = match page.count {
-        CountMode::None => (None, None),
-        CountMode::Exact => (Some(listing.count_exact(&state.read_pool).await?), None),
-        CountMode::Estimated => (None, Some(listing.count_estimate(&state.read_pool).await?)),
-    };
-
-    let link = next_cursor
-        .as_deref()
-        .and_then(|cursor| next_link(uri, cursor));
-    let mut response = Json(Page {
-        data: rows,
-        next_cursor,
-        total,
-        estimated_total,
-    })
-    .into_response();
-    if let Some(link) = link {
-        response.headers_mut().insert(header::LINK, link);
-    }
     Ok(fresh.apply(response))
 }
 
 /// A single-row endpoint: the freshness gate, then `fetch` (only when the client's copy is not
-/// current), a 404 with `missing` when there is no such row.
+/// current and the response is not cached), a 404 with `missing` when there is no such row.
 pub async fn one<T, F>(
     state: &AppState,
     request_headers: &HeaderMap,
     view: ViewName,
     path: &str,
-    fetch: impl FnOnce() -> F,
-    missing: impl FnOnce() -> String,
+    fetch: impl FnOnce() -> F + Send,
+    missing: impl FnOnce() -> String + Send,
 ) -> Result<Response, ApiError>
 where
     T: Serialize,
-    F: Future<Output = Result<Option<T>, sqlx::Error>>,
+    F: Future<Output = Result<Option<T>, sqlx::Error>> + Send,
 {
     let fresh = match gate(state, view, path, request_headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
-    let row = fetch()
-        .await?
-        .ok_or_else(|| ApiError::NotFound(missing()))?;
-    Ok(fresh.apply(Json(row).into_response()))
+    let render = async move {
+        let row = fetch()
+            .await?
+            .ok_or_else(|| ApiError::NotFound(missing()))?;
+        Ok(Rendered {
+            json: to_json(&row)?,
+            link: None,
+        })
+    };
+    let response = state
+        .responses
+        .respond(view, fresh.generation(), path, request_headers, render)
+        .await?;
+    Ok(fresh.apply(response))
+}
+
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|error| ApiError::Internal(error.into()))
 }
 
 /// The same request with `cursor` replaced: `<path?query&cursor=…>; rel="next"`.

@@ -11,6 +11,7 @@ mod health;
 mod list;
 pub mod params;
 mod prospects;
+pub mod response_cache;
 mod search;
 
 use std::time::Duration;
@@ -42,6 +43,7 @@ use self::cursor::CursorSigner;
 use self::error::{
     ApiError, InvalidParam, PROBLEM_JSON, Problem, generic_problem, problem_response,
 };
+use self::response_cache::ResponseCache;
 use crate::config::AdminToken;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
@@ -65,6 +67,8 @@ pub struct AppState {
     pub stale_after_secs: u64,
     /// Each view's freshness, so that a request runs only its data query.
     pub freshness: Arc<FreshnessCache>,
+    /// Whole data responses of the current generations, so that a repeated request runs no query.
+    pub responses: Arc<ResponseCache>,
 }
 
 pub struct HttpSettings {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::metrics::ViewFreshness;
+use crate::metrics::{ViewCacheCounts, ViewFreshness};
 use crate::views::Mode;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,6 +27,9 @@ pub struct ViewStatus {
     /// Whether any process is refreshing it right now (holds its refresh lock or, for a table, the
     /// incremental maintenance lock).
     pub refreshing: bool,
+    /// This instance's response cache for the view's endpoints since it started (absent with
+    /// `RESPONSE_CACHE_BYTES=0`).
+    pub response_cache: Option<ViewCacheCounts>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,6 +106,7 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
             },
             data_age_seconds: r.age_seconds,
             refreshing: r.refreshing,
+            response_cache: None,
         })
         .collect())
 }

@@ -15,6 +15,7 @@ mod refresh;
 mod refresh_loop;
 mod reliability;
 mod repository;
+mod response_cache;
 mod schema;
 mod seed;
 mod triggers;
