@@ -452,7 +452,7 @@ RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 
 def write_section(name, text):
     """Replaces this script's section of bench/RESULTS.md (between its markers), keeping the others:
-    bench/run.py and bench/freshness.py each own one."""
+    bench/run.py, bench/freshness.py and bench/mixed.py each own one."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     sections = {}
     if os.path.exists(RESULTS):
@@ -460,10 +460,10 @@ def write_section(name, text):
         for found in re.finditer(r"<!-- (\w+):begin -->\n(.*?)<!-- \1:end -->", current, re.S):
             sections[found.group(1)] = found.group(2)
     sections[name] = text.rstrip() + "\n"
+    order = ["suite", "freshness", "mixed"]
     with open(RESULTS, "w") as f:
-        for key in ("suite", "freshness"):
-            if key in sections:
-                f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")
+        for key in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)):
+            f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")
 
 
 def main():
