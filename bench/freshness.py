@@ -51,6 +51,10 @@ def prepare(server, size):
         print(f"  seeding {size} ...", flush=True)
         print("  " + suite.sh(suite.BINARY, "seed", "--companies", str(suite.SIZES[size]), "--replace", env=env).strip(),
               flush=True)
+    if suite.psql(url, "SELECT bool_and(populated) FROM read_models") != "t":
+        # A server would populate them at startup, but not within start_server's wait at 10m.
+        print("  populating the read models ...", flush=True)
+        suite.sh(suite.BINARY, "refresh", env=dict(env, VIEW_MAINTENANCE=current_mode(url, env)))
     suite.psql(url, """DELETE FROM "Prospect" WHERE "id" LIKE 'w\\_%' OR "id" LIKE 'bench\\_%'""")
     for table in ('"Company"', '"Prospect"'):
         suite.psql(url, f"VACUUM ANALYZE {table}")

@@ -160,7 +160,7 @@ impl Application {
                 background.metrics.clone(),
                 stopping.clone(),
             )),
-            tokio::spawn(refresh::run_log_retention(
+            tokio::spawn(refresh::run_housekeeping(
                 background.pool.clone(),
                 background.log_retention,
                 stopping,

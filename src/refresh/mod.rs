@@ -26,7 +26,7 @@ pub use incremental::round as incremental_round;
 pub use refresher::{RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 pub use scheduler::{
     CHANNEL, ChangeSource, NotifySettings, read_models_behind, run_change_watcher,
-    run_log_retention, run_schedule,
+    run_housekeeping, run_schedule,
 };
 
 /// Sleeps until `deadline`, or forever without one.

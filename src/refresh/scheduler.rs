@@ -237,28 +237,42 @@ pub async fn read_models_behind(pool: &PgPool) -> Result<Vec<(ViewName, Mode)>, 
         .collect())
 }
 
-/// How often the log's retention is applied.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the housekeeping runs.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
-/// Every minute until shutdown, deletes log and error rows older than `keep`, keeping each view's
-/// last success and last error (`prune_refresh_log()`); zero keeps everything. Every instance does it:
-/// deleting what another instance already deleted costs nothing.
-pub async fn run_log_retention(pool: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>) {
-    if keep.is_zero() {
-        return;
-    }
-    let mut ticks = tokio::time::interval(PRUNE_EVERY);
+/// Every minute until shutdown: deletes log and error rows older than `keep`, keeping each view's
+/// last success and last error (`prune_refresh_log()`; zero keeps everything), and vacuums the change
+/// record. Every instance does it: deleting what another instance already deleted costs nothing, and
+/// a vacuum another instance is running is skipped.
+pub async fn run_housekeeping(pool: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(HOUSEKEEPING_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                if let Err(error) = prune_log(&pool, keep).await {
+                if !keep.is_zero() && let Err(error) = prune_log(&pool, keep).await {
                     tracing::warn!(%error, "pruning the refresh log failed; trying again in a minute");
+                }
+                if let Err(error) = vacuum_change_record(&pool).await {
+                    tracing::warn!(%error, "vacuuming the change record failed; trying again in a minute");
                 }
             }
             () = stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// `base_table_changes` is a queue: every write appends to it, and its rows are deleted once every
+/// view has seen them. After a bulk write it holds millions of dead rows that every poll and round
+/// scans until a vacuum removes them, and autovacuum may be busy with the base tables themselves for
+/// a long while then: measured at 10M prospects, 30 minutes after the seed it had not vacuumed the
+/// table (1.1 GB, no live row) and a one-company round took 460 ms instead of 41 ms at 1M. Vacuuming
+/// the small table every minute costs milliseconds.
+async fn vacuum_change_record(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("VACUUM (SKIP_LOCKED) base_table_changes")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn prune_log(pool: &PgPool, keep: Duration) -> Result<(), sqlx::Error> {

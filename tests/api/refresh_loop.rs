@@ -148,3 +148,19 @@ async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_o
     assert!(catchups >= 1);
     assert_ne!(listener_pid().await, Some(pid), "a new listener connection");
 }
+
+#[tokio::test]
+async fn the_change_record_is_vacuumed_by_the_housekeeping() {
+    // Autovacuum may be busy elsewhere after a bulk write: each instance vacuums the queue itself.
+    let app = spawn_app().await;
+    eventually(10, "a vacuum of base_table_changes", || async {
+        sqlx::query_scalar!(
+            r#"SELECT vacuum_count > 0 AS "vacuumed!" FROM pg_stat_user_tables
+               WHERE relname = 'base_table_changes'"#
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+}
