@@ -102,7 +102,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=run.ROOT)
     url = run.prepare_database(args.server, args.size)
     run.refresh_durations(url)  # views current: no catch-up refresh competing with the load
-    server = run.start_server(url)
+    server = run.start_server(url, run.NO_RESPONSE_CACHE)
     values = {"a": run.INDUSTRIES, "c": run.COUNTRIES, "d": run.TERMS}[args.case]
     try:
         with tempfile.TemporaryDirectory() as workdir:

@@ -92,6 +92,11 @@ def prepare_database(server, size):
     return url
 
 
+# The suite measures what a request costs the API and PostgreSQL, so it runs without the response
+# cache, which would answer its repeated requests from memory (bench/mixed.py measures the cache).
+NO_RESPONSE_CACHE = {"RESPONSE_CACHE_BYTES": "0"}
+
+
 def start_server(url, extra_env=None):
     env = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{PORT}", RUST_LOG="warn",
                REFRESH_INTERVAL="0", **(extra_env or {}))
@@ -337,7 +342,7 @@ def bench_size(size, server_url, duration, samples, workdir):
     result["refresh_ms"] = refresh_durations(url)
     print(f"  refresh CONCURRENTLY (ms): {result['refresh_ms']}", flush=True)
 
-    server = start_server(url)
+    server = start_server(url, NO_RESPONSE_CACHE)
     try:
         cases = case_requests()
         result["api"] = {}
@@ -375,7 +380,7 @@ def bench_size(size, server_url, duration, samples, workdir):
         server.wait()
 
     # Commit-to-visible with the default change watching (polling) and debounce.
-    server = start_server(url, {"REFRESH_DEBOUNCE": "1s"})
+    server = start_server(url, {"REFRESH_DEBOUNCE": "1s", **NO_RESPONSE_CACHE})
     try:
         out = sh(sys.executable, os.path.join(ROOT, "bench", "commit_to_visible.py"), "--api", API,
                  "--database-url", url, "--samples", str(samples), "--json")
