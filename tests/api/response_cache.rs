@@ -47,10 +47,11 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         .unwrap()
 }
 
-async fn refresh(app: &TestApp) {
+/// `POST /admin/refresh` on the instance at `address` (this app's or another's).
+async fn refresh(app: &TestApp, address: &str) {
     let response = app
         .client
-        .post(format!("{}/admin/refresh", app.address))
+        .post(format!("{address}/admin/refresh"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -58,14 +59,8 @@ async fn refresh(app: &TestApp) {
     assert_eq!(response.status(), 200);
 }
 
-async fn company_name(app: &TestApp, address: &str) -> String {
-    let response = app
-        .client
-        .get(format!("{address}/companies/c_0"))
-        .send()
-        .await
-        .unwrap();
-    json(response, 200).await["name"]
+async fn company_name(app: &TestApp) -> String {
+    json(app.get("/companies/c_0").await, 200).await["name"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -82,7 +77,7 @@ async fn a_cached_response_changes_with_the_refresh_that_changes_its_data() {
     app.db
         .execute(r#"UPDATE "Company" SET "name" = 'Renamed Zero' WHERE "id" = 'c_0'"#)
         .await;
-    refresh(&app).await;
+    refresh(&app, &app.address).await;
     let after = json(app.get("/companies?industry=Software").await, 200).await;
     let names: Vec<&str> = after["data"]
         .as_array()
@@ -98,13 +93,13 @@ async fn a_cached_response_changes_with_the_refresh_that_changes_its_data() {
 async fn a_cached_response_changes_with_an_incremental_apply() {
     let app =
         spawn_cached_app(|config| config.maintenance.view_maintenance = Mode::Incremental).await;
-    assert_eq!(company_name(&app, &app.address).await, "Zero Revenue");
-    assert_eq!(company_name(&app, &app.address).await, "Zero Revenue");
+    assert_eq!(company_name(&app).await, "Zero Revenue");
+    assert_eq!(company_name(&app).await, "Zero Revenue");
     app.db
         .execute(r#"UPDATE "Company" SET "name" = 'Applied Zero' WHERE "id" = 'c_0'"#)
         .await;
     eventually(10, "the apply shows through the cache", || async {
-        company_name(&app, &app.address).await == "Applied Zero"
+        company_name(&app).await == "Applied Zero"
     })
     .await;
     let (hits, misses, _) = counts(&app, "company_summary_view").await;
@@ -116,25 +111,18 @@ async fn a_cached_response_changes_when_another_instance_refreshed() {
     // This instance does not look for changes itself: only the other one refreshes.
     let app =
         spawn_cached_app(|config| config.refresh_poll_interval = Duration::from_secs(3600)).await;
-    assert_eq!(company_name(&app, &app.address).await, "Zero Revenue");
-    assert_eq!(company_name(&app, &app.address).await, "Zero Revenue");
+    assert_eq!(company_name(&app).await, "Zero Revenue");
+    assert_eq!(company_name(&app).await, "Zero Revenue");
     app.db
         .execute(r#"UPDATE "Company" SET "name" = 'Elsewhere Zero' WHERE "id" = 'c_0'"#)
         .await;
     let mut other_config = serve_config(&app.db);
     other_config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
     let other = spawn_instance(other_config).await;
-    let response = app
-        .client
-        .post(format!("{}/admin/refresh", other.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    refresh(&app, &other.address).await;
     // This instance learns of the other's refresh from the log within FRESHNESS_CACHE_TTL (1 s).
     eventually(5, "the other instance's refresh shows", || async {
-        company_name(&app, &app.address).await == "Elsewhere Zero"
+        company_name(&app).await == "Elsewhere Zero"
     })
     .await;
 }
