@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode_str;
 
 use super::error::{ApiError, InvalidParam};
+use crate::views::query::{FilterKind, FilterSource, FilterSpec, Sort, SortKey};
 
 const MAX_PAIRS: usize = 100;
 const MAX_VALUE_CHARS: usize = 200;
@@ -296,18 +297,121 @@ impl PageParams {
     }
 }
 
-/// Checks that `min <= max` when both are given.
-pub fn check_range<T: PartialOrd + std::fmt::Display>(
-    params: &mut QueryParams,
-    (min_name, min): (&str, Option<T>),
-    max_name: &str,
-    max: Option<T>,
-) {
-    if let (Some(min), Some(max)) = (&min, &max)
-        && min > max
-    {
-        params.reject(max_name, format!("{max} is below {min_name} ({min})"));
+impl FilterSource for QueryParams {
+    fn text(&mut self, name: &str) -> Option<String> {
+        self.one(name)
     }
+
+    fn any_of(&mut self, name: &str) -> Vec<String> {
+        self.many(name)
+    }
+
+    fn whole_number(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
+        let value: i64 = self.parsed(name, "a whole number")?;
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.reject(name, format!("{value} is out of range; use {min} to {max}"));
+            None
+        }
+    }
+
+    fn timestamp(&mut self, name: &str) -> Option<DateTime<Utc>> {
+        QueryParams::timestamp(self, name)
+    }
+
+    fn reject(&mut self, name: &str, reason: String) {
+        QueryParams::reject(self, name, reason)
+    }
+}
+
+/// `sort=name` or `sort=-name` for one of `K`'s keys; `K::DEFAULT` without it.
+pub fn parse_sort<K: SortKey>(params: &mut QueryParams) -> Sort<K> {
+    let Some(text) = params.one("sort") else {
+        return K::DEFAULT;
+    };
+    Sort::parse(&text).unwrap_or_else(|| {
+        let reason = format!(
+            "'{}' is not one of: {}",
+            shorten(&text),
+            Sort::<K>::values().join(", ")
+        );
+        params.reject("sort", reason);
+        K::DEFAULT
+    })
+}
+
+/// The query parameters a list endpoint accepts: its filters except `skip`, `sort`, the page's.
+pub fn list_param_names(filters: &[FilterSpec], skip: &[&str]) -> Vec<&'static str> {
+    filters
+        .iter()
+        .map(|spec| spec.name)
+        .filter(|name| !skip.contains(name))
+        .chain(["sort"])
+        .chain(PAGE_PARAMS)
+        .collect()
+}
+
+/// The OpenAPI description of a list endpoint's query parameters, from the same declarations the
+/// parser reads: its filters (except `skip`), `sort` with every accepted value, and the page's.
+pub fn list_parameters<K: SortKey>(
+    filters: &[FilterSpec],
+    skip: &[&str],
+    sort_doc: &str,
+) -> Vec<utoipa::openapi::path::Parameter> {
+    use serde_json::json;
+    let filter_params = filters
+        .iter()
+        .filter(|spec| !skip.contains(&spec.name))
+        .map(|spec| {
+            let schema = match spec.kind {
+                FilterKind::Text => json!({"type": "string"}),
+                FilterKind::AnyOf => json!({"type": "array", "items": {"type": "string"}}),
+                FilterKind::WholeNumber { max, .. } => {
+                    let format = if max > i32::MAX.into() {
+                        "int64"
+                    } else {
+                        "int32"
+                    };
+                    json!({"type": "integer", "format": format})
+                }
+                FilterKind::Timestamp => json!({"type": "string", "format": "date-time"}),
+            };
+            (spec.name, spec.description(), schema)
+        });
+    let default_sort = K::DEFAULT.name();
+    let others = [
+        (
+            "sort",
+            format!("{sort_doc} Prefix `-` for descending order; default `{default_sort}`."),
+            json!({"type": "string", "enum": Sort::<K>::values()}),
+        ),
+        (
+            "limit",
+            format!("Rows per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_LIMIT}),
+        ),
+        (
+            "cursor",
+            "`next_cursor` of the previous page.".to_owned(),
+            json!({"type": "string", "maxLength": MAX_CURSOR_CHARS}),
+        ),
+        (
+            "count",
+            "`exact` adds `total`; `estimated` adds `estimated_total`.".to_owned(),
+            json!({"type": "string", "enum": ["exact", "estimated"]}),
+        ),
+    ];
+    filter_params
+        .chain(others)
+        .map(|(name, description, schema)| {
+            serde_json::from_value(json!({
+                "name": name, "in": "query", "required": false,
+                "description": description, "schema": schema,
+            }))
+            .expect("a query parameter is an OpenAPI parameter")
+        })
+        .collect()
 }
 
 /// Writes into the OpenAPI document the rules every text value of a query or path parameter is held
@@ -317,7 +421,10 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
 pub fn document_value_rules(spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use serde_json::{Value, json};
     fn text_rules(schema: &mut Value) {
-        if schema["type"] != "string" || schema.get("format").is_some() {
+        if schema["type"] != "string"
+            || schema.get("format").is_some()
+            || schema.get("enum").is_some()
+        {
             return;
         }
         let defaults = [

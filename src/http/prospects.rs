@@ -6,16 +6,19 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use sqlx::PgPool;
 use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::list::{Listing, Page, list, one};
-use super::params::{PAGE_PARAMS, PageParams, QueryParams, check_range, path_id};
+use super::params::{
+    PageParams, QueryParams, list_param_names, list_parameters, parse_sort, path_id,
+};
 use crate::views::ViewName;
 use crate::views::company_prospects::{
-    self, ProspectFilters, ProspectKey, ProspectRow, ProspectSort,
+    self, ProspectFilters, ProspectRow, ProspectSort, ProspectSortKey,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -25,131 +28,42 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_company_prospects))
 }
 
-/// The filters of `GET /prospects` and `GET /companies/{id}/prospects`, except `company_id`, which
-/// only the first takes (documentation; parsing is `parse_filters`).
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct ProspectQuery {
-    /// Company industry; repeat for any of several (`industry=A&industry=B`).
-    industry: Option<Vec<String>>,
-    /// Prospect department; repeatable.
-    department: Option<Vec<String>>,
-    /// Prospect job title level (e.g. `VP`, `Director`); repeatable.
-    job_title_level: Option<Vec<String>>,
-    company_country: Option<String>,
-    company_state: Option<String>,
-    company_city: Option<String>,
-    prospect_country: Option<String>,
-    /// Company domain.
-    domain: Option<String>,
-    /// Exact email, case-insensitive.
-    email: Option<String>,
-    /// Substring of the job title, case-insensitive (`%` and `_` match themselves).
-    job_title: Option<String>,
-    /// Minimum company revenue (whole currency units).
-    revenue_min: Option<i64>,
-    revenue_max: Option<i64>,
-    /// Companies whose employee range reaches at least this size.
-    employees_min: Option<i32>,
-    /// Companies whose employee range starts at or below this size.
-    employees_max: Option<i32>,
-    /// Prospects updated at or after this instant (RFC 3339).
-    updated_since: Option<chrono::DateTime<chrono::Utc>>,
-    /// `company_name` (default: company name, last name, first name, id), `-revenue`, `-updated_at`.
-    #[param(pattern = "^(company_name|-revenue|-updated_at)$")]
-    sort: Option<String>,
-    /// Rows per page, 1 to 500 (default 50).
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    #[param(max_length = 4000)]
-    cursor: Option<String>,
-    /// `exact` adds `total`; `estimated` adds `estimated_total`.
-    #[param(pattern = "^(exact|estimated)$")]
-    count: Option<String>,
-}
+/// The query parameters of `GET /prospects`, generated from the declarations in
+/// `views::company_prospects`, as the parser reads them.
+pub struct ProspectQuery;
 
-const FILTERS: [&str; 16] = [
-    "industry",
-    "department",
-    "job_title_level",
-    "company_country",
-    "company_state",
-    "company_city",
-    "prospect_country",
-    "company_id",
-    "domain",
-    "email",
-    "job_title",
-    "revenue_min",
-    "revenue_max",
-    "employees_min",
-    "employees_max",
-    "updated_since",
-];
+/// Those of `GET /companies/{id}/prospects`: the same without `company_id`, which is in the path.
+pub struct CompanyProspectQuery;
 
-fn known_params(include_company_id: bool) -> Vec<&'static str> {
-    FILTERS
-        .iter()
-        .copied()
-        .filter(|name| include_company_id || *name != "company_id")
-        .chain(["sort"])
-        .chain(PAGE_PARAMS)
-        .collect()
-}
+/// The filter a company's own list takes from its path.
+const IN_PATH: &[&str] = &["company_id"];
 
-fn parse_filters(params: &mut QueryParams, include_company_id: bool) -> ProspectFilters {
-    let filters = ProspectFilters {
-        industries: params.many("industry"),
-        departments: params.many("department"),
-        job_title_levels: params.many("job_title_level"),
-        company_country: params.one("company_country"),
-        company_state: params.one("company_state"),
-        company_city: params.one("company_city"),
-        prospect_country: params.one("prospect_country"),
-        company_id: if include_company_id {
-            params.one("company_id")
-        } else {
-            None
-        },
-        domain: params.one("domain"),
-        email: params.one("email"),
-        job_title: params.one("job_title"),
-        revenue_min: params.parsed("revenue_min", "a whole number"),
-        revenue_max: params.parsed("revenue_max", "a whole number"),
-        employees_min: params.parsed("employees_min", "a whole number"),
-        employees_max: params.parsed("employees_max", "a whole number"),
-        updated_since: params.timestamp("updated_since"),
-    };
-    check_range(
-        params,
-        ("revenue_min", filters.revenue_min),
-        "revenue_max",
-        filters.revenue_max,
-    );
-    check_range(
-        params,
-        ("employees_min", filters.employees_min),
-        "employees_max",
-        filters.employees_max,
-    );
-    filters
-}
+const SORT_DOC: &str = "`company_name` (company name, last name, first name, id), `revenue` \
+                        (unknown revenue lowest) or `updated_at`.";
 
-fn parse_sort(params: &mut QueryParams) -> ProspectSort {
-    match params.one("sort").as_deref() {
-        None | Some("company_name") => ProspectSort::CompanyName,
-        Some("-revenue") => ProspectSort::RevenueDesc,
-        Some("-updated_at") => ProspectSort::UpdatedAtDesc,
-        Some(other) => {
-            params.reject(
-                "sort",
-                format!("'{other}' is not one of: company_name, -revenue, -updated_at"),
-            );
-            ProspectSort::CompanyName
-        }
+impl IntoParams for ProspectQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        list_parameters::<ProspectSortKey>(ProspectFilters::SPECS, &[], SORT_DOC)
     }
+}
+
+impl IntoParams for CompanyProspectQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        list_parameters::<ProspectSortKey>(ProspectFilters::SPECS, IN_PATH, SORT_DOC)
+    }
+}
+
+/// Filters, sort and page of a prospect list; `skip` names the filters the path supplies.
+fn parse_listing(
+    raw: Option<&str>,
+    skip: &[&str],
+) -> Result<(ProspectFilters, ProspectSort, PageParams), ApiError> {
+    let mut params = QueryParams::parse(raw)?;
+    let filters = ProspectFilters::read(&mut params, skip);
+    let sort = parse_sort(&mut params);
+    let page = PageParams::parse(&mut params);
+    params.finish(&list_param_names(ProspectFilters::SPECS, skip))?;
+    Ok((filters, sort, page))
 }
 
 struct ProspectListing {
@@ -160,7 +74,7 @@ struct ProspectListing {
 
 impl Listing for ProspectListing {
     type Row = ProspectRow;
-    type Key = ProspectKey;
+    type Key = serde_json::Value;
 
     fn view(&self) -> ViewName {
         ViewName::CompanyProspectView
@@ -168,17 +82,17 @@ impl Listing for ProspectListing {
 
     fn scope(&self) -> String {
         let filters = serde_json::to_string(&self.filters).expect("filters serialize");
-        format!("{}|{:?}|{filters}", self.endpoint, self.sort)
+        format!("{}|{}|{filters}", self.endpoint, self.sort.name())
     }
 
-    fn key_of(&self, row: &ProspectRow) -> ProspectKey {
-        ProspectKey::of(self.sort, row)
+    fn key_of(&self, row: &ProspectRow) -> serde_json::Value {
+        company_prospects::cursor_key(self.sort.key, row)
     }
 
     async fn fetch(
         &self,
         pool: &PgPool,
-        after: Option<&ProspectKey>,
+        after: Option<&serde_json::Value>,
         limit: i64,
     ) -> Result<Vec<ProspectRow>, sqlx::Error> {
         company_prospects::page(pool, &self.filters, self.sort, after, limit).await
@@ -196,7 +110,7 @@ impl Listing for ProspectListing {
 /// Prospects with their company, filtered, sorted and paged.
 #[utoipa::path(
     get, path = "/prospects", tag = "prospects",
-    params(("company_id" = Option<String>, Query, description = "Company id"), ProspectQuery),
+    params(ProspectQuery),
     responses(
         (status = 200, description = "One page of prospects", body = Page<ProspectRow>, headers(
             ("X-Data-Age" = u64, description = "Seconds since the snapshot of the data served"),
@@ -216,11 +130,7 @@ async fn list_prospects(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let filters = parse_filters(&mut params, true);
-    let sort = parse_sort(&mut params);
-    let page = PageParams::parse(&mut params);
-    params.finish(&known_params(true))?;
+    let (filters, sort, page) = parse_listing(raw.as_deref(), &[])?;
     let listing = ProspectListing {
         endpoint: "/prospects".to_owned(),
         filters,
@@ -232,7 +142,7 @@ async fn list_prospects(
 /// The prospects of one company (the same filters as `/prospects`, without `company_id`).
 #[utoipa::path(
     get, path = "/companies/{company_id}/prospects", tag = "companies",
-    params(("company_id" = String, Path, description = "Company id"), ProspectQuery),
+    params(("company_id" = String, Path, description = "Company id"), CompanyProspectQuery),
     responses(
         (status = 200, description = "One page of the company's prospects", body = Page<ProspectRow>),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
@@ -249,11 +159,7 @@ async fn list_company_prospects(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let company_id = path_id("company_id", company_id)?;
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let mut filters = parse_filters(&mut params, false);
-    let sort = parse_sort(&mut params);
-    let page = PageParams::parse(&mut params);
-    params.finish(&known_params(false))?;
+    let (mut filters, sort, page) = parse_listing(raw.as_deref(), IN_PATH)?;
     if !company_prospects::company_exists(&state.read_pool, &company_id).await? {
         return Err(ApiError::NotFound(format!(
             "There is no company with id '{company_id}'."
@@ -305,9 +211,12 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let (documented, accepted) =
-            super::super::params::documented_and_accepted::<ProspectQuery>(&known_params(false));
-        assert_eq!(documented, accepted);
-        assert!(known_params(true).contains(&"company_id"));
+        for (documented, skip) in [
+            (ProspectQuery::into_params(|| None), &[][..]),
+            (CompanyProspectQuery::into_params(|| None), IN_PATH),
+        ] {
+            let documented: Vec<String> = documented.into_iter().map(|p| p.name).collect();
+            assert_eq!(documented, list_param_names(ProspectFilters::SPECS, skip));
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! Queries on `company_summary_view`: `GET /companies` and `/companies/{id}`.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
+
+use super::query::{Sort, SortKey};
 
 /// One company with counts over its prospects.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -29,122 +32,117 @@ pub struct CompanyRow {
     pub last_prospect_update: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CompanyFilters {
-    pub industries: Vec<String>,
-    pub country: Option<String>,
-    pub state: Option<String>,
-    pub city: Option<String>,
-    pub domain: Option<String>,
-    pub revenue_min: Option<i64>,
-    pub revenue_max: Option<i64>,
-    pub employees_min: Option<i32>,
-    pub employees_max: Option<i32>,
-    pub min_prospects: Option<i64>,
+super::query::filters! {
+    /// The filters of `GET /companies`; all optional, all combined with AND. Each is bound once in
+    /// `company_query!`, with its condition.
+    pub struct CompanyFilters {
+        /// Industry; repeat for any of several (`industry=A&industry=B`).
+        pub industry: Vec<String>,
+        /// Country.
+        pub country: Option<String>,
+        /// State or region.
+        pub state: Option<String>,
+        /// City.
+        pub city: Option<String>,
+        /// Domain.
+        pub domain: Option<String>,
+        /// Minimum revenue (whole currency units).
+        pub revenue_min: Option<i64>,
+        /// Maximum revenue (whole currency units).
+        pub revenue_max: Option<i64>,
+        /// Companies whose employee range reaches at least this size.
+        pub employees_min: Option<i32>,
+        /// Companies whose employee range starts at or below this size.
+        pub employees_max: Option<i32>,
+        /// Companies with at least this many prospects.
+        pub min_prospects: Option<i64>,
+    }
 }
 
-impl CompanyFilters {
-    /// See `ProspectFilters::single_industry`: an equality lets an index deliver the order.
-    fn single_industry(&self) -> Option<&str> {
-        (self.industries.len() == 1).then(|| self.industries[0].as_str())
-    }
-
-    fn several_industries(&self) -> Option<&[String]> {
-        (self.industries.len() > 1).then_some(self.industries.as_slice())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CompanySort {
+/// The sort keys of companies, each served in both directions by one index of migration 0002.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompanySortKey {
     Name,
-    RevenueDesc,
-    ProspectCountDesc,
-    LastProspectUpdateDesc,
+    /// Unknown revenue counts as the lowest.
+    Revenue,
+    ProspectCount,
+    /// A company without prospects counts as the oldest.
+    LastProspectUpdate,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum CompanyKey {
-    Name {
-        name: String,
-        id: String,
-    },
-    RevenueDesc {
-        revenue: i64,
-        id: String,
-    },
-    ProspectCountDesc {
-        count: i64,
-        id: String,
-    },
-    LastProspectUpdateDesc {
-        at: Option<DateTime<Utc>>,
-        id: String,
-    },
+impl SortKey for CompanySortKey {
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("name", CompanySortKey::Name),
+        ("revenue", CompanySortKey::Revenue),
+        ("prospect_count", CompanySortKey::ProspectCount),
+        ("last_prospect_update", CompanySortKey::LastProspectUpdate),
+    ];
+    const DEFAULT: Sort<Self> = Sort {
+        key: CompanySortKey::Name,
+        descending: false,
+    };
 }
 
-impl CompanyKey {
-    pub fn of(sort: CompanySort, row: &CompanyRow) -> CompanyKey {
-        let id = row.company_id.clone();
-        match sort {
-            CompanySort::Name => CompanyKey::Name {
-                name: row.name.clone().unwrap_or_default(),
-                id,
-            },
-            CompanySort::RevenueDesc => CompanyKey::RevenueDesc {
-                revenue: row.revenue.unwrap_or(i64::MIN),
-                id,
-            },
-            CompanySort::ProspectCountDesc => CompanyKey::ProspectCountDesc {
-                count: row.prospect_count,
-                id,
-            },
-            CompanySort::LastProspectUpdateDesc => CompanyKey::LastProspectUpdateDesc {
-                at: row.last_prospect_update,
-                id,
-            },
+pub type CompanySort = Sort<CompanySortKey>;
+
+/// Where the next page starts: `row`'s sort key as the JSON array `page` reads back (`$1->>0`, ...).
+pub fn cursor_key(key: CompanySortKey, row: &CompanyRow) -> serde_json::Value {
+    let id = &row.company_id;
+    match key {
+        CompanySortKey::Name => json!([row.name.as_deref().unwrap_or_default(), id]),
+        CompanySortKey::Revenue => json!([row.revenue.unwrap_or(i64::MIN), id]),
+        CompanySortKey::ProspectCount => json!([row.prospect_count, id]),
+        CompanySortKey::LastProspectUpdate => {
+            let at = row.last_prospect_update.map_or_else(
+                || "-infinity".to_owned(),
+                |at| at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            );
+            json!([at, id])
         }
     }
 }
 
-/// Queries over `company_summary_view` with every filter of `CompanyFilters` bound as $1..$11
-/// (written once, here); see `prospect_query!` for the forms.
+/// The statements over `company_summary_view`, parameters as in `prospect_query!`: $1 the keyset
+/// cursor, $2 the number of rows, then one per filter from $3 on, written once here.
 macro_rules! company_query {
-    (rows: $rest:literal, $filters:expr $(, $extra:expr)* $(,)?) => {
-        company_query!(@run query_as [CompanyRow,]
+    (rows($($args:expr),+): $($rest:tt)+) => {
+        company_query!(@run query_as [CompanyRow,] ($($args),+) ($($rest)+)
             "SELECT company_id AS \"company_id!\", domain, name, industry, min_employee_size, max_employee_size,
                     revenue, formatted_revenue, address, city, state, country,
                     prospect_count AS \"prospect_count!\", department_count AS \"department_count!\",
-                    job_level_count AS \"job_level_count!\", last_prospect_update",
-            $rest, $filters $(, $extra)*)
+                    job_level_count AS \"job_level_count!\", last_prospect_update")
     };
-    (total: $filters:expr) => {
-        company_query!(@run query_scalar [] "SELECT count(*) AS \"total!\"", "", $filters)
+    (total($filters:expr)) => {
+        company_query!(@run query_scalar [] ($filters, None, None) ("") "SELECT count(*) AS \"total!\"")
     };
-    (estimate: $filters:expr) => {
-        company_query!(@run query_scalar [] "EXPLAIN (FORMAT JSON) SELECT 1", "", $filters)
+    (estimate($filters:expr)) => {
+        company_query!(@run query_scalar [] ($filters, None, None) ("") "EXPLAIN (FORMAT JSON) SELECT 1")
     };
-    (@run $kind:ident [$($head:tt)*] $select:literal, $rest:literal, $filters:expr $(, $extra:expr)*) => {{
+    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) $select:literal) => {{
         let f: &CompanyFilters = $filters;
+        let after: Option<&serde_json::Value> = $after;
+        let rows: Option<i64> = $rows;
         sqlx::$kind!(
             $($head)*
             $select
                 + " FROM company_summary_view
-                WHERE ($1::text IS NULL OR industry = $1)
-                  AND ($2::text[] IS NULL OR industry = ANY($2))
-                  AND ($3::text IS NULL OR country = $3)
-                  AND ($4::text IS NULL OR state = $4)
-                  AND ($5::text IS NULL OR city = $5)
-                  AND ($6::text IS NULL OR domain = $6)
-                  AND ($7::bigint IS NULL OR revenue >= $7)
-                  AND ($8::bigint IS NULL OR revenue <= $8)
-                  AND ($9::int IS NULL OR (min_employee_size IS NOT NULL
-                                            AND COALESCE(max_employee_size, 2147483647) >= $9))
-                  AND ($10::int IS NULL OR min_employee_size <= $10)
-                  AND ($11::bigint IS NULL OR prospect_count >= $11) "
-                + $rest,
-            f.single_industry(),
-            f.several_industries(),
+                WHERE ($1::jsonb IS NULL OR $1 IS NOT NULL) AND ($2::bigint IS NULL OR $2 IS NOT NULL)
+                  AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                   ELSE industry = ANY($3) END)
+                  AND ($4::text IS NULL OR country = $4)
+                  AND ($5::text IS NULL OR state = $5)
+                  AND ($6::text IS NULL OR city = $6)
+                  AND ($7::text IS NULL OR domain = $7)
+                  AND ($8::bigint IS NULL OR revenue >= $8)
+                  AND ($9::bigint IS NULL OR revenue <= $9)
+                  AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
+                                             AND COALESCE(max_employee_size, 2147483647) >= $10))
+                  AND ($11::int IS NULL OR min_employee_size <= $11)
+                  AND ($12::bigint IS NULL OR prospect_count >= $12) "
+                + $($rest)+,
+            after,
+            rows,
+            super::company_prospects::any_of(&f.industry),
             f.country.as_deref(),
             f.state.as_deref(),
             f.city.as_deref(),
@@ -154,106 +152,70 @@ macro_rules! company_query {
             f.employees_min,
             f.employees_max,
             f.min_prospects,
-            $($extra),*
         )
     }};
 }
 
-/// One page in `sort` order after `after`; one row more than `limit` to tell whether more follow.
+/// One sort key's page statement in both directions (see `company_prospects::sorted_rows!`).
+macro_rules! sorted_rows {
+    ($pool:expr, $sort:expr, $args:tt, columns: [$($column:literal),+], cursor: $cursor:literal) => {
+        if $sort.descending {
+            company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) < " + $cursor + ")
+                                   ORDER BY " $(+ $column + " DESC, ")+ + "company_id DESC LIMIT $2")
+                .fetch_all($pool)
+                .await
+        } else {
+            company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) > " + $cursor + ")
+                                   ORDER BY " $(+ $column + ", ")+ + "company_id LIMIT $2")
+                .fetch_all($pool)
+                .await
+        }
+    };
+}
+
+/// One page in `sort` order after the row whose `cursor_key` is `after`; one row more than `limit`
+/// to tell whether more follow.
 #[tracing::instrument(skip(pool, filters, after))]
 pub async fn page(
     pool: &PgPool,
     filters: &CompanyFilters,
     sort: CompanySort,
-    after: Option<&CompanyKey>,
+    after: Option<&serde_json::Value>,
     limit: i64,
 ) -> Result<Vec<CompanyRow>, sqlx::Error> {
-    let fetch = limit + 1;
-    match sort {
-        CompanySort::Name => {
-            let (name, id) = match after {
-                Some(CompanyKey::Name { name, id }) => (Some(name.as_str()), Some(id.as_str())),
-                _ => (None, None),
-            };
-            company_query!(
-                rows: "AND ($12::text IS NULL OR (COALESCE(name, ''), company_id) > ($12, $13::text))
-                       ORDER BY COALESCE(name, ''), company_id
-                       LIMIT $14",
-                filters, name, id, fetch
-            )
-            .fetch_all(pool)
-            .await
-        }
-        CompanySort::RevenueDesc => {
-            let (revenue, id) = match after {
-                Some(CompanyKey::RevenueDesc { revenue, id }) => {
-                    (Some(*revenue), Some(id.as_str()))
-                }
-                _ => (None, None),
-            };
-            company_query!(
-                rows: "AND ($12::bigint IS NULL OR (COALESCE(revenue, '-9223372036854775808'::bigint), company_id)
-                                                  < ($12, $13::text))
-                       ORDER BY COALESCE(revenue, '-9223372036854775808'::bigint) DESC, company_id DESC
-                       LIMIT $14",
-                filters, revenue, id, fetch
-            )
-            .fetch_all(pool)
-            .await
-        }
-        CompanySort::ProspectCountDesc => {
-            let (count, id) = match after {
-                Some(CompanyKey::ProspectCountDesc { count, id }) => {
-                    (Some(*count), Some(id.as_str()))
-                }
-                _ => (None, None),
-            };
-            company_query!(
-                rows: "AND ($12::bigint IS NULL OR (prospect_count, company_id) < ($12, $13::text))
-                       ORDER BY prospect_count DESC, company_id DESC
-                       LIMIT $14",
-                filters, count, id, fetch
-            )
-            .fetch_all(pool)
-            .await
-        }
-        CompanySort::LastProspectUpdateDesc => {
-            // A company without prospects has no update time: it sorts last, as '-infinity'.
-            let (has_cursor, at, id) = match after {
-                Some(CompanyKey::LastProspectUpdateDesc { at, id }) => {
-                    (Some(true), *at, Some(id.as_str()))
-                }
-                _ => (None, None, None),
-            };
-            company_query!(
-                rows: "AND ($12::boolean IS NULL
-                            OR (COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id)
-                               < (COALESCE($13::timestamptz, '-infinity'::timestamptz), $14::text))
-                       ORDER BY COALESCE(last_prospect_update, '-infinity'::timestamptz) DESC, company_id DESC
-                       LIMIT $15",
-                filters, has_cursor, at, id, fetch
-            )
-            .fetch_all(pool)
-            .await
-        }
+    let fetch = Some(limit + 1);
+    match sort.key {
+        CompanySortKey::Name => sorted_rows!(pool, sort, (filters, after, fetch),
+            columns: ["COALESCE(name, '')"],
+            cursor: "($1->>0, $1->>1)"),
+        CompanySortKey::Revenue => sorted_rows!(pool, sort, (filters, after, fetch),
+            columns: ["COALESCE(revenue, '-9223372036854775808'::bigint)"],
+            cursor: "(($1->>0)::bigint, $1->>1)"),
+        CompanySortKey::ProspectCount => sorted_rows!(pool, sort, (filters, after, fetch),
+            columns: ["prospect_count"],
+            cursor: "(($1->>0)::bigint, $1->>1)"),
+        CompanySortKey::LastProspectUpdate => sorted_rows!(pool, sort, (filters, after, fetch),
+            columns: ["COALESCE(last_prospect_update, '-infinity'::timestamptz)"],
+            cursor: "(($1->>0)::timestamptz, $1->>1)"),
     }
 }
 
 #[tracing::instrument(skip(pool, filters))]
 pub async fn count_exact(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-    company_query!(total: filters).fetch_one(pool).await
+    company_query!(total(filters)).fetch_one(pool).await
 }
 
 #[tracing::instrument(skip(pool, filters))]
 pub async fn count_estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-    let plan = company_query!(estimate: filters).fetch_one(pool).await?;
+    let plan = company_query!(estimate(filters)).fetch_one(pool).await?;
     Ok(plan.as_ref().map_or(0, super::planned_rows))
 }
 
 #[tracing::instrument(skip(pool))]
 pub async fn by_id(pool: &PgPool, company_id: &str) -> Result<Option<CompanyRow>, sqlx::Error> {
     let filters = CompanyFilters::default();
-    company_query!(rows: "AND company_id = $12", &filters, company_id)
+    let key = json!([company_id]);
+    company_query!(rows(&filters, Some(&key), None): "AND company_id = $1->>0")
         .fetch_optional(pool)
         .await
 }

@@ -8,6 +8,7 @@ pub mod company_prospects;
 pub mod company_summaries;
 pub mod freshness;
 pub mod prospect_search;
+pub mod query;
 mod timestamp_json;
 
 use std::fmt;

@@ -407,3 +407,15 @@ pub async fn rejected_params(response: reqwest::Response) -> Vec<String> {
         })
         .collect()
 }
+
+/// A value for a declared filter that most rows of the test data fail (the extreme of its range, a
+/// value no row holds): a filter that is parsed but never reaches the SQL returns every row.
+pub fn value_excluding_most_rows(spec: &prospect_api::views::query::FilterSpec) -> String {
+    use prospect_api::views::query::FilterKind;
+    match spec.kind {
+        FilterKind::Text | FilterKind::AnyOf => "no-such-value".to_owned(),
+        FilterKind::WholeNumber { min, .. } if spec.name.ends_with("_max") => min.to_string(),
+        FilterKind::WholeNumber { max, .. } => max.to_string(),
+        FilterKind::Timestamp => "9999-01-01T00:00:00Z".to_owned(),
+    }
+}

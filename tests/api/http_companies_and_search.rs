@@ -2,10 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use prospect_api::views::company_summaries::{CompanyFilters, CompanySortKey};
+use prospect_api::views::query::Sort;
 use serde_json::Value;
 
 use crate::helpers::{
     TestApp, TestDb, json, rejected_params, serve_config, spawn_app, spawn_app_with,
+    value_excluding_most_rows,
 };
 
 fn field(body: &Value, name: &str) -> Vec<String> {
@@ -103,23 +106,18 @@ async fn companies_sort_by_name_revenue_prospect_count_and_last_update() {
     assert_eq!(by_revenue.last().map(String::as_str), Some("c_null"));
 }
 
+async fn ordered_company_ids(app: &TestApp, query: &str) -> Vec<String> {
+    field(
+        &json(app.get(&format!("/companies?{query}")).await, 200).await,
+        "company_id",
+    )
+}
+
 #[tokio::test]
-async fn paging_companies_to_the_end_yields_each_once_in_order_for_every_sort() {
+async fn paging_companies_to_the_end_yields_each_once_in_order_for_every_sort_both_ways() {
     let app = spawn_app().await;
-    for sort in [
-        "name",
-        "-revenue",
-        "-prospect_count",
-        "-last_prospect_update",
-    ] {
-        let whole = field(
-            &json(
-                app.get(&format!("/companies?sort={sort}&limit=500")).await,
-                200,
-            )
-            .await,
-            "company_id",
-        );
+    for sort in Sort::<CompanySortKey>::values() {
+        let whole = ordered_company_ids(&app, &format!("sort={sort}&limit=500")).await;
         assert_eq!(whole.len(), 10);
         let mut paged = Vec::new();
         let mut cursor = String::new();
@@ -137,6 +135,24 @@ async fn paging_companies_to_the_end_yields_each_once_in_order_for_every_sort() 
             }
         }
         assert_eq!(paged, whole, "sort={sort}");
+        if let Some(ascending) = sort.strip_prefix('-') {
+            let mut reversed = whole.clone();
+            reversed.reverse();
+            let forwards = ordered_company_ids(&app, &format!("sort={ascending}&limit=500")).await;
+            assert_eq!(forwards, reversed, "sort={sort}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_declared_company_filter_reaches_the_query() {
+    let app = spawn_app().await;
+    let all = company_ids(&app, "limit=500").await;
+    for spec in CompanyFilters::SPECS {
+        let query = format!("{}={}", spec.name, value_excluding_most_rows(spec));
+        let filtered = company_ids(&app, &format!("{query}&limit=500")).await;
+        assert!(filtered.len() < all.len() / 2, "{query}: {filtered:?}");
+        assert!(filtered.is_subset(&all), "{query}");
     }
 }
 

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeSet;
 
+use prospect_api::views::company_prospects::{ProspectFilters, ProspectSortKey};
+use prospect_api::views::query::Sort;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, json, rejected_params, spawn_app};
+use crate::helpers::{TestApp, json, rejected_params, spawn_app, value_excluding_most_rows};
 
 fn ids(body: &Value) -> Vec<String> {
     body["data"]
@@ -187,9 +189,9 @@ async fn revenue_and_update_sorts_go_high_to_low_with_unknown_revenue_last() {
 }
 
 #[tokio::test]
-async fn paging_to_the_end_yields_every_row_once_in_order_for_every_sort() {
+async fn paging_to_the_end_yields_every_row_once_in_order_for_every_sort_both_ways() {
     let app = spawn_app().await;
-    for sort in ["company_name", "-revenue", "-updated_at"] {
+    for sort in Sort::<ProspectSortKey>::values() {
         let whole = ids(&json(
             app.get(&format!("/prospects?sort={sort}&limit=500")).await,
             200,
@@ -202,9 +204,33 @@ async fn paging_to_the_end_yields_every_row_once_in_order_for_every_sort() {
             let paged = page_through(&app, "/prospects", &format!("sort={sort}"), limit).await;
             assert_eq!(paged, whole, "sort={sort} limit={limit}");
         }
+        if let Some(ascending) = sort.strip_prefix('-') {
+            // Ties break by id in the same direction: one order is exactly the other reversed.
+            let mut reversed = whole.clone();
+            reversed.reverse();
+            let forwards = ids(&json(
+                app.get(&format!("/prospects?sort={ascending}&limit=500"))
+                    .await,
+                200,
+            )
+            .await);
+            assert_eq!(forwards, reversed, "sort={sort}");
+        }
     }
     let filtered = page_through(&app, "/prospects", "industry=Software&industry=Retail", 2).await;
     assert_eq!(filtered.len(), 10);
+}
+
+#[tokio::test]
+async fn every_declared_filter_reaches_the_query() {
+    let app = spawn_app().await;
+    let all = ids_for(&app, "limit=500").await;
+    for spec in ProspectFilters::SPECS {
+        let query = format!("{}={}", spec.name, value_excluding_most_rows(spec));
+        let filtered = ids_for(&app, &format!("{query}&limit=500")).await;
+        assert!(filtered.len() < all.len() / 2, "{query}: {filtered:?}");
+        assert!(filtered.is_subset(&all), "{query}");
+    }
 }
 
 #[tokio::test]
@@ -261,7 +287,9 @@ async fn unknown_and_malformed_parameters_are_400s_naming_each_one() {
         ("limit=0", &["limit"]),
         ("limit=501", &["limit"]),
         ("limit=99999999999999999999999", &["limit"]),
-        ("sort=revenue", &["sort"]),
+        ("sort=name", &["sort"]),
+        ("sort=--revenue", &["sort"]),
+        ("employees_min=99999999999", &["employees_min"]),
         ("revenue_min=ten", &["revenue_min"]),
         ("employees_max=1.5", &["employees_max"]),
         ("updated_since=yesterday", &["updated_since"]),
