@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
     PageParams, QueryParams, list_param_names, list_parameters, parse_sort, path_id,
@@ -36,7 +37,7 @@ const SORT_DOC: &str = "`name`, `revenue` (unknown revenue lowest), `prospect_co
 
 impl IntoParams for CompanyQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        list_parameters::<CompanySortKey>(CompanyFilters::SPECS, &[], SORT_DOC)
+        list_parameters::<CompanySortKey, CompanyRow>(CompanyFilters::SPECS, &[], SORT_DOC)
     }
 }
 
@@ -48,6 +49,7 @@ struct CompanyListing {
 impl Listing for CompanyListing {
     type Row = CompanyRow;
     type Key = serde_json::Value;
+    const ROW_BYTES: usize = 450;
 
     fn view(&self) -> ViewName {
         ViewName::CompanySummaryView
@@ -100,7 +102,7 @@ async fn list_companies(
     let mut params = QueryParams::parse(raw.as_deref())?;
     let filters = CompanyFilters::read(&mut params, &[]);
     let sort = parse_sort(&mut params);
-    let page = PageParams::parse(&mut params);
+    let page = PageParams::parse::<CompanyRow>(&mut params);
     params.finish(&list_param_names(CompanyFilters::SPECS, &[]))?;
     list(
         &state,
@@ -115,11 +117,11 @@ async fn list_companies(
 /// One company with its prospect counts.
 #[utoipa::path(
     get, path = "/companies/{company_id}", tag = "companies",
-    params(("company_id" = String, Path, description = "Company id")),
+    params(("company_id" = String, Path, description = "Company id"), FieldsQuery<CompanyRow>),
     responses(
         (status = 200, description = "The company", body = CompanyRow),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
-        (status = 400, description = "Invalid id, or query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id or fields, or other query parameters given", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such company", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -131,12 +133,15 @@ async fn get_company(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let company_id = path_id("company_id", company_id)?;
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let fields = Fields::parse::<CompanyRow>(&mut params);
+    params.finish(&["fields"])?;
     one(
         &state,
         &headers,
         ViewName::CompanySummaryView,
         &format!("/companies/{company_id}"),
+        &fields,
         || company_summaries::by_id(&state.read_pool, &company_id),
         || format!("There is no company with id '{company_id}'."),
     )

@@ -6,6 +6,7 @@ pub mod admin_guard;
 mod companies;
 pub mod cursor;
 pub mod error;
+mod fields;
 mod freshness;
 mod health;
 mod list;

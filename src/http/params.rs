@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode_str;
 
 use super::error::{ApiError, InvalidParam};
+use super::fields::{self, Fields};
 use crate::views::query::{FilterKind, FilterSource, FilterSpec, Sort, SortKey};
 
 const MAX_PAIRS: usize = 100;
@@ -259,12 +260,14 @@ pub struct PageParams {
     pub limit: i64,
     pub cursor: Option<String>,
     pub count: CountMode,
+    pub fields: Fields,
 }
 
-pub const PAGE_PARAMS: [&str; 3] = ["limit", "cursor", "count"];
+pub const PAGE_PARAMS: [&str; 4] = ["limit", "cursor", "count", "fields"];
 
 impl PageParams {
-    pub fn parse(params: &mut QueryParams) -> PageParams {
+    /// The page parameters of a list of `R` rows (`fields` names keys of `R`).
+    pub fn parse<R: utoipa::ToSchema>(params: &mut QueryParams) -> PageParams {
         let limit =
             match params.parsed::<i64>("limit", &format!("a whole number from 1 to {MAX_LIMIT}")) {
                 Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
@@ -293,6 +296,7 @@ impl PageParams {
             limit,
             cursor: params.one_up_to("cursor", MAX_CURSOR_CHARS),
             count,
+            fields: Fields::parse::<R>(params),
         }
     }
 }
@@ -354,7 +358,7 @@ pub fn list_param_names(filters: &[FilterSpec], skip: &[&str]) -> Vec<&'static s
 
 /// The OpenAPI description of a list endpoint's query parameters, from the same declarations the
 /// parser reads: its filters (except `skip`), `sort` with every accepted value, and the page's.
-pub fn list_parameters<K: SortKey>(
+pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
     filters: &[FilterSpec],
     skip: &[&str],
     sort_doc: &str,
@@ -411,6 +415,7 @@ pub fn list_parameters<K: SortKey>(
             }))
             .expect("a query parameter is an OpenAPI parameter")
         })
+        .chain([fields::parameter::<R>()])
         .collect()
 }
 
@@ -508,7 +513,7 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let mut params =
             QueryParams::parse(Some("limit=abc&count=maybe&domain=a&domain=b&x=1")).unwrap();
-        let _ = PageParams::parse(&mut params);
+        let _ = PageParams::parse::<serde_json::Value>(&mut params);
         let _ = params.one("domain");
         let names: Vec<String> = invalid(params.finish(&["limit", "count", "domain"]))
             .into_iter()
@@ -545,7 +550,7 @@ mod tests {
             ("limit=99999999999999999999", false),
         ] {
             let mut params = QueryParams::parse(Some(raw)).unwrap();
-            PageParams::parse(&mut params);
+            PageParams::parse::<serde_json::Value>(&mut params);
             assert_eq!(params.finish(&PAGE_PARAMS).is_ok(), ok, "{raw}");
         }
     }

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
     PageParams, QueryParams, list_param_names, list_parameters, parse_sort, path_id,
@@ -43,13 +44,13 @@ const SORT_DOC: &str = "`company_name` (company name, last name, first name, id)
 
 impl IntoParams for ProspectQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        list_parameters::<ProspectSortKey>(ProspectFilters::SPECS, &[], SORT_DOC)
+        list_parameters::<ProspectSortKey, ProspectRow>(ProspectFilters::SPECS, &[], SORT_DOC)
     }
 }
 
 impl IntoParams for CompanyProspectQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        list_parameters::<ProspectSortKey>(ProspectFilters::SPECS, IN_PATH, SORT_DOC)
+        list_parameters::<ProspectSortKey, ProspectRow>(ProspectFilters::SPECS, IN_PATH, SORT_DOC)
     }
 }
 
@@ -61,7 +62,7 @@ fn parse_listing(
     let mut params = QueryParams::parse(raw)?;
     let filters = ProspectFilters::read(&mut params, skip);
     let sort = parse_sort(&mut params);
-    let page = PageParams::parse(&mut params);
+    let page = PageParams::parse::<ProspectRow>(&mut params);
     params.finish(&list_param_names(ProspectFilters::SPECS, skip))?;
     Ok((filters, sort, page))
 }
@@ -75,6 +76,7 @@ struct ProspectListing {
 impl Listing for ProspectListing {
     type Row = ProspectRow;
     type Key = serde_json::Value;
+    const ROW_BYTES: usize = 1200;
 
     fn view(&self) -> ViewName {
         ViewName::CompanyProspectView
@@ -177,11 +179,11 @@ async fn list_company_prospects(
 /// One prospect with its company.
 #[utoipa::path(
     get, path = "/prospects/{prospect_id}", tag = "prospects",
-    params(("prospect_id" = String, Path, description = "Prospect id")),
+    params(("prospect_id" = String, Path, description = "Prospect id"), FieldsQuery<ProspectRow>),
     responses(
         (status = 200, description = "The prospect", body = ProspectRow),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
-        (status = 400, description = "Invalid id, or query parameters given (none are accepted)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id or fields, or other query parameters given", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such prospect", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -193,12 +195,15 @@ async fn get_prospect(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let prospect_id = path_id("prospect_id", prospect_id)?;
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let fields = Fields::parse::<ProspectRow>(&mut params);
+    params.finish(&["fields"])?;
     one(
         &state,
         &headers,
         ViewName::CompanyProspectView,
         &format!("/prospects/{prospect_id}"),
+        &fields,
         || company_prospects::by_id(&state.read_pool, &prospect_id),
         || format!("There is no prospect with id '{prospect_id}'."),
     )

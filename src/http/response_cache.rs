@@ -56,6 +56,8 @@ struct Entry {
     body: Bytes,
     link: Option<HeaderValue>,
     gzipped: bool,
+    /// The bytes the body's buffer holds (its capacity, which `Bytes` keeps): what the bound counts.
+    allocated: usize,
 }
 
 /// Bodies smaller than this are sent as they are (tower-http's compression uses the same bound).
@@ -84,7 +86,7 @@ impl ResponseCache {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|key: &Arc<Key>, entry: &Entry| {
-                    let bytes = key.request.len() + entry.body.len() + ENTRY_OVERHEAD_BYTES;
+                    let bytes = key.request.len() + entry.allocated + ENTRY_OVERHEAD_BYTES;
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .eviction_listener(move |_, _, cause| {
@@ -200,6 +202,7 @@ impl ResponseCache {
 impl Entry {
     fn identity(rendered: Rendered) -> Entry {
         Entry {
+            allocated: rendered.json.capacity(),
             body: Bytes::from(rendered.json),
             link: rendered.link,
             gzipped: false,
@@ -217,8 +220,10 @@ impl Entry {
         encoder
             .write_all(&rendered.json)
             .expect("writing to a Vec cannot fail");
+        let gzipped = encoder.finish().expect("writing to a Vec cannot fail");
         Entry {
-            body: Bytes::from(encoder.finish().expect("writing to a Vec cannot fail")),
+            allocated: gzipped.capacity(),
+            body: Bytes::from(gzipped),
             link: rendered.link,
             gzipped: true,
         }

@@ -47,6 +47,8 @@ pub struct SearchQuery {
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
     #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
+    /// Comma-separated keys to keep in each row, in this order (default: all).
+    fields: Option<String>,
 }
 
 fn known_params() -> Vec<&'static str> {
@@ -102,6 +104,7 @@ struct SearchListing {
 impl Listing for SearchListing {
     type Row = SearchRow;
     type Key = SearchKey;
+    const ROW_BYTES: usize = 600;
 
     fn view(&self) -> ViewName {
         ViewName::ProspectSearchView
@@ -155,7 +158,7 @@ async fn search(
 ) -> Result<Response, ApiError> {
     let mut params = QueryParams::parse(raw.as_deref())?;
     let filters = parse_filters(&mut params);
-    let page = PageParams::parse(&mut params);
+    let page = PageParams::parse::<SearchRow>(&mut params);
     params.finish(&known_params())?;
     list(&state, &headers, &uri, SearchListing { filters }, page).await
 }

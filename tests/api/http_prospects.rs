@@ -366,3 +366,115 @@ async fn a_companys_prospects_are_listed_and_an_unknown_company_is_a_404() {
         vec!["company_id"]
     );
 }
+
+fn keys(row: &Value) -> Vec<&str> {
+    row.as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Where each key first occurs in a raw JSON body (serde_json's `Value` sorts keys, so order is
+/// checked on the bytes).
+fn positions(raw: &str, names: &[&str]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|name| raw.find(&format!("\"{name}\":")).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn fields_keep_only_the_named_keys_in_the_order_asked() {
+    let app = spawn_app().await;
+    let asked = ["revenue", "prospect_id", "full_name"];
+    let raw = app
+        .get("/prospects?industry=Software&fields=revenue,prospect_id,full_name")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&raw).unwrap();
+    let rows = body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 7);
+    for row in rows {
+        assert_eq!(keys(row), ["full_name", "prospect_id", "revenue"], "these keys only");
+    }
+    assert!(raw.starts_with(r#"{"data":[{"revenue":"#), "{raw}");
+    assert!(positions(&raw, &asked).is_sorted(), "{raw}");
+
+    let raw = app.get("/prospects/p_2e9?fields=revenue,email").await.text().await.unwrap();
+    assert!(raw.starts_with(r#"{"revenue":"#) && raw.contains(r#","email":"#), "{raw}");
+    assert_eq!(keys(&serde_json::from_str(&raw).unwrap()), ["email", "revenue"]);
+
+    let company = json(app.get("/companies?fields=name,prospect_count&limit=1").await, 200).await;
+    assert_eq!(keys(&company["data"][0]), ["name", "prospect_count"]);
+}
+
+#[tokio::test]
+async fn cursors_page_the_same_rows_with_or_without_fields() {
+    let app = spawn_app().await;
+    for sort in ["company_name", "-revenue"] {
+        let whole = page_through(&app, "/prospects", &format!("sort={sort}"), 3).await;
+        let narrow = page_through(
+            &app,
+            "/prospects",
+            &format!("sort={sort}&fields=prospect_id"),
+            3,
+        )
+        .await;
+        assert_eq!(narrow, whole, "sort={sort}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_empty_or_repeated_field_names_are_400s_naming_fields() {
+    let app = spawn_app().await;
+    for query in [
+        "fields=prospect_id,bogus",
+        "fields=prospect_id,,email",
+        "fields=email,email",
+        "fields=",
+        "fields=search_text",
+    ] {
+        let response = app.get(&format!("/prospects?{query}")).await;
+        assert_eq!(rejected_params(response).await, ["fields"], "{query}");
+    }
+    let body = json(app.get("/prospects?fields=bogus,nope").await, 400).await;
+    let reason = body["invalid_params"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("'bogus', 'nope'") && reason.contains("prospect_id"),
+        "{reason}"
+    );
+    let response = app.get("/companies/c_0?fields=email").await;
+    assert_eq!(rejected_params(response).await, ["fields"]);
+}
+
+#[tokio::test]
+async fn the_etag_depends_on_the_fields() {
+    let app = spawn_app().await;
+    let etag =
+        |response: reqwest::Response| response.headers()["etag"].to_str().unwrap().to_owned();
+    let all = etag(app.get("/prospects?industry=Software").await);
+    let narrow = etag(app.get("/prospects?industry=Software&fields=email").await);
+    assert_ne!(all, narrow);
+    let revalidated = app
+        .client
+        .get(format!(
+            "{}/prospects?industry=Software&fields=email",
+            app.address
+        ))
+        .header("if-none-match", &narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(
+        revalidated.headers()["vary"],
+        "accept-encoding",
+        "as on the 200"
+    );
+}

@@ -136,6 +136,8 @@ async fn different_filters_sorts_cursors_and_codings_never_share_an_entry() {
         "/prospects?industry=Software&sort=-revenue",
         "/prospects?industry=Software&limit=2",
         "/prospects?industry=Software&limit=2&count=exact",
+        "/prospects?industry=Software&fields=prospect_id",
+        "/prospects?industry=Software&fields=prospect_id,email",
     ];
     let mut bodies = Vec::new();
     for request in requests {
