@@ -24,7 +24,7 @@ pub struct Health {
 }
 
 /// The process is alive (no dependency is checked).
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -33,7 +33,7 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, body = Health),
+        (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Not ready, and why", body = Problem, content_type = "application/problem+json"),
     )
 )]

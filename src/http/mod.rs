@@ -14,6 +14,7 @@ pub mod params;
 mod prospects;
 pub mod response_cache;
 mod search;
+mod spec;
 
 use std::time::Duration;
 
@@ -127,7 +128,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .merge(admin::router())
         .split_for_parts();
-    (router, params::document_value_rules(spec))
+    (router, spec::complete(params::document_value_rules(spec)))
 }
 
 /// The OpenAPI document (what `/openapi.json` serves and `openapi/openapi.json` holds).

@@ -78,7 +78,7 @@ impl QueryParams {
     }
 
     /// A single-valued text parameter of at most `max_chars` characters.
-    fn one_up_to(&mut self, name: &str, max_chars: usize) -> Option<String> {
+    pub fn one_up_to(&mut self, name: &str, max_chars: usize) -> Option<String> {
         let mut values = self.take(name);
         if values.len() > 1 {
             self.reject(

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use super::fields::FieldsQuery;
 use super::list::{Listing, Page, list};
 use super::params::{PAGE_PARAMS, PageParams, QueryParams};
 use crate::views::ViewName;
@@ -47,8 +48,6 @@ pub struct SearchQuery {
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
     #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
-    /// Comma-separated keys to keep in each row, in this order (default: all).
-    fields: Option<String>,
 }
 
 fn known_params() -> Vec<&'static str> {
@@ -142,7 +141,7 @@ impl Listing for SearchListing {
 /// Substring search over prospects; results in company name, last name, first name order.
 #[utoipa::path(
     get, path = "/search", tag = "search",
-    params(SearchQuery),
+    params(SearchQuery, FieldsQuery<SearchRow>),
     responses(
         (status = 200, description = "One page of matches (freshness headers as on /prospects)", body = Page<SearchRow>),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
@@ -169,8 +168,14 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let (documented, accepted) =
+        let (mut documented, accepted) =
             super::super::params::documented_and_accepted::<SearchQuery>(&known_params());
+        documented.extend(
+            FieldsQuery::<SearchRow>::into_params(|| None)
+                .into_iter()
+                .map(|p| p.name),
+        );
+        documented.sort();
         assert_eq!(documented, accepted);
     }
 }

@@ -37,20 +37,20 @@ pub struct ProspectRow {
     pub prospect_zip_code: Option<String>,
     pub prospect_phone: Option<String>,
     pub prospect_mobile_phone: Option<String>,
-    #[serde(serialize_with = "super::timestamp_json::optional")]
-    pub prospect_created_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "super::timestamp_json::optional")]
-    pub prospect_updated_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::timestamp_json::required")]
+    pub prospect_created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp_json::required")]
+    pub prospect_updated_at: DateTime<Utc>,
     pub company_id: String,
     pub domain: Option<String>,
-    pub company_name: Option<String>,
+    pub company_name: String,
     pub industry: Option<String>,
     pub min_employee_size: Option<i32>,
     pub max_employee_size: Option<i32>,
     /// Whole currency units.
     pub revenue: Option<i64>,
     /// For display: `1.5B`, `2.5K`, `$999`, `NA`.
-    pub formatted_revenue: Option<String>,
+    pub formatted_revenue: String,
     pub company_address: Option<String>,
     pub company_city: Option<String>,
     pub company_state: Option<String>,
@@ -58,10 +58,10 @@ pub struct ProspectRow {
     pub company_zip_code: Option<String>,
     pub company_phone: Option<String>,
     pub company_mobile_phone: Option<String>,
-    #[serde(serialize_with = "super::timestamp_json::optional")]
-    pub company_created_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "super::timestamp_json::optional")]
-    pub company_updated_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::timestamp_json::required")]
+    pub company_created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp_json::required")]
+    pub company_updated_at: DateTime<Utc>,
 }
 
 super::query::filters! {
@@ -162,7 +162,7 @@ pub fn cursor_key(key: ProspectSortKey, row: &ProspectRow) -> serde_json::Value 
     let id = &row.prospect_id;
     match key {
         ProspectSortKey::CompanyName => json!([
-            row.company_name.as_deref().unwrap_or_default(),
+            row.company_name,
             row.last_name.as_deref().unwrap_or_default(),
             row.first_name.as_deref().unwrap_or_default(),
             id
@@ -170,7 +170,6 @@ pub fn cursor_key(key: ProspectSortKey, row: &ProspectRow) -> serde_json::Value 
         ProspectSortKey::Revenue => json!([row.revenue.unwrap_or(NO_REVENUE), id]),
         ProspectSortKey::UpdatedAt => json!([
             row.prospect_updated_at
-                .unwrap_or(DateTime::<Utc>::MIN_UTC)
                 .to_rfc3339_opts(SecondsFormat::AutoSi, true),
             id
         ]),
@@ -189,10 +188,12 @@ macro_rules! prospect_query {
             "SELECT prospect_id AS \"prospect_id!\", salutation, first_name, last_name, full_name, email,
                     job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
                     prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
-                    prospect_created_at, prospect_updated_at, company_id AS \"company_id!\", domain, company_name,
-                    industry, min_employee_size, max_employee_size, revenue, formatted_revenue, company_address,
-                    company_city, company_state, company_country, company_zip_code, company_phone,
-                    company_mobile_phone, company_created_at, company_updated_at")
+                    prospect_created_at AS \"prospect_created_at!\", prospect_updated_at AS \"prospect_updated_at!\",
+                    company_id AS \"company_id!\", domain, company_name AS \"company_name!\", industry,
+                    min_employee_size, max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\",
+                    company_address, company_city, company_state, company_country, company_zip_code, company_phone,
+                    company_mobile_phone, company_created_at AS \"company_created_at!\",
+                    company_updated_at AS \"company_updated_at!\"")
     };
     (total($filters:expr)) => {
         prospect_query!(@run query_scalar [] ($filters, None, None) ("") "SELECT count(*) AS \"total!\"")

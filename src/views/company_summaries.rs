@@ -13,13 +13,13 @@ use super::query::{Sort, SortKey};
 pub struct CompanyRow {
     pub company_id: String,
     pub domain: Option<String>,
-    pub name: Option<String>,
+    pub name: String,
     pub industry: Option<String>,
     pub min_employee_size: Option<i32>,
     pub max_employee_size: Option<i32>,
     /// Whole currency units.
     pub revenue: Option<i64>,
-    pub formatted_revenue: Option<String>,
+    pub formatted_revenue: String,
     pub address: Option<String>,
     pub city: Option<String>,
     pub state: Option<String>,
@@ -89,7 +89,7 @@ pub type CompanySort = Sort<CompanySortKey>;
 pub fn cursor_key(key: CompanySortKey, row: &CompanyRow) -> serde_json::Value {
     let id = &row.company_id;
     match key {
-        CompanySortKey::Name => json!([row.name.as_deref().unwrap_or_default(), id]),
+        CompanySortKey::Name => json!([row.name, id]),
         CompanySortKey::Revenue => json!([row.revenue.unwrap_or(i64::MIN), id]),
         CompanySortKey::ProspectCount => json!([row.prospect_count, id]),
         CompanySortKey::LastProspectUpdate => {
@@ -107,8 +107,8 @@ pub fn cursor_key(key: CompanySortKey, row: &CompanyRow) -> serde_json::Value {
 macro_rules! company_query {
     (rows($($args:expr),+): $($rest:tt)+) => {
         company_query!(@run query_as [CompanyRow,] ($($args),+) ($($rest)+)
-            "SELECT company_id AS \"company_id!\", domain, name, industry, min_employee_size, max_employee_size,
-                    revenue, formatted_revenue, address, city, state, country,
+            "SELECT company_id AS \"company_id!\", domain, name AS \"name!\", industry, min_employee_size,
+                    max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\", address, city, state, country,
                     prospect_count AS \"prospect_count!\", department_count AS \"department_count!\",
                     job_level_count AS \"job_level_count!\", last_prospect_update")
     };

@@ -28,7 +28,7 @@ pub struct SearchRow {
     pub prospect_country: Option<String>,
     pub company_id: String,
     pub domain: Option<String>,
-    pub company_name: Option<String>,
+    pub company_name: String,
     pub industry: Option<String>,
     pub revenue: Option<i64>,
     pub company_city: Option<String>,
@@ -65,7 +65,7 @@ pub struct SearchKey {
 impl SearchKey {
     pub fn of(row: &SearchRow) -> SearchKey {
         SearchKey {
-            company: row.company_name.clone().unwrap_or_default(),
+            company: row.company_name.clone(),
             last: row.last_name.clone().unwrap_or_default(),
             first: row.first_name.clone().unwrap_or_default(),
             id: row.prospect_id.clone(),
@@ -141,7 +141,7 @@ pub async fn page(
         query_as[SearchRow,]
         "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
                 job_title_level, department, prospect_city, prospect_country, company_id AS \"company_id!\",
-                domain, company_name, industry, revenue, company_city, company_country
+                domain, company_name AS \"company_name!\", industry, revenue, company_city, company_country
          FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
                       COALESCE(first_name, '') AS order_first
                FROM prospect_search_view
@@ -168,7 +168,7 @@ pub async fn page(
         query_as[SearchRow,]
         "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
                 job_title_level, department, prospect_city, prospect_country, company_id AS \"company_id!\",
-                domain, company_name, industry, revenue, company_city, company_country
+                domain, company_name AS \"company_name!\", industry, revenue, company_city, company_country
          FROM (SELECT * FROM prospect_search_view WHERE",
         "AND ($10::text IS NULL OR (COALESCE(company_name, ''), COALESCE(last_name, ''),
                                    COALESCE(first_name, ''), prospect_id)

@@ -6,6 +6,11 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serializer;
 
+/// For `#[serde(serialize_with = "timestamp_json::required")]` on a `DateTime<Utc>`.
+pub fn required<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
 /// For `#[serde(serialize_with = "timestamp_json::optional")]` on an `Option<DateTime<Utc>>`.
 pub fn optional<S: Serializer>(
     value: &Option<DateTime<Utc>>,

@@ -185,3 +185,85 @@ async fn an_internal_error_is_a_generic_500_that_reveals_nothing() {
     }
     assert_eq!(request_id.len(), 36);
 }
+
+/// The JSON types a schema property allows (`"string"` or `["string", "null"]`).
+fn allows_null(property: &serde_json::Value) -> bool {
+    match &property["type"] {
+        serde_json::Value::Array(types) => types.iter().any(|t| t == "null"),
+        serde_json::Value::String(t) => t == "null",
+        _ => property.get("$ref").is_none() && property.get("type").is_none(),
+    }
+}
+
+#[tokio::test]
+async fn the_spec_types_exactly_what_the_server_sends() {
+    let app = crate::helpers::spawn_app().await;
+    let spec = serde_json::to_value(prospect_api::http::openapi_spec()).unwrap();
+    let schemas = &spec["components"]["schemas"];
+    let first = crate::helpers::json(app.get("/prospects?limit=1").await, 200).await;
+    let term = first["data"][0]["company_name"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    for (request, schema) in [
+        ("/prospects?limit=500".to_owned(), "ProspectRow"),
+        ("/companies?limit=500".to_owned(), "CompanyRow"),
+        (format!("/search?q={}", &term[..3]), "SearchRow"),
+    ] {
+        let properties = schemas[schema]["properties"].as_object().unwrap();
+        let mut required: Vec<&str> = schemas[schema]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        required.sort();
+        let mut declared: Vec<&str> = properties.keys().map(String::as_str).collect();
+        declared.sort();
+        assert_eq!(required, declared, "{schema}: every key is always sent");
+        assert!(
+            properties.values().filter(|p| !allows_null(p)).count() >= 2,
+            "{schema}: the ids and NOT NULL columns are not nullable"
+        );
+        let page = crate::helpers::json(app.get(&request).await, 200).await;
+        let rows = page["data"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{request}");
+        for row in rows {
+            let row = row.as_object().unwrap();
+            let mut sent: Vec<&str> = row.keys().map(String::as_str).collect();
+            sent.sort();
+            assert_eq!(sent, declared, "{request}: the keys the schema declares");
+            for (key, value) in row {
+                assert!(
+                    !value.is_null() || allows_null(&properties[key]),
+                    "{request}: {key} is null but its schema does not allow null"
+                );
+            }
+        }
+        let page_schema = &schemas[format!("Page_{schema}")];
+        assert_eq!(
+            page_schema["properties"]["data"]["items"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "rows are referenced, not inlined"
+        );
+    }
+    let list = &spec["paths"]["/prospects"]["get"];
+    assert_eq!(list["security"], serde_json::json!([]), "public");
+    let sort = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sort")
+        .unwrap();
+    assert!(
+        sort["schema"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"-revenue".into())
+    );
+    assert_eq!(
+        spec["paths"]["/admin/refresh"]["post"]["security"],
+        serde_json::json!([{"admin_token": []}])
+    );
+    assert_eq!(spec["servers"][0]["url"], "/");
+}
