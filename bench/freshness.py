@@ -49,7 +49,7 @@ def prepare(server, size):
     companies = int(suite.psql(url, 'SELECT count(*) FROM "Company"'))
     if companies != suite.SIZES[size]:
         print(f"  seeding {size} ...", flush=True)
-        print("  " + suite.sh(suite.BINARY, "seed", "--companies", str(suite.SIZES[size]), "--replace", env=env).strip(),
+        print("  " + suite.sh(suite.BINARY, "seed", "--companies", str(suite.SIZES[size]), "--replace", "--no-refresh", env=env).strip(),
               flush=True)
     if suite.psql(url, "SELECT bool_and(populated) FROM read_models") != "t":
         # A server would populate them at startup, but not within start_server's wait at 10m.

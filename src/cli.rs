@@ -100,8 +100,13 @@ pub struct SeedArgs {
     #[arg(long)]
     pub replace: bool,
 
-    /// Refresh the views after seeding.
+    /// Leave the read models unpopulated or stale after seeding. By default they are brought up to
+    /// date, so that `serve` answers at once rather than with 503s until its first refresh.
     #[arg(long)]
+    pub no_refresh: bool,
+
+    /// (The default; accepted for scripts written before it was.)
+    #[arg(long, hide = true, conflicts_with = "no_refresh")]
     pub refresh: bool,
 
     #[command(flatten)]

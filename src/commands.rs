@@ -61,7 +61,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
         summary.elapsed.as_secs_f64(),
         options.seed
     );
-    if args.refresh {
+    if !args.no_refresh {
         for report in
             refresh::refresh_all(&pool, RefreshTrigger::Cli, &args.refresh_settings).await?
         {

@@ -56,6 +56,20 @@ async fn seed_then_refresh_print_what_they_did() {
         "{}",
         stdout(&seeded)
     );
+    let unpopulated =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM read_models WHERE NOT populated"#)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        unpopulated, 0,
+        "seed leaves the read models populated: serve answers at once"
+    );
+    assert_eq!(
+        stdout(&seeded).lines().count(),
+        4,
+        "the seed line, then one per view"
+    );
 
     let refreshed = prospect_api(&db.url, &["refresh"]);
     assert!(
@@ -80,7 +94,7 @@ async fn seed_then_refresh_print_what_they_did() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(logged, 4);
+    assert_eq!(logged, 7, "three refreshes by seed, three by refresh, one by refresh --view");
 }
 
 #[tokio::test]
