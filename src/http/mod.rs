@@ -5,6 +5,7 @@ mod admin;
 pub mod admin_guard;
 mod companies;
 pub mod cursor;
+mod docs;
 pub mod error;
 mod fields;
 mod freshness;
@@ -36,7 +37,6 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_scalar::{Scalar, Servable};
 
 pub use freshness::{X_DATA_AGE, X_DATA_REFRESHED_AT, X_DATA_STALE};
 
@@ -158,6 +158,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
                 header::LINK,
                 X_REQUEST_ID,
             ])
+            // Browsers may reuse a preflight's answer this long instead of asking before each
+            // request with an Authorization or If-None-Match header (Chromium caps it at 2 hours).
+            .max_age(CORS_PREFLIGHT_MAX_AGE)
     });
     // Outermost first: request id, tracing, problem bodies for every error, then the timeout.
     let middleware = ServiceBuilder::new()
@@ -204,7 +207,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             )
         }),
     )
-    .merge(Scalar::with_url("/docs", spec))
+    .merge(docs::router())
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(middleware)
@@ -212,6 +215,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const CORS_PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Request bodies (only `POST /admin/refresh` takes one) are tiny; anything larger is a 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;

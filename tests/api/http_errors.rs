@@ -80,6 +80,21 @@ async fn cors_stays_closed_unless_origins_are_configured() {
         .await
         .unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let preflight = open
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/prospects", open.address),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "if-none-match")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-max-age"], "7200");
 }
 
 #[tokio::test]
@@ -93,11 +108,26 @@ async fn the_docs_page_and_the_spec_are_served() {
             .unwrap()
             .starts_with("text/html")
     );
+    let policy = docs.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
     let page = docs.text().await.unwrap();
+    assert!(page.contains("prospect-api"));
     assert!(
-        page.contains("prospect-api") && page.contains("/prospects"),
-        "the page embeds the spec"
+        !page.contains("http"),
+        "every asset from this origin: {page}"
     );
+    assert!(!page.contains("<script>"), "no inline script: {page}");
+    // Every file the page loads is served, from the binary.
+    let assets: Vec<&str> = page
+        .split(['"', '\''])
+        .filter(|piece| piece.starts_with("/docs/"))
+        .collect();
+    assert_eq!(assets.len(), 3, "{assets:?}");
+    for asset in assets {
+        let response = app.get(asset).await;
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > 100, "{asset}");
+    }
     let spec = json(app.get("/openapi.json").await, 200).await;
     for path in [
         "/prospects",
