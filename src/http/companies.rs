@@ -12,20 +12,24 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use super::facets::{self, FacetsBody};
 use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
-    PageParams, QueryParams, list_param_names, list_parameters, parse_sort, path_id,
+    PageParams, QueryParams, facet_param_names, facet_parameters, list_param_names,
+    list_parameters, parse_facets, parse_sort, path_id,
 };
 use crate::views::ViewName;
 use crate::views::company_summaries::{
-    self, CompanyFilters, CompanyRow, CompanySort, CompanySortKey,
+    self, CompanyFacet, CompanyFilters, CompanyRow, CompanySort, CompanySortKey,
 };
+use crate::views::query::Facet;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_companies))
         .routes(routes!(get_company))
+        .routes(routes!(company_facets))
 }
 
 /// The query parameters of `GET /companies`, generated from the declarations in
@@ -38,6 +42,15 @@ const SORT_DOC: &str = "`name`, `revenue` (unknown revenue lowest), `prospect_co
 impl IntoParams for CompanyQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         list_parameters::<CompanySortKey, CompanyRow>(CompanyFilters::SPECS, &[], SORT_DOC)
+    }
+}
+
+/// The query parameters of `GET /companies/facets`: the list's filters and `facet`.
+pub struct CompanyFacetQuery;
+
+impl IntoParams for CompanyFacetQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        facet_parameters::<CompanyFacet>(CompanyFilters::SPECS)
     }
 }
 
@@ -110,6 +123,44 @@ async fn list_companies(
         &uri,
         CompanyListing { filters, sort },
         page,
+    )
+    .await
+}
+
+/// How many companies have each industry and country, under the same filters as `/companies`,
+/// each counted without its own filter.
+#[utoipa::path(
+    get, path = "/companies/facets", tag = "companies",
+    params(CompanyFacetQuery),
+    responses(
+        (status = 200, description = "Each facet's values, most frequent first (at most 100)", body = FacetsBody),
+        (status = 304, description = "Not modified since the ETag in If-None-Match"),
+        (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The view was never populated, the database is unavailable, or counting took longer than the statement timeout", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn company_facets(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let filters = CompanyFilters::read(&mut params, &[]);
+    let facets = parse_facets::<CompanyFacet>(&mut params);
+    params.finish(&facet_param_names(CompanyFilters::SPECS))?;
+    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
+    let request = format!(
+        "/companies/facets|{}|{}",
+        serde_json::to_string(&filters).expect("filters serialize"),
+        names.join(",")
+    );
+    facets::respond(
+        &state,
+        &headers,
+        ViewName::CompanySummaryView,
+        &request,
+        facets,
+        |facet| company_summaries::facet_counts(&state.read_pool, &filters, facet),
     )
     .await
 }

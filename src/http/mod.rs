@@ -7,6 +7,7 @@ mod companies;
 pub mod cursor;
 mod docs;
 pub mod error;
+mod facets;
 mod fields;
 mod freshness;
 mod health;

@@ -9,7 +9,10 @@ use percent_encoding::percent_decode_str;
 
 use super::error::{ApiError, InvalidParam};
 use super::fields::{self, Fields};
-use crate::views::query::{FilterKind, FilterSource, FilterSpec, Sort, SortKey};
+use serde_json::json;
+use utoipa::openapi::path::Parameter;
+
+use crate::views::query::{Facet, FilterKind, FilterSource, FilterSpec, Sort, SortKey};
 
 const MAX_PAIRS: usize = 100;
 const MAX_VALUE_CHARS: usize = 200;
@@ -50,7 +53,8 @@ impl QueryParams {
         Ok(QueryParams { pairs, errors })
     }
 
-    fn take(&mut self, name: &str) -> Vec<String> {
+    /// Every value given for `name`, unchecked.
+    pub fn take(&mut self, name: &str) -> Vec<String> {
         let mut taken = Vec::new();
         self.pairs.retain(|(n, v)| {
             if n == name {
@@ -362,27 +366,7 @@ pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
     filters: &[FilterSpec],
     skip: &[&str],
     sort_doc: &str,
-) -> Vec<utoipa::openapi::path::Parameter> {
-    use serde_json::json;
-    let filter_params = filters
-        .iter()
-        .filter(|spec| !skip.contains(&spec.name))
-        .map(|spec| {
-            let schema = match spec.kind {
-                FilterKind::Text => json!({"type": "string"}),
-                FilterKind::AnyOf => json!({"type": "array", "items": {"type": "string"}}),
-                FilterKind::WholeNumber { max, .. } => {
-                    let format = if max > i32::MAX.into() {
-                        "int64"
-                    } else {
-                        "int32"
-                    };
-                    json!({"type": "integer", "format": format})
-                }
-                FilterKind::Timestamp => json!({"type": "string", "format": "date-time"}),
-            };
-            (spec.name, spec.description(), schema)
-        });
+) -> Vec<Parameter> {
     let default_sort = K::DEFAULT.name();
     let others = [
         (
@@ -406,17 +390,93 @@ pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
             json!({"type": "string", "enum": ["exact", "estimated"]}),
         ),
     ];
-    filter_params
-        .chain(others)
-        .map(|(name, description, schema)| {
-            serde_json::from_value(json!({
-                "name": name, "in": "query", "required": false,
-                "description": description, "schema": schema,
-            }))
-            .expect("a query parameter is an OpenAPI parameter")
-        })
+    filter_parameters(filters, skip)
+        .into_iter()
+        .chain(
+            others
+                .into_iter()
+                .map(|(name, doc, schema)| query_parameter(name, &doc, schema)),
+        )
         .chain([fields::parameter::<R>()])
         .collect()
+}
+
+/// The OpenAPI description of a facets endpoint's query parameters: the list's filters and `facet`.
+pub fn facet_parameters<F: Facet>(filters: &[FilterSpec]) -> Vec<Parameter> {
+    let names: Vec<&str> = F::ALL.iter().map(|(name, _)| *name).collect();
+    let facet = query_parameter(
+        "facet",
+        &format!(
+            "Which facets to count; repeatable (default: all of {}).",
+            names.join(", ")
+        ),
+        json!({"type": "array", "items": {"type": "string", "enum": names}}),
+    );
+    filter_parameters(filters, &[])
+        .into_iter()
+        .chain([facet])
+        .collect()
+}
+
+/// `facet=a&facet=b`: the facets to count, in the order given; every facet of `F` without it.
+pub fn parse_facets<F: Facet>(params: &mut QueryParams) -> Vec<F> {
+    let given = params.take("facet");
+    if given.is_empty() {
+        return F::ALL.iter().map(|(_, facet)| *facet).collect();
+    }
+    let mut facets: Vec<F> = Vec::new();
+    for name in given {
+        match F::parse(&name) {
+            Some(facet) if !facets.contains(&facet) => facets.push(facet),
+            Some(_) => {}
+            None => {
+                let names: Vec<&str> = F::ALL.iter().map(|(name, _)| *name).collect();
+                let reason = format!("'{}' is not one of: {}", shorten(&name), names.join(", "));
+                params.reject("facet", reason);
+            }
+        }
+    }
+    facets
+}
+
+/// The query parameters a facets endpoint accepts.
+pub fn facet_param_names(filters: &[FilterSpec]) -> Vec<&'static str> {
+    filters
+        .iter()
+        .map(|spec| spec.name)
+        .chain(["facet"])
+        .collect()
+}
+
+fn filter_parameters(filters: &[FilterSpec], skip: &[&str]) -> Vec<Parameter> {
+    filters
+        .iter()
+        .filter(|spec| !skip.contains(&spec.name))
+        .map(|spec| {
+            let schema = match spec.kind {
+                FilterKind::Text => json!({"type": "string"}),
+                FilterKind::AnyOf => json!({"type": "array", "items": {"type": "string"}}),
+                FilterKind::WholeNumber { max, .. } => {
+                    let format = if max > i32::MAX.into() {
+                        "int64"
+                    } else {
+                        "int32"
+                    };
+                    json!({"type": "integer", "format": format})
+                }
+                FilterKind::Timestamp => json!({"type": "string", "format": "date-time"}),
+            };
+            query_parameter(spec.name, &spec.description(), schema)
+        })
+        .collect()
+}
+
+fn query_parameter(name: &str, description: &str, schema: serde_json::Value) -> Parameter {
+    serde_json::from_value(json!({
+        "name": name, "in": "query", "required": false,
+        "description": description, "schema": schema,
+    }))
+    .expect("a query parameter is an OpenAPI parameter")
 }
 
 /// Writes into the OpenAPI document the rules every text value of a query or path parameter is held

@@ -12,21 +12,25 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use super::facets::{self, FacetsBody};
 use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
-    PageParams, QueryParams, list_param_names, list_parameters, parse_sort, path_id,
+    PageParams, QueryParams, facet_param_names, facet_parameters, list_param_names,
+    list_parameters, parse_facets, parse_sort, path_id,
 };
 use crate::views::ViewName;
 use crate::views::company_prospects::{
-    self, ProspectFilters, ProspectRow, ProspectSort, ProspectSortKey,
+    self, ProspectFacet, ProspectFilters, ProspectRow, ProspectSort, ProspectSortKey,
 };
+use crate::views::query::Facet;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_prospects))
         .routes(routes!(get_prospect))
         .routes(routes!(list_company_prospects))
+        .routes(routes!(prospect_facets))
 }
 
 /// The query parameters of `GET /prospects`, generated from the declarations in
@@ -51,6 +55,15 @@ impl IntoParams for ProspectQuery {
 impl IntoParams for CompanyProspectQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         list_parameters::<ProspectSortKey, ProspectRow>(ProspectFilters::SPECS, IN_PATH, SORT_DOC)
+    }
+}
+
+/// The query parameters of `GET /prospects/facets`: the list's filters and `facet`.
+pub struct ProspectFacetQuery;
+
+impl IntoParams for ProspectFacetQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        facet_parameters::<ProspectFacet>(ProspectFilters::SPECS)
     }
 }
 
@@ -174,6 +187,45 @@ async fn list_company_prospects(
         sort,
     };
     list(&state, &headers, &uri, listing, page).await
+}
+
+/// How many prospects have each value of industry, department, job title level and company
+/// country, under the same filters as `/prospects`, each counted without its own filter. A UI can
+/// offer exactly these values: filters match exactly and case-sensitively.
+#[utoipa::path(
+    get, path = "/prospects/facets", tag = "prospects",
+    params(ProspectFacetQuery),
+    responses(
+        (status = 200, description = "Each facet's values, most frequent first (at most 100)", body = FacetsBody),
+        (status = 304, description = "Not modified since the ETag in If-None-Match"),
+        (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The view was never populated, the database is unavailable, or counting took longer than the statement timeout", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn prospect_facets(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let filters = ProspectFilters::read(&mut params, &[]);
+    let facets = parse_facets::<ProspectFacet>(&mut params);
+    params.finish(&facet_param_names(ProspectFilters::SPECS))?;
+    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
+    let request = format!(
+        "/prospects/facets|{}|{}",
+        serde_json::to_string(&filters).expect("filters serialize"),
+        names.join(",")
+    );
+    facets::respond(
+        &state,
+        &headers,
+        ViewName::CompanyProspectView,
+        &request,
+        facets,
+        |facet| company_prospects::facet_counts(&state.read_pool, &filters, facet),
+    )
+    .await
 }
 
 /// One prospect with its company.

@@ -14,7 +14,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::query::{Sort, SortKey};
+use super::query::{Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
 
 /// One prospect with its company, as the API returns it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -185,7 +185,7 @@ pub fn cursor_key(key: ProspectSortKey, row: &ProspectRow) -> serde_json::Value 
 macro_rules! prospect_query {
     (rows($($args:expr),+): $($rest:tt)+) => {
         prospect_query!(@run query_as [ProspectRow,] ($($args),+) ($($rest)+)
-            "SELECT prospect_id AS \"prospect_id!\", salutation, first_name, last_name, full_name, email,
+            ("SELECT prospect_id AS \"prospect_id!\", salutation, first_name, last_name, full_name, email,
                     job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
                     prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
                     prospect_created_at AS \"prospect_created_at!\", prospect_updated_at AS \"prospect_updated_at!\",
@@ -193,22 +193,27 @@ macro_rules! prospect_query {
                     min_employee_size, max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\",
                     company_address, company_city, company_state, company_country, company_zip_code, company_phone,
                     company_mobile_phone, company_created_at AS \"company_created_at!\",
-                    company_updated_at AS \"company_updated_at!\"")
+                    company_updated_at AS \"company_updated_at!\""))
+    };
+    (facet($filters:expr, $column:literal)) => {
+        prospect_query!(@run query_as [FacetCount,] ($filters, None, Some(MAX_FACET_VALUES))
+            ("AND " + $column + " IS NOT NULL GROUP BY " + $column + " ORDER BY count(*) DESC, " + $column + " LIMIT $2")
+            ("SELECT " + $column + " AS \"value!\", count(*) AS \"count!\""))
     };
     (total($filters:expr)) => {
-        prospect_query!(@run query_scalar [] ($filters, None, None) ("") "SELECT count(*) AS \"total!\"")
+        prospect_query!(@run query_scalar [] ($filters, None, None) ("") ("SELECT count(*) AS \"total!\""))
     };
     (estimate($filters:expr)) => {
-        prospect_query!(@run query_scalar [] ($filters, None, None) ("") "EXPLAIN (FORMAT JSON) SELECT 1")
+        prospect_query!(@run query_scalar [] ($filters, None, None) ("") ("EXPLAIN (FORMAT JSON) SELECT 1"))
     };
-    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) $select:literal) => {{
+    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) ($($select:tt)+)) => {{
             let f: &ProspectFilters = $filters;
             let after: Option<&serde_json::Value> = $after;
             let rows: Option<i64> = $rows;
             let job_title_pattern = f.job_title_pattern();
             sqlx::$kind!(
                 $($head)*
-                $select
+                $($select)+
                     + " FROM company_prospect_view
                     WHERE prospect_id IS NOT NULL AND ($1::jsonb IS NULL OR $1 IS NOT NULL)
                       AND ($2::bigint IS NULL OR $2 IS NOT NULL)
@@ -294,6 +299,57 @@ pub async fn page(
         ProspectSortKey::UpdatedAt => sorted_rows!(pool, sort, (filters, after, fetch),
             columns: ["prospect_updated_at"],
             cursor: "(($1->>0)::timestamptz, $1->>1)"),
+    }
+}
+
+/// The facets of prospects: each a filter whose values are counted, under all the other filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProspectFacet {
+    Industry,
+    Department,
+    JobTitleLevel,
+    CompanyCountry,
+}
+
+impl Facet for ProspectFacet {
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("industry", ProspectFacet::Industry),
+        ("department", ProspectFacet::Department),
+        ("job_title_level", ProspectFacet::JobTitleLevel),
+        ("company_country", ProspectFacet::CompanyCountry),
+    ];
+}
+
+/// The most frequent values of `facet` among the prospects matching `filters` except the facet's
+/// own filter (a shop's sidebar: choosing one industry still shows the others), most frequent first.
+#[tracing::instrument(skip(pool, filters))]
+pub async fn facet_counts(
+    pool: &PgPool,
+    filters: &ProspectFilters,
+    facet: ProspectFacet,
+) -> Result<Vec<FacetCount>, sqlx::Error> {
+    let filters = &filters.without(facet.name());
+    match facet {
+        ProspectFacet::Industry => {
+            prospect_query!(facet(filters, "industry"))
+                .fetch_all(pool)
+                .await
+        }
+        ProspectFacet::Department => {
+            prospect_query!(facet(filters, "department"))
+                .fetch_all(pool)
+                .await
+        }
+        ProspectFacet::JobTitleLevel => {
+            prospect_query!(facet(filters, "job_title_level"))
+                .fetch_all(pool)
+                .await
+        }
+        ProspectFacet::CompanyCountry => {
+            prospect_query!(facet(filters, "company_country"))
+                .fetch_all(pool)
+                .await
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::query::{Sort, SortKey};
+use super::query::{Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
 
 /// One company with counts over its prospects.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -107,24 +107,29 @@ pub fn cursor_key(key: CompanySortKey, row: &CompanyRow) -> serde_json::Value {
 macro_rules! company_query {
     (rows($($args:expr),+): $($rest:tt)+) => {
         company_query!(@run query_as [CompanyRow,] ($($args),+) ($($rest)+)
-            "SELECT company_id AS \"company_id!\", domain, name AS \"name!\", industry, min_employee_size,
+            ("SELECT company_id AS \"company_id!\", domain, name AS \"name!\", industry, min_employee_size,
                     max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\", address, city, state, country,
                     prospect_count AS \"prospect_count!\", department_count AS \"department_count!\",
-                    job_level_count AS \"job_level_count!\", last_prospect_update")
+                    job_level_count AS \"job_level_count!\", last_prospect_update"))
+    };
+    (facet($filters:expr, $column:literal)) => {
+        company_query!(@run query_as [FacetCount,] ($filters, None, Some(MAX_FACET_VALUES))
+            ("AND " + $column + " IS NOT NULL GROUP BY " + $column + " ORDER BY count(*) DESC, " + $column + " LIMIT $2")
+            ("SELECT " + $column + " AS \"value!\", count(*) AS \"count!\""))
     };
     (total($filters:expr)) => {
-        company_query!(@run query_scalar [] ($filters, None, None) ("") "SELECT count(*) AS \"total!\"")
+        company_query!(@run query_scalar [] ($filters, None, None) ("") ("SELECT count(*) AS \"total!\""))
     };
     (estimate($filters:expr)) => {
-        company_query!(@run query_scalar [] ($filters, None, None) ("") "EXPLAIN (FORMAT JSON) SELECT 1")
+        company_query!(@run query_scalar [] ($filters, None, None) ("") ("EXPLAIN (FORMAT JSON) SELECT 1"))
     };
-    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) $select:literal) => {{
+    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) ($($select:tt)+)) => {{
         let f: &CompanyFilters = $filters;
         let after: Option<&serde_json::Value> = $after;
         let rows: Option<i64> = $rows;
         sqlx::$kind!(
             $($head)*
-            $select
+            $($select)+
                 + " FROM company_summary_view
                 WHERE ($1::jsonb IS NULL OR $1 IS NOT NULL) AND ($2::bigint IS NULL OR $2 IS NOT NULL)
                   AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
@@ -197,6 +202,42 @@ pub async fn page(
         CompanySortKey::LastProspectUpdate => sorted_rows!(pool, sort, (filters, after, fetch),
             columns: ["COALESCE(last_prospect_update, '-infinity'::timestamptz)"],
             cursor: "(($1->>0)::timestamptz, $1->>1)"),
+    }
+}
+
+/// The facets of companies (see `company_prospects::ProspectFacet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompanyFacet {
+    Industry,
+    Country,
+}
+
+impl Facet for CompanyFacet {
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("industry", CompanyFacet::Industry),
+        ("country", CompanyFacet::Country),
+    ];
+}
+
+/// The most frequent values of `facet` among the companies matching `filters` except its own.
+#[tracing::instrument(skip(pool, filters))]
+pub async fn facet_counts(
+    pool: &PgPool,
+    filters: &CompanyFilters,
+    facet: CompanyFacet,
+) -> Result<Vec<FacetCount>, sqlx::Error> {
+    let filters = &filters.without(facet.name());
+    match facet {
+        CompanyFacet::Industry => {
+            company_query!(facet(filters, "industry"))
+                .fetch_all(pool)
+                .await
+        }
+        CompanyFacet::Country => {
+            company_query!(facet(filters, "country"))
+                .fetch_all(pool)
+                .await
+        }
     }
 }
 

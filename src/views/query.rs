@@ -160,6 +160,16 @@ macro_rules! filters {
                 filters
             }
 
+            /// The same filters without the one named `name` (a facet's own).
+            pub fn without(&self, name: &str) -> Self {
+                let mut filters = self.clone();
+                match name {
+                    $( stringify!($field) => filters.$field = Default::default(), )*
+                    _ => {}
+                }
+                filters
+            }
+
             fn number(&self, name: &str) -> Option<i64> {
                 match name {
                     $( stringify!($field) => $crate::views::query::FilterValue::as_number(&self.$field), )*
@@ -170,6 +180,36 @@ macro_rules! filters {
     };
 }
 pub(crate) use filters;
+
+/// A resource's facets: filters whose values can be counted (`GET /prospects/facets`). A facet has
+/// its filter's name.
+pub trait Facet: Copy + Eq + std::fmt::Debug + Send + Sync + 'static {
+    const ALL: &'static [(&'static str, Self)];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, facet)| *facet == self)
+            .map_or("?", |(name, _)| name)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, facet)| *facet)
+    }
+}
+
+/// The most values one facet lists (an industry, country or department list is far shorter).
+pub const MAX_FACET_VALUES: i64 = 100;
+
+/// One value of a facet and how many rows have it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: i64,
+}
 
 /// A resource's sort keys. Each sorts both ways: `name` ascending, `-name` descending, over the same
 /// B-tree index read forwards or backwards; ties are broken by the row's id in the same direction.

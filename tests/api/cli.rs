@@ -94,7 +94,10 @@ async fn seed_then_refresh_print_what_they_did() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(logged, 7, "three refreshes by seed, three by refresh, one by refresh --view");
+    assert_eq!(
+        logged, 7,
+        "three refreshes by seed, three by refresh, one by refresh --view"
+    );
 }
 
 #[tokio::test]

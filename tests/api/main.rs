@@ -2,6 +2,7 @@
 
 mod cli;
 mod differential;
+mod facets;
 mod helpers;
 mod hostile_input;
 mod http_admin;
