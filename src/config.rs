@@ -173,6 +173,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RESPONSE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub response_cache_bytes: u64,
 
+    /// The most rows one CSV export (`Accept: text/csv` or `format=csv` on a list) may hold; a request
+    /// matching more is refused with a 400 before any row is sent.
+    #[arg(long, env = "CSV_MAX_ROWS", default_value_t = 100_000)]
+    pub csv_max_rows: u32,
+
     /// Refresh every view this often (0 turns the schedule off).
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
     pub refresh_interval: Duration,

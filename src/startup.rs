@@ -95,6 +95,7 @@ impl Application {
             stale_after_secs: config.effective_stale_after().as_secs(),
             freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
             responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
+            csv_max_rows: config.csv_max_rows.into(),
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

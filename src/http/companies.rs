@@ -4,6 +4,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -63,6 +64,15 @@ impl Listing for CompanyListing {
     type Row = CompanyRow;
     type Key = serde_json::Value;
     const ROW_BYTES: usize = 450;
+    const CSV_FILE: Option<&'static str> = Some("companies");
+
+    fn stream<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        limit: i64,
+    ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
+        company_summaries::rows(pool, &self.filters, self.sort, None, limit)
+    }
 
     fn view(&self) -> ViewName {
         ViewName::CompanySummaryView
@@ -100,7 +110,9 @@ impl Listing for CompanyListing {
     get, path = "/companies", tag = "companies",
     params(CompanyQuery),
     responses(
-        (status = 200, description = "One page of companies (freshness headers as on /prospects)", body = Page<CompanyRow>),
+        (status = 200, description = "One page of companies (freshness headers as on /prospects), or with `format=csv` every matching company as CSV", content(
+            (Page<CompanyRow> = "application/json"), (String = "text/csv")
+        )),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
         (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),

@@ -68,6 +68,11 @@ impl Fields {
             .collect()
     }
 
+    /// The selected keys, or every key of `R` in declaration order.
+    pub fn names<R: utoipa::ToSchema>(&self) -> Vec<String> {
+        self.0.clone().unwrap_or_else(field_names::<R>)
+    }
+
     pub fn is_all(&self) -> bool {
         self.0.is_none()
     }
@@ -89,7 +94,7 @@ impl Serialize for Selected<'_> {
     }
 }
 
-/// The keys of `R`'s rows, as its OpenAPI schema declares them (sorted).
+/// The keys of `R`'s rows, as its OpenAPI schema declares them (in declaration order).
 pub fn field_names<R: utoipa::ToSchema>() -> Vec<String> {
     match R::schema() {
         RefOr::T(Schema::Object(object)) => object.properties.keys().cloned().collect(),

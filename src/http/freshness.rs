@@ -69,9 +69,10 @@ pub async fn gate(
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().extend(headers);
         // As on the 200 it revalidates: a shared cache must keep one copy per content coding.
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        response.headers_mut().insert(
+            header::VARY,
+            HeaderValue::from_static("accept, accept-encoding"),
+        );
         return Ok(Gate::NotModified(response));
     }
     Ok(Gate::Serve(FreshHeaders {

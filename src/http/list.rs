@@ -7,16 +7,19 @@ use std::future::Future;
 
 use axum::http::{HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
+use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::csv_export;
 use super::error::ApiError;
+use super::error::InvalidParam;
 use super::fields::Fields;
 use super::freshness::{Gate, gate};
-use super::params::{CountMode, PageParams};
+use super::params::{CountMode, Format, PageParams};
 use super::response_cache::Rendered;
 use crate::views::ViewName;
 
@@ -36,7 +39,7 @@ pub struct Page<T> {
 
 /// One list endpoint's query: its view, its rows, its sort key.
 pub trait Listing: Send + Sync {
-    type Row: Serialize + Send + Sync;
+    type Row: Serialize + utoipa::ToSchema + Send + Sync;
     type Key: Serialize + DeserializeOwned + Send + Sync;
     /// About the JSON size of one whole row, a little over: a page is written into one buffer of
     /// about its final size rather than one grown by doubling from empty (case (a) at 1M: +2.7%
@@ -58,15 +61,26 @@ pub trait Listing: Send + Sync {
         &self,
         pool: &PgPool,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+    /// The name of a CSV export's file; `None`: no CSV export of this list.
+    const CSV_FILE: Option<&'static str>;
+    /// At most `limit` rows from the first, in order, as they arrive (for CSV exports).
+    fn stream<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        limit: i64,
+    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
 }
 
-pub async fn list<L: Listing>(
+pub async fn list<L: Listing + 'static>(
     state: &AppState,
     request_headers: &HeaderMap,
     uri: &Uri,
     listing: L,
     page: PageParams,
 ) -> Result<Response, ApiError> {
+    if csv_export::wanted(page.format == Format::Csv, request_headers) {
+        return export_csv(state, request_headers, listing, page).await;
+    }
     let scope = listing.scope();
     let after: Option<L::Key> = match &page.cursor {
         Some(cursor) => Some(
@@ -145,6 +159,46 @@ pub async fn list<L: Listing>(
             render,
         )
         .await?;
+    Ok(fresh.apply(response))
+}
+
+/// Every matching row as CSV, after the freshness gate (an export has freshness headers and an
+/// ETag like a page). Paging parameters mean nothing to an export and are refused.
+async fn export_csv<L: Listing + 'static>(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    listing: L,
+    page: PageParams,
+) -> Result<Response, ApiError> {
+    let Some(file) = L::CSV_FILE else {
+        return Err(ApiError::invalid(
+            "format",
+            "this endpoint has no CSV export; /prospects, /companies and /companies/{id}/prospects do",
+        ));
+    };
+    let paging: Vec<InvalidParam> = [
+        ("limit", page.limit_given),
+        ("cursor", page.cursor.is_some()),
+        ("count", page.count != CountMode::None),
+    ]
+    .into_iter()
+    .filter(|(_, given)| *given)
+    .map(|(name, _)| {
+        InvalidParam::new(
+            name,
+            "a CSV export holds every matching row; leave paging out",
+        )
+    })
+    .collect();
+    if !paging.is_empty() {
+        return Err(ApiError::InvalidParams(paging));
+    }
+    let request = format!("{}|csv|fields={}", listing.scope(), page.fields.key());
+    let fresh = match gate(state, listing.view(), &request, request_headers).await? {
+        Gate::NotModified(response) => return Ok(response),
+        Gate::Serve(fresh) => fresh,
+    };
+    let response = csv_export::respond(state, listing, page.fields, file).await?;
     Ok(fresh.apply(response))
 }
 

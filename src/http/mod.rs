@@ -4,6 +4,7 @@
 mod admin;
 pub mod admin_guard;
 mod companies;
+mod csv_export;
 pub mod cursor;
 mod docs;
 pub mod error;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub freshness: Arc<FreshnessCache>,
     /// Whole data responses of the current generations, so that a repeated request runs no query.
     pub responses: Arc<ResponseCache>,
+    /// The most rows of one CSV export.
+    pub csv_max_rows: i64,
 }
 
 pub struct HttpSettings {

@@ -262,16 +262,37 @@ pub enum CountMode {
 #[derive(Debug, Clone)]
 pub struct PageParams {
     pub limit: i64,
+    /// Whether `limit` was given (a CSV export refuses it).
+    pub limit_given: bool,
+    /// `format=json|csv`; CSV also by `Accept: text/csv`.
+    pub format: Format,
     pub cursor: Option<String>,
     pub count: CountMode,
     pub fields: Fields,
 }
 
-pub const PAGE_PARAMS: [&str; 4] = ["limit", "cursor", "count", "fields"];
+pub const PAGE_PARAMS: [&str; 5] = ["limit", "cursor", "count", "format", "fields"];
+
+/// `format=json` (the default) or `format=csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
 
 impl PageParams {
     /// The page parameters of a list of `R` rows (`fields` names keys of `R`).
     pub fn parse<R: utoipa::ToSchema>(params: &mut QueryParams) -> PageParams {
+        let limit_given = params.contains("limit");
+        let format = match params.one("format").as_deref() {
+            None | Some("json") => Format::Json,
+            Some("csv") => Format::Csv,
+            Some(other) => {
+                let reason = format!("'{}' is not one of: json, csv", shorten(other));
+                params.reject("format", reason);
+                Format::Json
+            }
+        };
         let limit =
             match params.parsed::<i64>("limit", &format!("a whole number from 1 to {MAX_LIMIT}")) {
                 Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
@@ -301,6 +322,8 @@ impl PageParams {
             cursor: params.one_up_to("cursor", MAX_CURSOR_CHARS),
             count,
             fields: Fields::parse::<R>(params),
+            limit_given,
+            format,
         }
     }
 }
@@ -388,6 +411,13 @@ pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
             "count",
             "`exact` adds `total`; `estimated` adds `estimated_total`.".to_owned(),
             json!({"type": "string", "enum": ["exact", "estimated"]}),
+        ),
+        (
+            "format",
+            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
+             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`."
+                .to_owned(),
+            json!({"type": "string", "enum": ["json", "csv"]}),
         ),
     ];
     filter_parameters(filters, skip)

@@ -4,6 +4,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -90,6 +91,15 @@ impl Listing for ProspectListing {
     type Row = ProspectRow;
     type Key = serde_json::Value;
     const ROW_BYTES: usize = 1200;
+    const CSV_FILE: Option<&'static str> = Some("prospects");
+
+    fn stream<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        limit: i64,
+    ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
+        company_prospects::rows(pool, &self.filters, self.sort, None, limit)
+    }
 
     fn view(&self) -> ViewName {
         ViewName::CompanyProspectView
@@ -127,7 +137,9 @@ impl Listing for ProspectListing {
     get, path = "/prospects", tag = "prospects",
     params(ProspectQuery),
     responses(
-        (status = 200, description = "One page of prospects", body = Page<ProspectRow>, headers(
+        (status = 200, description = "One page of prospects, or with `format=csv` every matching row as CSV", content(
+            (Page<ProspectRow> = "application/json"), (String = "text/csv")
+        ), headers(
             ("X-Data-Age" = u64, description = "Seconds since the snapshot of the data served"),
             ("X-Data-Refreshed-At" = String, description = "Snapshot time of the data served (RFC 3339)"),
             ("X-Data-Stale" = bool, description = "Whether the data is older than the staleness limit"),
@@ -159,7 +171,9 @@ async fn list_prospects(
     get, path = "/companies/{company_id}/prospects", tag = "companies",
     params(("company_id" = String, Path, description = "Company id"), CompanyProspectQuery),
     responses(
-        (status = 200, description = "One page of the company's prospects", body = Page<ProspectRow>),
+        (status = 200, description = "One page of the company's prospects, or with `format=csv` all of them as CSV", content(
+            (Page<ProspectRow> = "application/json"), (String = "text/csv")
+        )),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
         (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such company", body = Problem, content_type = "application/problem+json"),

@@ -237,7 +237,11 @@ fn response(entry: Entry) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    // Accept: list endpoints answer CSV to `text/csv`; Accept-Encoding: gzip when accepted.
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("accept, accept-encoding"),
+    );
     if entry.gzipped {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }

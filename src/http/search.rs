@@ -3,6 +3,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -48,6 +49,9 @@ pub struct SearchQuery {
     /// `exact` adds `total`; `estimated` adds `estimated_total`.
     #[param(pattern = "^(exact|estimated)$")]
     count: Option<String>,
+    /// `json` only: search results have no CSV export.
+    #[param(pattern = "^json$")]
+    format: Option<String>,
 }
 
 fn known_params() -> Vec<&'static str> {
@@ -104,6 +108,16 @@ impl Listing for SearchListing {
     type Row = SearchRow;
     type Key = SearchKey;
     const ROW_BYTES: usize = 600;
+    /// Search pages are found in two steps (`prospect_search::page`), not one ordered scan.
+    const CSV_FILE: Option<&'static str> = None;
+
+    fn stream<'a>(
+        &'a self,
+        _: &'a PgPool,
+        _: i64,
+    ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
+        Box::pin(futures_util::stream::empty())
+    }
 
     fn view(&self) -> ViewName {
         ViewName::ProspectSearchView

@@ -9,6 +9,8 @@
 //! of migration 0002 can deliver a sorted first page in either direction.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -267,13 +269,11 @@ macro_rules! sorted_rows {
         if $sort.descending {
             prospect_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "prospect_id) < " + $cursor + ")
                                    ORDER BY " $(+ $column + " DESC, ")+ + "prospect_id DESC LIMIT $2")
-                .fetch_all($pool)
-                .await
+                .fetch($pool)
         } else {
             prospect_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "prospect_id) > " + $cursor + ")
                                    ORDER BY " $(+ $column + ", ")+ + "prospect_id LIMIT $2")
-                .fetch_all($pool)
-                .await
+                .fetch($pool)
         }
     };
 }
@@ -288,15 +288,27 @@ pub async fn page(
     after: Option<&serde_json::Value>,
     limit: i64,
 ) -> Result<Vec<ProspectRow>, sqlx::Error> {
-    let fetch = Some(limit + 1);
+    rows(pool, filters, sort, after, limit + 1)
+        .try_collect()
+        .await
+}
+
+/// At most `limit` rows in `sort` order after `after`, as they arrive (CSV streams them).
+pub fn rows<'a>(
+    pool: &'a PgPool,
+    filters: &'a ProspectFilters,
+    sort: ProspectSort,
+    after: Option<&'a serde_json::Value>,
+    limit: i64,
+) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
     match sort.key {
-        ProspectSortKey::CompanyName => sorted_rows!(pool, sort, (filters, after, fetch),
+        ProspectSortKey::CompanyName => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["COALESCE(company_name, '')", "COALESCE(last_name, '')", "COALESCE(first_name, '')"],
             cursor: "($1->>0, $1->>1, $1->>2, $1->>3)"),
-        ProspectSortKey::Revenue => sorted_rows!(pool, sort, (filters, after, fetch),
+        ProspectSortKey::Revenue => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["COALESCE(revenue, '-9223372036854775808'::bigint)"],
             cursor: "(($1->>0)::bigint, $1->>1)"),
-        ProspectSortKey::UpdatedAt => sorted_rows!(pool, sort, (filters, after, fetch),
+        ProspectSortKey::UpdatedAt => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["prospect_updated_at"],
             cursor: "(($1->>0)::timestamptz, $1->>1)"),
     }

@@ -1,6 +1,8 @@
 //! Queries on `company_summary_view`: `GET /companies` and `/companies/{id}`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -167,19 +169,17 @@ macro_rules! sorted_rows {
         if $sort.descending {
             company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) < " + $cursor + ")
                                    ORDER BY " $(+ $column + " DESC, ")+ + "company_id DESC LIMIT $2")
-                .fetch_all($pool)
-                .await
+                .fetch($pool)
         } else {
             company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) > " + $cursor + ")
                                    ORDER BY " $(+ $column + ", ")+ + "company_id LIMIT $2")
-                .fetch_all($pool)
-                .await
+                .fetch($pool)
         }
     };
 }
 
-/// One page in `sort` order after the row whose `cursor_key` is `after`; one row more than `limit`
-/// to tell whether more follow.
+/// One page in `sort` order, after the row whose `cursor_key` is `after` when given. Fetches one
+/// row more than `limit` so the caller knows whether another page follows.
 #[tracing::instrument(skip(pool, filters, after))]
 pub async fn page(
     pool: &PgPool,
@@ -188,20 +188,34 @@ pub async fn page(
     after: Option<&serde_json::Value>,
     limit: i64,
 ) -> Result<Vec<CompanyRow>, sqlx::Error> {
-    let fetch = Some(limit + 1);
+    rows(pool, filters, sort, after, limit + 1)
+        .try_collect()
+        .await
+}
+
+/// At most `limit` rows in `sort` order after `after`, as they arrive (CSV streams them).
+pub fn rows<'a>(
+    pool: &'a PgPool,
+    filters: &'a CompanyFilters,
+    sort: CompanySort,
+    after: Option<&'a serde_json::Value>,
+    limit: i64,
+) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
     match sort.key {
-        CompanySortKey::Name => sorted_rows!(pool, sort, (filters, after, fetch),
+        CompanySortKey::Name => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["COALESCE(name, '')"],
             cursor: "($1->>0, $1->>1)"),
-        CompanySortKey::Revenue => sorted_rows!(pool, sort, (filters, after, fetch),
+        CompanySortKey::Revenue => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["COALESCE(revenue, '-9223372036854775808'::bigint)"],
             cursor: "(($1->>0)::bigint, $1->>1)"),
-        CompanySortKey::ProspectCount => sorted_rows!(pool, sort, (filters, after, fetch),
+        CompanySortKey::ProspectCount => sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["prospect_count"],
             cursor: "(($1->>0)::bigint, $1->>1)"),
-        CompanySortKey::LastProspectUpdate => sorted_rows!(pool, sort, (filters, after, fetch),
+        CompanySortKey::LastProspectUpdate => {
+            sorted_rows!(pool, sort, (filters, after, Some(limit)),
             columns: ["COALESCE(last_prospect_update, '-infinity'::timestamptz)"],
-            cursor: "(($1->>0)::timestamptz, $1->>1)"),
+            cursor: "(($1->>0)::timestamptz, $1->>1)")
+        }
     }
 }
 

@@ -226,6 +226,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         admin_token: None,
         freshness_cache_ttl: std::time::Duration::from_secs(1),
         response_cache_bytes: 64 << 20,
+        csv_max_rows: 100_000,
         refresh_interval: std::time::Duration::ZERO,
         refresh_notify: false,
         refresh_poll_interval: std::time::Duration::from_millis(50),

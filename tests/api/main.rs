@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step) with a module per area.
 
 mod cli;
+mod csv_export;
 mod differential;
 mod facets;
 mod helpers;
