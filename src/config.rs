@@ -1,6 +1,7 @@
 //! Typed configuration. Every setting is a clap argument that also reads an environment variable, so
 //! its name, default and meaning live in exactly one place and `--help` lists them all.
 
+use crate::refresh::Schedule;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -182,6 +183,12 @@ pub struct ServeConfig {
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "15m", value_parser = parse_duration)]
     pub refresh_interval: Duration,
 
+    /// Refresh every view on this cron schedule instead of every REFRESH_INTERVAL, in UTC: minute,
+    /// hour, day of month, month, day of week (an optional seconds field may come first), e.g.
+    /// `0 3 * * *` for 03:00 every night, when traffic is low.
+    #[arg(long, env = "REFRESH_SCHEDULE", value_parser = parse_cron)]
+    pub refresh_schedule: Option<croner::Cron>,
+
     /// Have the base-table triggers NOTIFY on every write, and listen. Off by default: notifying
     /// writers commit one at a time (measured: 0.39 of trigger-less INSERT throughput from 8 clients);
     /// instead the refresher polls the change record every REFRESH_POLL_INTERVAL.
@@ -217,14 +224,23 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// STALE_AFTER, or its default: twice the refresh interval (30 minutes without a schedule).
+    /// STALE_AFTER, or its default: twice the longest time between two scheduled refreshes (30
+    /// minutes without a schedule).
     pub fn effective_stale_after(&self) -> Duration {
         self.stale_after
-            .unwrap_or(if self.refresh_interval.is_zero() {
-                Duration::from_secs(1800)
-            } else {
-                self.refresh_interval * 2
+            .unwrap_or_else(|| match self.schedule().longest_gap() {
+                Some(gap) => gap * 2,
+                None => Duration::from_secs(1800),
             })
+    }
+
+    /// When the full refreshes run: REFRESH_SCHEDULE, else every REFRESH_INTERVAL, else never.
+    pub fn schedule(&self) -> Schedule {
+        match (&self.refresh_schedule, self.refresh_interval) {
+            (Some(cron), _) => Schedule::Cron(cron.clone()),
+            (None, interval) if interval.is_zero() => Schedule::Off,
+            (None, interval) => Schedule::Every(interval),
+        }
     }
 }
 
@@ -313,6 +329,16 @@ fn parse_origin(text: &str) -> Result<axum::http::HeaderValue, String> {
 }
 
 /// Parses durations such as `500ms`, `10s`, `15m`, `1h` (and `0` for "off").
+/// Accepts a cron schedule such as `0 3 * * *` (seconds optional in front).
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    use std::str::FromStr;
+    croner::Cron::from_str(text.trim()).map_err(|e| {
+        format!(
+            "'{text}' is not a cron schedule like '0 3 * * *' (minute hour day month weekday): {e}"
+        )
+    })
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
@@ -385,6 +411,39 @@ mod tests {
     fn database_url_without_password_is_shown_as_is() {
         let url: DatabaseUrl = DEFAULT_DATABASE_URL.parse().unwrap();
         assert_eq!(url.redacted(), DEFAULT_DATABASE_URL);
+    }
+
+    #[derive(clap::Parser)]
+    struct ServeOnly {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    fn serve_config(args: &[&str]) -> Result<ServeConfig, clap::Error> {
+        use clap::Parser;
+        ServeOnly::try_parse_from(["serve"].iter().chain(args)).map(|parsed| parsed.config)
+    }
+
+    #[test]
+    fn cron_schedules_parse_and_set_the_staleness_limit() {
+        assert!(parse_cron("0 3 * * *").is_ok());
+        assert!(parse_cron("*/15 * * * *").is_ok());
+        for bad in ["", "nightly", "61 * * * *", "* * *", "0 3 * * * * * *"] {
+            assert!(parse_cron(bad).is_err(), "{bad:?}");
+        }
+        let config = serve_config(&[]).unwrap();
+        assert_eq!(config.effective_stale_after(), Duration::from_secs(30 * 60));
+        let nightly = serve_config(&["--refresh-schedule", "0 3 * * *"]).unwrap();
+        assert_eq!(
+            nightly.effective_stale_after(),
+            Duration::from_secs(48 * 3600)
+        );
+        let error = serve_config(&["--refresh-schedule", "nightly"]).unwrap_err();
+        assert!(
+            error.to_string().contains("REFRESH_SCHEDULE")
+                || error.to_string().contains("refresh-schedule"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::http::cursor::CursorSigner;
 use crate::http::response_cache::ResponseCache;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
-use crate::refresh::{self, ChangeSource, NotifySettings, Refresher};
+use crate::refresh::{self, ChangeSource, NotifySettings, Refresher, Schedule};
 use crate::seed::{self, SeedOptions};
 use crate::views::freshness::FreshnessCache;
 
@@ -37,7 +37,7 @@ struct Background {
     worker: JoinHandle<()>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
-    interval: Duration,
+    schedule: Schedule,
     log_retention: Duration,
     notify: NotifySettings,
 }
@@ -112,7 +112,7 @@ impl Application {
             worker,
             metrics,
             shutdown,
-            interval: config.refresh_interval,
+            schedule: config.schedule(),
             log_retention: config.refresh_log_retention,
             notify: NotifySettings {
                 debounce: config.refresh_debounce,
@@ -150,7 +150,7 @@ impl Application {
         let tasks = [
             tokio::spawn(refresh::run_schedule(
                 background.refresher.clone(),
-                background.interval,
+                background.schedule.clone(),
                 stopping.clone(),
             )),
             tokio::spawn(refresh::run_change_watcher(

@@ -25,7 +25,7 @@ pub use full::{modes, refresh_all, refresh_view, refresh_views};
 pub use incremental::round as incremental_round;
 pub use refresher::{RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 pub use scheduler::{
-    CHANNEL, ChangeSource, NotifySettings, read_models_behind, run_change_watcher,
+    CHANNEL, ChangeSource, NotifySettings, Schedule, read_models_behind, run_change_watcher,
     run_housekeeping, run_schedule,
 };
 

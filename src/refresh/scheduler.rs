@@ -22,22 +22,56 @@ use crate::views::{Mode, ViewName};
 
 pub const CHANNEL: &str = "refresh_views";
 
-/// Requests a full refresh of every view every `interval` (never, for zero) until shutdown. In
-/// incremental mode that is a rebuild: it repairs whatever the triggers could not see (writes made
-/// with `session_replication_role = replica`, say).
+/// When full refreshes run (REFRESH_SCHEDULE or REFRESH_INTERVAL).
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Off,
+    Every(Duration),
+    /// At the times of a cron expression, in UTC.
+    Cron(croner::Cron),
+}
+
+impl Schedule {
+    /// The longest wait between two runs (over the next few dozen of a cron schedule).
+    pub fn longest_gap(&self) -> Option<Duration> {
+        match self {
+            Schedule::Off => None,
+            Schedule::Every(interval) => Some(*interval),
+            Schedule::Cron(cron) => {
+                let runs: Vec<_> = cron.iter_after(chrono::Utc::now()).take(64).collect();
+                runs.windows(2)
+                    .filter_map(|pair| (pair[1] - pair[0]).to_std().ok())
+                    .max()
+            }
+        }
+    }
+
+    /// How long from now until the next run; `None`: never.
+    fn until_next(&self) -> Option<Duration> {
+        match self {
+            Schedule::Off => None,
+            Schedule::Every(interval) => Some(*interval),
+            Schedule::Cron(cron) => {
+                let now = chrono::Utc::now();
+                let next = cron.find_next_occurrence(&now, false).ok()?;
+                Some((next - now).to_std().unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// Requests a full refresh of every view on `schedule` until shutdown. In incremental mode that is a
+/// rebuild: it repairs whatever the triggers could not see (writes made with
+/// `session_replication_role = replica`, say). A run that comes due while the last still runs
+/// joins it (the refresher coalesces requests).
 pub async fn run_schedule(
     refresher: Refresher,
-    interval: Duration,
+    schedule: Schedule,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if interval.is_zero() {
-        return;
-    }
-    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while let Some(wait) = schedule.until_next() {
         tokio::select! {
-            _ = ticks.tick() => refresher.request_all(RefreshTrigger::Schedule),
+            () = tokio::time::sleep(wait) => refresher.request_all(RefreshTrigger::Schedule),
             () = stopped(&mut shutdown) => return,
         }
     }

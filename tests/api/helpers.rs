@@ -228,6 +228,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         response_cache_bytes: 64 << 20,
         csv_max_rows: 100_000,
         refresh_interval: std::time::Duration::ZERO,
+        refresh_schedule: None,
         refresh_notify: false,
         refresh_poll_interval: std::time::Duration::from_millis(50),
         refresh_debounce: std::time::Duration::from_millis(100),

@@ -164,3 +164,25 @@ async fn the_change_record_is_vacuumed_by_the_housekeeping() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_cron_schedule_refreshes_every_view_at_its_times() {
+    let db = crate::helpers::TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    let mut config = crate::helpers::serve_config(&db);
+    // Every second (the optional seconds field first), so that the test need not wait a minute.
+    config.refresh_schedule = Some(prospect_api::config::parse_cron("* * * * * *").unwrap());
+    let app = crate::helpers::spawn_app_with(db, config).await;
+    app.wait_until_ready().await;
+    crate::helpers::eventually(10, "two scheduled refreshes of every view", || async {
+        let scheduled = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'"#
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        scheduled >= 6
+    })
+    .await;
+}
