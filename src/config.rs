@@ -237,7 +237,7 @@ impl ServeConfig {
     /// When the full refreshes run: REFRESH_SCHEDULE, else every REFRESH_INTERVAL, else never.
     pub fn schedule(&self) -> Schedule {
         match (&self.refresh_schedule, self.refresh_interval) {
-            (Some(cron), _) => Schedule::Cron(cron.clone()),
+            (Some(cron), _) => Schedule::Cron(Box::new(cron.clone())),
             (None, interval) if interval.is_zero() => Schedule::Off,
             (None, interval) => Schedule::Every(interval),
         }

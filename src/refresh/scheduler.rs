@@ -28,7 +28,7 @@ pub enum Schedule {
     Off,
     Every(Duration),
     /// At the times of a cron expression, in UTC.
-    Cron(croner::Cron),
+    Cron(Box<croner::Cron>),
 }
 
 impl Schedule {
