@@ -391,44 +391,53 @@ pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
     sort_doc: &str,
 ) -> Vec<Parameter> {
     let default_sort = K::DEFAULT.name();
-    let others = [
-        (
-            "sort",
-            format!("{sort_doc} Prefix `-` for descending order; default `{default_sort}`."),
-            json!({"type": "string", "enum": Sort::<K>::values()}),
-        ),
-        (
-            "limit",
-            format!("Rows per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),
-            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_LIMIT}),
-        ),
-        (
-            "cursor",
-            "`next_cursor` of the previous page.".to_owned(),
-            json!({"type": "string", "maxLength": MAX_CURSOR_CHARS}),
-        ),
-        (
-            "count",
-            "`exact` adds `total`; `estimated` adds `estimated_total`.".to_owned(),
-            json!({"type": "string", "enum": ["exact", "estimated"]}),
-        ),
-        (
-            "format",
-            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
-             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`."
-                .to_owned(),
-            json!({"type": "string", "enum": ["json", "csv"]}),
-        ),
-    ];
+    let sort = query_parameter(
+        "sort",
+        &format!("{sort_doc} Prefix `-` for descending order; default `{default_sort}`."),
+        json!({"type": "string", "enum": Sort::<K>::values()}),
+    );
     filter_parameters(filters, skip)
         .into_iter()
-        .chain(
-            others
-                .into_iter()
-                .map(|(name, doc, schema)| query_parameter(name, &doc, schema)),
-        )
-        .chain([fields::parameter::<R>()])
+        .chain([sort])
+        .chain(page_parameters::<R>(true))
         .collect()
+}
+
+/// The OpenAPI description of the page parameters of a list of `R` rows (`csv`: with an export).
+pub fn page_parameters<R: utoipa::ToSchema>(csv: bool) -> Vec<Parameter> {
+    let (formats, format_doc): (&[&str], &str) = if csv {
+        (
+            &["json", "csv"],
+            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
+             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`.",
+        )
+    } else {
+        (&["json"], "`json` only: this list has no CSV export.")
+    };
+    [
+        query_parameter(
+            "limit",
+            &format!("Rows per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_LIMIT}),
+        ),
+        query_parameter(
+            "cursor",
+            "`next_cursor` of the previous page.",
+            json!({"type": "string", "maxLength": MAX_CURSOR_CHARS}),
+        ),
+        query_parameter(
+            "count",
+            "`exact` adds `total`; `estimated` adds `estimated_total`.",
+            json!({"type": "string", "enum": ["exact", "estimated"]}),
+        ),
+        query_parameter(
+            "format",
+            format_doc,
+            json!({"type": "string", "enum": formats}),
+        ),
+        fields::parameter::<R>(),
+    ]
+    .into()
 }
 
 /// The OpenAPI description of a facets endpoint's query parameters: the list's filters and `facet`.
@@ -478,7 +487,7 @@ pub fn facet_param_names(filters: &[FilterSpec]) -> Vec<&'static str> {
         .collect()
 }
 
-fn filter_parameters(filters: &[FilterSpec], skip: &[&str]) -> Vec<Parameter> {
+pub fn filter_parameters(filters: &[FilterSpec], skip: &[&str]) -> Vec<Parameter> {
     filters
         .iter()
         .filter(|spec| !skip.contains(&spec.name))
@@ -501,7 +510,7 @@ fn filter_parameters(filters: &[FilterSpec], skip: &[&str]) -> Vec<Parameter> {
         .collect()
 }
 
-fn query_parameter(name: &str, description: &str, schema: serde_json::Value) -> Parameter {
+pub fn query_parameter(name: &str, description: &str, schema: serde_json::Value) -> Parameter {
     serde_json::from_value(json!({
         "name": name, "in": "query", "required": false,
         "description": description, "schema": schema,

@@ -4,64 +4,67 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::stream::BoxStream;
+use serde_json::json;
 use sqlx::PgPool;
 use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::fields::FieldsQuery;
 use super::list::{Listing, Page, list};
-use super::params::{PAGE_PARAMS, PageParams, QueryParams};
+use super::params::{
+    PAGE_PARAMS, PageParams, QueryParams, filter_parameters, page_parameters, query_parameter,
+};
 use crate::views::ViewName;
 use crate::views::prospect_search::{
-    self, MAX_TERMS, MIN_TERM_CHARS, SearchFilters, SearchKey, SearchRow,
+    self, MAX_TERMS, MIN_TERM_CHARS, Search, SearchFilters, SearchKey, SearchRow,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(search))
 }
 
-/// The parameters of `GET /search` (documentation; parsing is `parse_filters`).
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct SearchQuery {
-    /// Whitespace-separated terms (1 to 5, each at least 3 characters); every term must occur,
-    /// case-insensitively, in the prospect's name, email, job title, company name or industry.
-    /// `%`, `_` and `\` are ordinary characters.
-    #[param(
-        pattern = "^[ \\t\\n\\f\\r]*[^ \\t\\n\\f\\r\\x00]{3,}([ \\t\\n\\f\\r]+[^ \\t\\n\\f\\r\\x00]{3,}){0,4}[ \\t\\n\\f\\r]*$"
-    )]
-    q: String,
-    /// Company industry; repeatable.
-    industry: Option<Vec<String>>,
-    company_country: Option<String>,
-    /// Prospect department; repeatable.
-    department: Option<Vec<String>>,
-    /// Rows per page, 1 to 500 (default 50).
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    #[param(max_length = 4000)]
-    cursor: Option<String>,
-    /// `exact` adds `total`; `estimated` adds `estimated_total`.
-    #[param(pattern = "^(exact|estimated)$")]
-    count: Option<String>,
-    /// `json` only: search results have no CSV export.
-    #[param(pattern = "^json$")]
-    format: Option<String>,
+/// The query parameters of `GET /search`: `q`, the filters declared in `views::prospect_search`
+/// and the page's, as the parser reads them.
+pub struct SearchQuery;
+
+impl IntoParams for SearchQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let space = r"[ \t\n\f\r]";
+        let term = format!(r"[^ \t\n\f\r\x00]{{{MIN_TERM_CHARS},}}");
+        let pattern = format!(
+            "^{space}*{term}({space}+{term}){{0,{}}}{space}*$",
+            MAX_TERMS - 1
+        );
+        let mut q = query_parameter(
+            "q",
+            &format!(
+                "Whitespace-separated terms (1 to {MAX_TERMS}, each at least {MIN_TERM_CHARS} \
+                 characters); every term must occur, case-insensitively, in the prospect's name, \
+                 email, job title, company name or industry. `%`, `_` and `\\` are ordinary \
+                 characters."
+            ),
+            json!({"type": "string", "pattern": pattern}),
+        );
+        q.required = utoipa::openapi::Required::True;
+        [q].into_iter()
+            .chain(filter_parameters(SearchFilters::SPECS, &[]))
+            .chain(page_parameters::<SearchRow>(false))
+            .collect()
+    }
 }
 
 fn known_params() -> Vec<&'static str> {
-    ["q", "industry", "company_country", "department"]
+    ["q"]
         .into_iter()
+        .chain(SearchFilters::SPECS.iter().map(|spec| spec.name))
         .chain(PAGE_PARAMS)
         .collect()
 }
 
-fn parse_filters(params: &mut QueryParams) -> SearchFilters {
+fn parse_search(params: &mut QueryParams) -> Search {
     if !params.contains("q") {
         params.reject("q", "is required: the terms to search for");
     }
@@ -76,11 +79,9 @@ fn parse_filters(params: &mut QueryParams) -> SearchFilters {
             terms
         }
     };
-    SearchFilters {
+    Search {
         terms,
-        industries: params.many("industry"),
-        company_country: params.one("company_country"),
-        departments: params.many("department"),
+        filters: SearchFilters::read(params, &[]),
     }
 }
 
@@ -101,7 +102,7 @@ fn term_problem(terms: &[String]) -> Option<String> {
 }
 
 struct SearchListing {
-    filters: SearchFilters,
+    filters: Search,
 }
 
 impl Listing for SearchListing {
@@ -155,7 +156,7 @@ impl Listing for SearchListing {
 /// Substring search over prospects; results in company name, last name, first name order.
 #[utoipa::path(
     get, path = "/search", tag = "search",
-    params(SearchQuery, FieldsQuery<SearchRow>),
+    params(SearchQuery),
     responses(
         (status = 200, description = "One page of matches (freshness headers as on /prospects)", body = Page<SearchRow>),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
@@ -170,7 +171,7 @@ async fn search(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut params = QueryParams::parse(raw.as_deref())?;
-    let filters = parse_filters(&mut params);
+    let filters = parse_search(&mut params);
     let page = PageParams::parse::<SearchRow>(&mut params);
     params.finish(&known_params())?;
     list(&state, &headers, &uri, SearchListing { filters }, page).await
@@ -182,14 +183,10 @@ mod tests {
 
     #[test]
     fn the_documented_parameters_are_exactly_the_accepted_ones() {
-        let (mut documented, accepted) =
-            super::super::params::documented_and_accepted::<SearchQuery>(&known_params());
-        documented.extend(
-            FieldsQuery::<SearchRow>::into_params(|| None)
-                .into_iter()
-                .map(|p| p.name),
-        );
-        documented.sort();
-        assert_eq!(documented, accepted);
+        let documented: Vec<String> = SearchQuery::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(documented, known_params());
     }
 }

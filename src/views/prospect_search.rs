@@ -35,16 +35,27 @@ pub struct SearchRow {
     pub company_country: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SearchFilters {
-    /// 1 to MAX_TERMS terms, each at least MIN_TERM_CHARS characters (checked by the HTTP layer).
-    pub terms: Vec<String>,
-    pub industries: Vec<String>,
-    pub company_country: Option<String>,
-    pub departments: Vec<String>,
+super::query::filters! {
+    /// The filters of `GET /search` besides its terms; each bound once in `search_query!`.
+    pub struct SearchFilters {
+        /// Company industry; repeat for any of several (`industry=A&industry=B`).
+        pub industry: Vec<String>,
+        /// Company country.
+        pub company_country: Option<String>,
+        /// Prospect department; repeatable.
+        pub department: Vec<String>,
+    }
 }
 
-impl SearchFilters {
+/// A search: its terms and its filters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Search {
+    /// 1 to MAX_TERMS terms, each at least MIN_TERM_CHARS characters (checked by the HTTP layer).
+    pub terms: Vec<String>,
+    pub filters: SearchFilters,
+}
+
+impl Search {
     /// The LIKE pattern for slot `i` (lower-cased in SQL, as `search_text` is).
     fn pattern(&self, i: usize) -> Option<String> {
         self.terms
@@ -77,11 +88,12 @@ impl SearchKey {
 /// goes on from them. Parameters $1 to $9 are the filters; the callers' own start at $10.
 macro_rules! search_query {
     ($kind:ident [$($head:tt)*] $before:literal, $after:literal, $filters:expr $(, $extra:expr)* $(,)?) => {{
-        let f: &SearchFilters = $filters;
-        let patterns: Vec<Option<String>> = (0..MAX_TERMS).map(|i| f.pattern(i)).collect();
-        let industry = (f.industries.len() == 1).then(|| f.industries[0].as_str());
-        let industries = (f.industries.len() > 1).then_some(f.industries.as_slice());
-        let departments = (!f.departments.is_empty()).then_some(f.departments.as_slice());
+        let search: &Search = $filters;
+        let patterns: Vec<Option<String>> = (0..MAX_TERMS).map(|i| search.pattern(i)).collect();
+        let f = &search.filters;
+        let industry = (f.industry.len() == 1).then(|| f.industry[0].as_str());
+        let industries = (f.industry.len() > 1).then_some(f.industry.as_slice());
+        let departments = (!f.department.is_empty()).then_some(f.department.as_slice());
         sqlx::$kind!(
             $($head)*
             $before
@@ -124,7 +136,7 @@ const ORDERED_SCAN_ROWS: i64 = 5_000;
 #[tracing::instrument(skip(pool, filters, after))]
 pub async fn page(
     pool: &PgPool,
-    filters: &SearchFilters,
+    filters: &Search,
     after: Option<&SearchKey>,
     limit: i64,
 ) -> Result<Vec<SearchRow>, sqlx::Error> {
@@ -183,14 +195,14 @@ pub async fn page(
 }
 
 #[tracing::instrument(skip(pool, filters))]
-pub async fn count_exact(pool: &PgPool, filters: &SearchFilters) -> Result<i64, sqlx::Error> {
+pub async fn count_exact(pool: &PgPool, filters: &Search) -> Result<i64, sqlx::Error> {
     search_query!(query_scalar[] "SELECT count(*) AS \"total!\" FROM prospect_search_view WHERE", "", filters)
         .fetch_one(pool)
         .await
 }
 
 #[tracing::instrument(skip(pool, filters))]
-pub async fn count_estimate(pool: &PgPool, filters: &SearchFilters) -> Result<i64, sqlx::Error> {
+pub async fn count_estimate(pool: &PgPool, filters: &Search) -> Result<i64, sqlx::Error> {
     let plan = search_query!(query_scalar[] "EXPLAIN (FORMAT JSON) SELECT 1 FROM prospect_search_view WHERE", "", filters)
         .fetch_one(pool)
         .await?;
