@@ -64,7 +64,7 @@ impl Listing for CompanyListing {
     type Row = CompanyRow;
     type Key = serde_json::Value;
     const ROW_BYTES: usize = 450;
-    const CSV_FILE: Option<&'static str> = Some("companies");
+    const CSV_FILE: &'static str = "companies";
 
     fn stream<'a>(
         &'a self,

@@ -61,8 +61,8 @@ pub trait Listing: Send + Sync {
         &self,
         pool: &PgPool,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
-    /// The name of a CSV export's file; `None`: no CSV export of this list.
-    const CSV_FILE: Option<&'static str>;
+    /// The name of a CSV export's file.
+    const CSV_FILE: &'static str;
     /// At most `limit` rows from the first, in order, as they arrive (for CSV exports).
     fn stream<'a>(
         &'a self,
@@ -170,12 +170,6 @@ async fn export_csv<L: Listing + 'static>(
     listing: L,
     page: PageParams,
 ) -> Result<Response, ApiError> {
-    let Some(file) = L::CSV_FILE else {
-        return Err(ApiError::invalid(
-            "format",
-            "this endpoint has no CSV export; /prospects, /companies and /companies/{id}/prospects do",
-        ));
-    };
     let paging: Vec<InvalidParam> = [
         ("limit", page.limit_given),
         ("cursor", page.cursor.is_some()),
@@ -198,7 +192,7 @@ async fn export_csv<L: Listing + 'static>(
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
-    let response = csv_export::respond(state, listing, page.fields, file).await?;
+    let response = csv_export::respond(state, listing, page.fields, L::CSV_FILE).await?;
     Ok(fresh.apply(response))
 }
 

@@ -399,21 +399,12 @@ pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
     filter_parameters(filters, skip)
         .into_iter()
         .chain([sort])
-        .chain(page_parameters::<R>(true))
+        .chain(page_parameters::<R>())
         .collect()
 }
 
-/// The OpenAPI description of the page parameters of a list of `R` rows (`csv`: with an export).
-pub fn page_parameters<R: utoipa::ToSchema>(csv: bool) -> Vec<Parameter> {
-    let (formats, format_doc): (&[&str], &str) = if csv {
-        (
-            &["json", "csv"],
-            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
-             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`.",
-        )
-    } else {
-        (&["json"], "`json` only: this list has no CSV export.")
-    };
+/// The OpenAPI description of the page parameters of a list of `R` rows.
+pub fn page_parameters<R: utoipa::ToSchema>() -> Vec<Parameter> {
     [
         query_parameter(
             "limit",
@@ -432,8 +423,9 @@ pub fn page_parameters<R: utoipa::ToSchema>(csv: bool) -> Vec<Parameter> {
         ),
         query_parameter(
             "format",
-            format_doc,
-            json!({"type": "string", "enum": formats}),
+            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
+             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`.",
+            json!({"type": "string", "enum": ["json", "csv"]}),
         ),
         fields::parameter::<R>(),
     ]

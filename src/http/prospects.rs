@@ -91,7 +91,7 @@ impl Listing for ProspectListing {
     type Row = ProspectRow;
     type Key = serde_json::Value;
     const ROW_BYTES: usize = 1200;
-    const CSV_FILE: Option<&'static str> = Some("prospects");
+    const CSV_FILE: &'static str = "prospects";
 
     fn stream<'a>(
         &'a self,

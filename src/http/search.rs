@@ -51,7 +51,7 @@ impl IntoParams for SearchQuery {
         q.required = utoipa::openapi::Required::True;
         [q].into_iter()
             .chain(filter_parameters(SearchFilters::SPECS, &[]))
-            .chain(page_parameters::<SearchRow>(false))
+            .chain(page_parameters::<SearchRow>())
             .collect()
     }
 }
@@ -109,15 +109,14 @@ impl Listing for SearchListing {
     type Row = SearchRow;
     type Key = SearchKey;
     const ROW_BYTES: usize = 600;
-    /// Search pages are found in two steps (`prospect_search::page`), not one ordered scan.
-    const CSV_FILE: Option<&'static str> = None;
+    const CSV_FILE: &'static str = "search";
 
     fn stream<'a>(
         &'a self,
-        _: &'a PgPool,
-        _: i64,
+        pool: &'a PgPool,
+        limit: i64,
     ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-        Box::pin(futures_util::stream::empty())
+        prospect_search::matches_after(pool, &self.filters, None, limit)
     }
 
     fn view(&self) -> ViewName {
@@ -158,7 +157,9 @@ impl Listing for SearchListing {
     get, path = "/search", tag = "search",
     params(SearchQuery),
     responses(
-        (status = 200, description = "One page of matches (freshness headers as on /prospects)", body = Page<SearchRow>),
+        (status = 200, description = "One page of matches (freshness headers as on /prospects), or with `format=csv` every match as CSV", content(
+            (Page<SearchRow> = "application/json"), (String = "text/csv")
+        )),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
         (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The view was never populated, or the database is unavailable", body = Problem, content_type = "application/problem+json"),

@@ -4,6 +4,8 @@
 //! `\` escaped, which the trigram index answers. Up to `MAX_TERMS` terms, each a fixed parameter slot
 //! (an unused slot is NULL and folds away in the custom plan).
 
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -174,6 +176,28 @@ pub async fn page(
     if in_window.len() as i64 > limit {
         return Ok(in_window);
     }
+    matches_after(pool, filters, after, limit + 1)
+        .try_collect()
+        .await
+}
+
+/// Every match after `after` (at most `limit`), in result order, found through the trigram index
+/// and sorted: the second step of `page`, and a CSV export (which counts the matches first).
+pub fn matches_after<'a>(
+    pool: &'a PgPool,
+    filters: &'a Search,
+    after: Option<&'a SearchKey>,
+    limit: i64,
+) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
+    let (company, last, first, id) = match after {
+        Some(key) => (
+            Some(key.company.as_str()),
+            Some(key.last.as_str()),
+            Some(key.first.as_str()),
+            Some(key.id.as_str()),
+        ),
+        None => (None, None, None, None),
+    };
     // OFFSET 0 keeps the conditions inside the subquery, planned without an order to deliver: the
     // trigram index for a rare term.
     search_query!(
@@ -188,10 +212,9 @@ pub async fn page(
                OFFSET 0) AS matches
          ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
          LIMIT $14",
-        filters, company, last, first, id, limit + 1
+        filters, company, last, first, id, limit
     )
-    .fetch_all(pool)
-    .await
+    .fetch(pool)
 }
 
 #[tracing::instrument(skip(pool, filters))]

@@ -196,7 +196,7 @@ async fn an_export_past_csv_max_rows_is_refused_before_any_row() {
 }
 
 #[tokio::test]
-async fn paging_parameters_and_unknown_formats_are_named() {
+async fn every_list_exports_and_paging_parameters_or_unknown_formats_are_named() {
     let app = spawn_exporting_app(100_000).await;
     for (query, names) in [
         ("format=csv&limit=10", &["limit"][..]),
@@ -209,8 +209,14 @@ async fn paging_parameters_and_unknown_formats_are_named() {
         names.sort();
         assert_eq!(rejected, names, "{query}");
     }
-    let response = app.get("/search?q=first&format=csv").await;
-    assert_eq!(rejected_params(response).await, ["format"]);
+    let search = app.get("/search?q=first42&format=csv").await;
+    assert_eq!(search.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = search.text().await.unwrap();
+    let ids: Vec<String> = csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(|record| record.unwrap()[0].to_owned())
+        .collect();
+    assert_eq!(ids, ["p_042"], "the one match of the search");
     let companies = app.get("/companies?format=csv").await;
     assert_eq!(companies.status(), 200);
     let text = companies.text().await.unwrap();
