@@ -112,3 +112,114 @@ pub struct SeedArgs {
     #[command(flatten)]
     pub refresh_settings: RefreshSettings,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Strings that have broken parsers: empty, half a URL, multibyte text where bytes are counted,
+    /// huge and negative numbers, units without numbers, NUL, separators alone.
+    const TRICKY: &[&str] = &[
+        "",
+        " ",
+        "http://",
+        "https://",
+        "http://é",
+        "https://é/",
+        "-",
+        "-1",
+        "0",
+        "00",
+        "1e99",
+        "NaN",
+        "99999999999999999999999",
+        "-9223372036854775809",
+        "18446744073709551616GiB",
+        "1.5",
+        "☃",
+        "\u{0}",
+        "%",
+        "%%%",
+        "1s1",
+        "5 minutes",
+        "-5s",
+        "9999999999999999h",
+        "0.0.0.0:99999",
+        ":",
+        ",",
+        ",,",
+        "a,b",
+        "postgres://",
+        "postgres://:@/",
+        "* * * * * * * *",
+        "60 * * * *",
+        "GiB",
+        "ms",
+        "true",
+        "yes",
+        "refresh,incremental",
+        "0x10",
+        "+5",
+        "\t",
+        "\n",
+    ];
+
+    /// More strings from a fixed seed: pieces of the above and random characters, multibyte ones
+    /// included.
+    fn generated(count: usize) -> Vec<String> {
+        let alphabet: Vec<char> = "abcz019:/.,-+%*@ éß☃\u{0}\t".chars().collect();
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..count)
+            .map(|_| {
+                let len = (next() % 12) as usize;
+                let mut text = TRICKY[(next() % TRICKY.len() as u64) as usize].to_owned();
+                text.extend((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]));
+                text
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_given_any_string_parses_or_names_itself() {
+        let values: Vec<String> = TRICKY
+            .iter()
+            .map(|s| s.to_string())
+            .chain(generated(300))
+            .collect();
+        let cli = Cli::command();
+        let mut checked = 0;
+        for subcommand in cli.get_subcommands() {
+            for arg in subcommand.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                for value in &values {
+                    let argv = [
+                        "prospect-api".to_owned(),
+                        subcommand.get_name().to_owned(),
+                        format!("--{long}={value}"),
+                    ];
+                    let parsed = std::panic::catch_unwind(|| Cli::try_parse_from(&argv));
+                    let Ok(result) = parsed else {
+                        panic!("--{long}={value:?} panicked");
+                    };
+                    if let Err(error) = result {
+                        let message = error.to_string();
+                        let named = message.contains(&format!("--{long}"))
+                            || env.as_deref().is_some_and(|env| message.contains(env));
+                        assert!(named, "--{long}={value:?}: {message}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked} combinations");
+    }
+}

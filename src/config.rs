@@ -317,8 +317,10 @@ impl AdminToken {
 
 fn parse_origin(text: &str) -> Result<axum::http::HeaderValue, String> {
     let origin = text.trim();
-    let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
-        && !origin[8..].contains('/');
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let valid = matches!(host, Some(host) if !host.is_empty() && !host.contains('/'));
     if !valid {
         return Err(format!(
             "'{origin}' is not an origin like https://app.example.com"
