@@ -17,14 +17,13 @@ use super::facets::{self, FacetsBody};
 use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
-    PageParams, QueryParams, facet_param_names, facet_parameters, list_param_names,
-    list_parameters, parse_facets, parse_sort, path_id,
+    PageParams, QueryParams, facet_parameters, list_param_names, list_parameters, parse_sort,
+    path_id,
 };
 use crate::views::ViewName;
 use crate::views::company_summaries::{
     self, CompanyFacet, CompanyFilters, CompanyRow, CompanySort, CompanySortKey,
 };
-use crate::views::query::Facet;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -156,16 +155,8 @@ async fn company_facets(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let filters = CompanyFilters::read(&mut params, &[]);
-    let facets = parse_facets::<CompanyFacet>(&mut params);
-    params.finish(&facet_param_names(CompanyFilters::SPECS))?;
-    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
-    let request = format!(
-        "/companies/facets|{}|{}",
-        serde_json::to_string(&filters).expect("filters serialize"),
-        names.join(",")
-    );
+    let (filters, facets, request) =
+        facets::parse_request::<CompanyFilters, CompanyFacet>(raw.as_deref(), "/companies/facets")?;
     facets::respond(
         &state,
         &headers,

@@ -13,8 +13,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::list::one;
+use super::params::{QueryParams, facet_param_names, parse_facets};
 use crate::views::ViewName;
-use crate::views::query::{Facet, FacetCount};
+use crate::views::query::{Facet, FacetCount, FilterSet};
 
 /// The counted facets, in the order asked for: `{"industry": [{"value": …, "count": …}, …], …}`.
 pub type FacetsBody = std::collections::BTreeMap<String, Vec<FacetCount>>;
@@ -29,6 +30,25 @@ impl Serialize for Counted {
         }
         map.end()
     }
+}
+
+/// A facets request of `endpoint`: the list's filters, the facets asked for, and the request as
+/// parsed (the key of its ETag and cached response).
+pub fn parse_request<Filters: FilterSet, F: Facet>(
+    raw: Option<&str>,
+    endpoint: &str,
+) -> Result<(Filters, Vec<F>, String), ApiError> {
+    let mut params = QueryParams::parse(raw)?;
+    let filters = Filters::read(&mut params, &[]);
+    let facets = parse_facets::<F>(&mut params);
+    params.finish(&facet_param_names(Filters::SPECS))?;
+    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
+    let request = format!(
+        "{endpoint}|{}|{}",
+        serde_json::to_string(&filters).expect("filters serialize"),
+        names.join(",")
+    );
+    Ok((filters, facets, request))
 }
 
 /// Answers with the counts of `facets`, one statement each (`count`), through the freshness gate

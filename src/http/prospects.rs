@@ -17,14 +17,13 @@ use super::facets::{self, FacetsBody};
 use super::fields::{Fields, FieldsQuery};
 use super::list::{Listing, Page, list, one};
 use super::params::{
-    PageParams, QueryParams, facet_param_names, facet_parameters, list_param_names,
-    list_parameters, parse_facets, parse_sort, path_id,
+    PageParams, QueryParams, facet_parameters, list_param_names, list_parameters, parse_sort,
+    path_id,
 };
 use crate::views::ViewName;
 use crate::views::company_prospects::{
     self, ProspectFacet, ProspectFilters, ProspectRow, ProspectSort, ProspectSortKey,
 };
-use crate::views::query::Facet;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -221,16 +220,10 @@ async fn prospect_facets(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let filters = ProspectFilters::read(&mut params, &[]);
-    let facets = parse_facets::<ProspectFacet>(&mut params);
-    params.finish(&facet_param_names(ProspectFilters::SPECS))?;
-    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
-    let request = format!(
-        "/prospects/facets|{}|{}",
-        serde_json::to_string(&filters).expect("filters serialize"),
-        names.join(",")
-    );
+    let (filters, facets, request) = facets::parse_request::<ProspectFilters, ProspectFacet>(
+        raw.as_deref(),
+        "/prospects/facets",
+    )?;
     facets::respond(
         &state,
         &headers,

@@ -76,6 +76,14 @@ pub struct SearchKey {
 }
 
 impl SearchKey {
+    /// The key's values as the statements bind them ($10 to $13), NULL without a key.
+    fn bound(key: Option<&SearchKey>) -> [Option<&str>; 4] {
+        match key {
+            Some(key) => [&key.company, &key.last, &key.first, &key.id].map(|v| Some(v.as_str())),
+            None => [None; 4],
+        }
+    }
+
     pub fn of(row: &SearchRow) -> SearchKey {
         SearchKey {
             company: row.company_name.clone(),
@@ -142,15 +150,7 @@ pub async fn page(
     after: Option<&SearchKey>,
     limit: i64,
 ) -> Result<Vec<SearchRow>, sqlx::Error> {
-    let (company, last, first, id) = match after {
-        Some(key) => (
-            Some(key.company.as_str()),
-            Some(key.last.as_str()),
-            Some(key.first.as_str()),
-            Some(key.id.as_str()),
-        ),
-        None => (None, None, None, None),
-    };
+    let [company, last, first, id] = SearchKey::bound(after);
     let in_window = search_query!(
         query_as[SearchRow,]
         "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
@@ -189,15 +189,7 @@ pub fn matches_after<'a>(
     after: Option<&'a SearchKey>,
     limit: i64,
 ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-    let (company, last, first, id) = match after {
-        Some(key) => (
-            Some(key.company.as_str()),
-            Some(key.last.as_str()),
-            Some(key.first.as_str()),
-            Some(key.id.as_str()),
-        ),
-        None => (None, None, None, None),
-    };
+    let [company, last, first, id] = SearchKey::bound(after);
     // OFFSET 0 keeps the conditions inside the subquery, planned without an order to deliver: the
     // trigram index for a rare term.
     search_query!(

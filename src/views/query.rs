@@ -102,6 +102,13 @@ impl FilterValue for Option<DateTime<Utc>> {
     }
 }
 
+/// What `filters!` declares, for code that works on any resource's filters (facets).
+pub trait FilterSet: Clone + Default + serde::Serialize + Send + Sync + 'static {
+    const SPECS: &'static [FilterSpec];
+    fn read(source: &mut dyn FilterSource, skip: &[&str]) -> Self;
+    fn without(&self, name: &str) -> Self;
+}
+
 /// Rejects `x_max` when it is below `x_min`, for every such pair of filters.
 pub fn check_ranges(
     specs: &[FilterSpec],
@@ -175,6 +182,16 @@ macro_rules! filters {
                     $( stringify!($field) => $crate::views::query::FilterValue::as_number(&self.$field), )*
                     _ => None,
                 }
+            }
+        }
+
+        impl $crate::views::query::FilterSet for $name {
+            const SPECS: &'static [$crate::views::query::FilterSpec] = $name::SPECS;
+            fn read(source: &mut dyn $crate::views::query::FilterSource, skip: &[&str]) -> Self {
+                $name::read(source, skip)
+            }
+            fn without(&self, name: &str) -> Self {
+                $name::without(self, name)
             }
         }
     };
