@@ -9,6 +9,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo .cargo
 COPY .sqlx .sqlx
 COPY migrations migrations
+COPY assets assets
 COPY src src
 COPY tests tests
 RUN cargo build --release --locked --bin prospect-api \

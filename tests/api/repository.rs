@@ -274,6 +274,47 @@ fn the_dockerfile_builds_offline_in_stages_and_runs_as_a_user() {
             );
         }
     }
+    // Every file the build reads into the binary (include_str!, include_bytes!, sqlx::migrate!)
+    // must be in the build stage.
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| l.split_whitespace().rev().skip(1))
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut included = 0;
+    for (file, text) in source_files() {
+        for piece in text
+            .split("include_str!(\"")
+            .chain(text.split("include_bytes!(\""))
+            .skip(1)
+        {
+            let Some(relative) = piece.split('"').next() else {
+                continue;
+            };
+            let target = file.parent().unwrap().join(relative);
+            let Ok(target) = target.canonicalize() else {
+                continue;
+            };
+            let inside = target.strip_prefix(root.canonicalize().unwrap()).unwrap();
+            let top = inside
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap();
+            assert!(
+                copied.contains(&top),
+                "{} includes {} but the Dockerfile does not copy {top}",
+                file.display(),
+                inside.display()
+            );
+            included += 1;
+        }
+    }
+    assert!(included > 0, "the check found the binary's included files");
 }
 
 /// The curl commands of the README's shell blocks, one per entry (continuation lines joined), with
