@@ -1,6 +1,7 @@
 //! Building and running the server: `Application::build` prepares the database and binds the
 //! listener (port 0 in tests), `run_until_stopped` serves until the given shutdown future resolves.
 
+use crate::http::database_circuit::{self, DatabaseCircuit};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ struct Background {
     schedule: Schedule,
     log_retention: Duration,
     notify: NotifySettings,
+    /// The read pool and its circuit, probed while the database is away.
+    read_pool: PgPool,
+    database: Arc<DatabaseCircuit>,
 }
 
 /// How long a refresh that is running at shutdown may take to finish before it is rolled back.
@@ -96,12 +100,15 @@ impl Application {
             freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
             responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
             csv_max_rows: config.csv_max_rows.into(),
+            database: Arc::default(),
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             cors_origins: config.cors_origins.clone(),
         };
         let background = Background {
+            read_pool: state.read_pool.clone(),
+            database: state.database.clone(),
             pool,
             changes: if config.refresh_notify {
                 ChangeSource::Notifications(config.database.database_url.clone())
@@ -159,6 +166,11 @@ impl Application {
                 background.refresher.clone(),
                 background.notify,
                 background.metrics.clone(),
+                stopping.clone(),
+            )),
+            tokio::spawn(database_circuit::probe(
+                background.database.clone(),
+                background.read_pool.clone(),
                 stopping.clone(),
             )),
             tokio::spawn(refresh::run_housekeeping(

@@ -1,6 +1,7 @@
 //! The one error type of the HTTP layer, rendered as RFC 9457 problem details
 //! (`application/problem+json`). Internal causes are logged, never sent to clients.
 
+use super::database_circuit::DatabaseWasUnreachable;
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -61,6 +62,10 @@ pub enum ApiError {
     NotPopulated(ViewName),
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    /// Answered without trying: recent requests found the database unreachable (see
+    /// `database_circuit`).
+    #[error("database away")]
+    DatabaseAway,
     #[error("query timed out")]
     QueryTimeout,
     #[error("internal error: {0}")]
@@ -86,6 +91,14 @@ impl ApiError {
         ApiError::InvalidParams(vec![InvalidParam::new(name, reason)])
     }
 
+    /// Whether this error, or the one it shares, is what `test` looks for.
+    fn is(&self, test: impl Fn(&ApiError) -> bool) -> bool {
+        match self {
+            ApiError::Shared(inner) => inner.is(test),
+            other => test(other),
+        }
+    }
+
     /// A failure several waiting requests share: the error itself when this is the last holder.
     pub fn shared(error: Arc<ApiError>) -> ApiError {
         Arc::try_unwrap(error).unwrap_or_else(ApiError::Shared)
@@ -99,6 +112,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotPopulated(_)
             | ApiError::DatabaseUnavailable(_)
+            | ApiError::DatabaseAway
             | ApiError::QueryTimeout
             | ApiError::RefreshUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::RefreshFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,6 +152,13 @@ impl ApiError {
             ApiError::DatabaseUnavailable(_) => (
                 "urn:prospect-api:problem:database-unavailable",
                 "The database is not reachable, or all its connections are busy, right now. Retry shortly.".into(),
+                vec![],
+            ),
+            ApiError::DatabaseAway => (
+                "urn:prospect-api:problem:database-unavailable",
+                "The database has been unreachable for the last requests. The server is checking it \
+                 in the background and serves again as soon as it is back: retry in a second."
+                    .into(),
                 vec![],
             ),
             ApiError::QueryTimeout => (
@@ -204,9 +225,12 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
+            // Protocol: the connection broke mid-message, as when a proxy or load balancer in front
+            // of a database that went away accepts the connection and closes it at once.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolClosed => ApiError::DatabaseUnavailable(error),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // query_canceled (statement_timeout)
@@ -244,9 +268,17 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut response = problem_response(&self.problem());
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry_after = if self.is(|e| matches!(e, ApiError::DatabaseAway)) {
+                "1"
+            } else {
+                "5"
+            };
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+        }
+        if self.is(|e| matches!(e, ApiError::DatabaseUnavailable(_))) {
+            response.extensions_mut().insert(DatabaseWasUnreachable);
         }
         if let ApiError::TooManyWrongTokens { retry_after_secs } = self {
             response

@@ -6,6 +6,7 @@ pub mod admin_guard;
 mod companies;
 mod csv_export;
 pub mod cursor;
+pub mod database_circuit;
 mod docs;
 pub mod error;
 mod facets;
@@ -44,6 +45,7 @@ pub use freshness::{X_DATA_AGE, X_DATA_REFRESHED_AT, X_DATA_STALE};
 
 use self::admin_guard::WrongTokenLimiter;
 use self::cursor::CursorSigner;
+use self::database_circuit::DatabaseCircuit;
 use self::error::{
     ApiError, InvalidParam, PROBLEM_JSON, Problem, generic_problem, problem_response,
 };
@@ -75,6 +77,8 @@ pub struct AppState {
     pub responses: Arc<ResponseCache>,
     /// The most rows of one CSV export.
     pub csv_max_rows: i64,
+    /// Open while the database is unreachable: requests get a 503 at once.
+    pub database: Arc<DatabaseCircuit>,
 }
 
 pub struct HttpSettings {
@@ -191,6 +195,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             record_request_metrics,
         ))
         .layer(map_response(ensure_problem_body))
+        .layer(from_fn_with_state(
+            state.database.clone(),
+            database_circuit::guard,
+        ))
         .layer(from_fn_with_state(
             settings.request_timeout,
             limit_request_time,

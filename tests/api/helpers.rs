@@ -421,3 +421,90 @@ pub fn value_excluding_most_rows(spec: &prospect_api::views::query::FilterSpec) 
         FilterKind::Timestamp => "9999-01-01T00:00:00Z".to_owned(),
     }
 }
+
+/// A TCP proxy in front of the test PostgreSQL that can be cut, to take the database away from a
+/// server without touching PostgreSQL. `down(Away::Refused)` drops every connection through it and
+/// stops listening (connection refused, as a database host that went away); `down(Away::Closed)`
+/// drops them and closes each new one at once (as a load balancer in front of a database that
+/// went away); `up()` lets connections through again, on the same port.
+pub struct FlakyProxy {
+    pub port: u16,
+    state: tokio::sync::watch::Sender<ProxyState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Away {
+    Refused,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyState {
+    Up,
+    Down(Away),
+}
+
+impl FlakyProxy {
+    pub async fn start(target: std::net::SocketAddr) -> FlakyProxy {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = first.local_addr().unwrap();
+        let (state, mut watch) = tokio::sync::watch::channel(ProxyState::Up);
+        tokio::spawn(async move {
+            let mut listener = Some(first);
+            loop {
+                let current = *watch.borrow_and_update();
+                match (current, listener.take()) {
+                    (ProxyState::Down(Away::Refused), _) => {} // listener dropped: refused
+                    (_, None) => {
+                        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                        socket.set_reuseaddr(true).unwrap();
+                        socket.bind(address).unwrap();
+                        listener = Some(socket.listen(128).unwrap());
+                        continue;
+                    }
+                    (_, Some(open)) => {
+                        tokio::select! {
+                            accepted = open.accept() => {
+                                if let (Ok((inbound, _)), ProxyState::Up) = (accepted, current) {
+                                    tokio::spawn(relay(inbound, target, watch.clone()));
+                                } // else: closed at once
+                            }
+                            _ = watch.changed() => {}
+                        }
+                        listener = Some(open);
+                        continue;
+                    }
+                }
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        FlakyProxy {
+            port: address.port(),
+            state,
+        }
+    }
+
+    pub fn down(&self, how: Away) {
+        self.state.send_replace(ProxyState::Down(how));
+    }
+
+    pub fn up(&self) {
+        self.state.send_replace(ProxyState::Up);
+    }
+}
+
+async fn relay(
+    mut inbound: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    mut watch: tokio::sync::watch::Receiver<ProxyState>,
+) {
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = watch.wait_for(|state| *state != ProxyState::Up) => {} // cut: both sockets dropped
+    }
+}

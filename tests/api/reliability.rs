@@ -11,8 +11,8 @@ use sqlx::Connection;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, eventually, header, json, lock_summary_view, serve_config,
-    spawn_configured_app, spawn_instance,
+    ADMIN_TOKEN, Away, FlakyProxy, TestApp, TestDb, eventually, header, json, lock_summary_view,
+    serve_config, spawn_app_with, spawn_configured_app, spawn_instance,
 };
 
 /// What a client saw under load: the statuses, each checked to be a 200 or an honest 503.
@@ -386,4 +386,71 @@ async fn two_instances_under_load_with_notifications_and_manual_refreshes_never_
             .any(|(started, _)| (*started - served).num_milliseconds().abs() < 1),
         "{served} not among {logged:?}"
     );
+}
+
+#[tokio::test]
+async fn while_the_database_is_away_requests_are_answered_at_once_and_served_again_when_it_returns()
+{
+    for how in [Away::Refused, Away::Closed] {
+        let db = TestDb::new().await;
+        db.execute(include_str!("../fixtures/formatting_cases.sql"))
+            .await;
+        let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+        let target = format!("{}:{}", options.get_host(), options.get_port());
+        let target = tokio::net::lookup_host(&target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = FlakyProxy::start(target).await;
+        let mut config = serve_config(&db);
+        let through_proxy = db.url.replacen(
+            &format!(":{}/", options.get_port()),
+            &format!(":{}/", proxy.port),
+            1,
+        );
+        config.database.database_url = through_proxy.parse().unwrap();
+        config.database.acquire_timeout = Duration::from_secs(2);
+        let app = spawn_app_with(db, config).await;
+        app.wait_until_ready().await;
+        assert_eq!(app.get("/prospects?limit=1").await.status(), 200);
+
+        proxy.down(how);
+        // Each request a different page, so that none is answered from the response cache.
+        let mut answered_at_once = None;
+        for limit in 2..20 {
+            let response = app.get(&format!("/prospects?limit={limit}")).await;
+            assert_eq!(response.status(), 503, "{how:?}: limit={limit}");
+            let retry_after = header(&response, "retry-after");
+            let body = json(response, 503).await;
+            if body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("checking it in the background")
+            {
+                answered_at_once = Some((limit, retry_after));
+                break;
+            }
+        }
+        let (after, retry_after) = answered_at_once.expect("the circuit opened");
+        assert!(
+            after <= 2 + 3,
+            "{how:?}: opened after {} requests",
+            after - 2
+        );
+        assert_eq!(retry_after, "1");
+        assert_eq!(
+            app.get("/healthz").await.status(),
+            200,
+            "no database needed"
+        );
+        assert_eq!(app.get("/readyz").await.status(), 503);
+
+        proxy.up();
+        eventually(5, "serving again once the database is back", || async {
+            app.get("/prospects?limit=30").await.status() == 200
+        })
+        .await;
+        assert_eq!(app.get("/readyz").await.status(), 200, "{how:?}");
+    }
 }
