@@ -204,6 +204,7 @@ def main():
             time.sleep(0.05)
         up_at = time.time()
         starting.join()
+        started_returned = time.time()
         back = first_time(base, "/prospects?limit=1", 200, up_at, 30)
         ready_back = first_time(base, "/readyz", 200, up_at, 30)
         caught_up = first_time(base, "/prospects/p_during_outage", 200, up_at, 60)
@@ -241,6 +242,12 @@ def main():
         print(f"after restart     : {summarize(load.between(up_at, kill_at))}")
         print(f"  /prospects 200 again {back:.2f} s after PostgreSQL accepted connections" if back is not None
               else "  /prospects never came back")
+        # The load's own requests say it sooner than a poll begun after the start command returned.
+        resumed = min((r[0] + r[3] for r in load.records
+                       if r[0] + r[3] >= up_at and r[1].startswith("/prospects") and r[2] == 200), default=None)
+        print(f"  the load's first /prospects 200 {resumed - up_at:.2f} s after PostgreSQL accepted connections "
+              f"(pg_ctlcluster start returned {started_returned - up_at:.2f} s after)" if resumed is not None
+              else "  the load saw no /prospects 200")
         print(f"  /readyz 200 again    {ready_back:.2f} s after" if ready_back is not None else "  /readyz never 200")
         print(f"  the write made before the outage served {caught_up:.2f} s after ({catchup_rows} 'catchup' refreshes logged)"
               if caught_up is not None else "  the write made before the outage was never served")

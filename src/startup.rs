@@ -41,8 +41,7 @@ struct Background {
     schedule: Schedule,
     log_retention: Duration,
     notify: NotifySettings,
-    /// The read pool and its circuit, probed while the database is away.
-    read_pool: PgPool,
+    /// Probed while the database is away.
     database: Arc<DatabaseCircuit>,
 }
 
@@ -88,6 +87,9 @@ impl Application {
             modes,
             stopping,
         );
+        let database = Arc::new(DatabaseCircuit::new(
+            read_pool.connect_options().as_ref().clone(),
+        ));
         let state = AppState {
             refresher: refresher.clone(),
             metrics: metrics.clone(),
@@ -100,14 +102,13 @@ impl Application {
             freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
             responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
             csv_max_rows: config.csv_max_rows.into(),
-            database: Arc::default(),
+            database,
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             cors_origins: config.cors_origins.clone(),
         };
         let background = Background {
-            read_pool: state.read_pool.clone(),
             database: state.database.clone(),
             pool,
             changes: if config.refresh_notify {
@@ -170,7 +171,6 @@ impl Application {
             )),
             tokio::spawn(database_circuit::probe(
                 background.database.clone(),
-                background.read_pool.clone(),
                 stopping.clone(),
             )),
             tokio::spawn(refresh::run_housekeeping(

@@ -1,9 +1,11 @@
 //! Failing fast while the database is away. Without this, every request waits the whole
 //! DATABASE_ACQUIRE_TIMEOUT (5 s) for a connection that cannot be made before its 503. Here, after
-//! `OPEN_AFTER` requests in a row found the database unreachable, requests that need it are answered
-//! 503 with `Retry-After: 1` at once, while a background probe tries a fresh connection every
-//! `PROBE_EVERY`; its first success lets requests through again. Endpoints that need no database
-//! (`/healthz`, `/metrics`, the docs and the spec) are never held back.
+//! `OPEN_AFTER` requests in a row found the database unreachable and a fresh connection fails too
+//! (so that connections the server dropped, as when backends are terminated, do not count as an
+//! outage), requests that need it are answered 503 with `Retry-After: 1` at once, while a
+//! background probe tries a fresh connection every `PROBE_EVERY`; its first success lets requests
+//! through again. Endpoints that need no database (`/healthz`, `/metrics`, the docs and the spec)
+//! are never held back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,6 +14,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
@@ -28,10 +31,13 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// The longest a probe waits for its connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DatabaseCircuit {
     failures_in_a_row: AtomicU32,
     open: AtomicBool,
+    /// One request at a time checks a fresh connection before the circuit opens.
+    confirming: AtomicBool,
+    options: PgConnectOptions,
 }
 
 /// Set on a response whose request found the database unreachable (see `ApiError`).
@@ -39,17 +45,47 @@ pub struct DatabaseCircuit {
 pub struct DatabaseWasUnreachable;
 
 impl DatabaseCircuit {
+    /// A closed circuit for the database `options` connect to.
+    pub fn new(options: PgConnectOptions) -> DatabaseCircuit {
+        DatabaseCircuit {
+            failures_in_a_row: AtomicU32::new(0),
+            open: AtomicBool::new(false),
+            confirming: AtomicBool::new(false),
+            options,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn record(&self, unreachable: bool) {
+    /// Counts one request's outcome; after `OPEN_AFTER` failures in a row, one caller checks a fresh
+    /// connection and opens the circuit only if that fails too.
+    async fn record(&self, unreachable: bool) {
         if !unreachable {
             self.failures_in_a_row.store(0, Ordering::Relaxed);
-        } else if self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= OPEN_AFTER
-            && !self.open.swap(true, Ordering::Relaxed)
+            return;
+        }
+        let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < OPEN_AFTER || self.is_open() || self.confirming.swap(true, Ordering::Relaxed)
         {
+            return;
+        }
+        if self.reachable().await {
+            self.failures_in_a_row.store(0, Ordering::Relaxed);
+        } else if !self.open.swap(true, Ordering::Relaxed) {
             tracing::warn!("the database is unreachable: answering 503 at once while probing it");
+        }
+        self.confirming.store(false, Ordering::Relaxed);
+    }
+
+    async fn reachable(&self) -> bool {
+        match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&self.options)).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -80,31 +116,20 @@ pub async fn guard(
         .get::<DatabaseWasUnreachable>()
         .is_some();
     if unreachable || !response.status().is_server_error() {
-        circuit.record(unreachable);
+        circuit.record(unreachable).await;
     }
     response
 }
 
 /// While the circuit is open, tries a new connection every `PROBE_EVERY`; closes it on the first
 /// that succeeds. Ends at shutdown.
-pub async fn probe(
-    circuit: Arc<DatabaseCircuit>,
-    pool: sqlx::PgPool,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let options = pool.connect_options();
+pub async fn probe(circuit: Arc<DatabaseCircuit>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(PROBE_EVERY) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if !circuit.is_open() {
-            continue;
-        }
-        if let Ok(Ok(connection)) =
-            tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&options)).await
-        {
-            let _ = connection.close().await;
+        if circuit.is_open() && circuit.reachable().await {
             circuit.close();
         }
     }
@@ -114,16 +139,16 @@ pub async fn probe(
 mod tests {
     use super::*;
 
-    #[test]
-    fn opens_after_failures_in_a_row_and_a_success_resets_the_count() {
-        let circuit = DatabaseCircuit::default();
-        circuit.record(true);
-        circuit.record(true);
-        circuit.record(false);
-        circuit.record(true);
-        circuit.record(true);
+    #[tokio::test]
+    async fn opens_after_failures_in_a_row_when_a_fresh_connection_fails_too() {
+        // Nothing listens on port 1: a fresh connection is refused.
+        let nowhere: PgConnectOptions = "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
+        let circuit = DatabaseCircuit::new(nowhere);
+        for unreachable in [true, true, false, true, true] {
+            circuit.record(unreachable).await;
+        }
         assert!(!circuit.is_open(), "a success in between resets");
-        circuit.record(true);
+        circuit.record(true).await;
         assert!(circuit.is_open());
         circuit.close();
         assert!(!circuit.is_open());
