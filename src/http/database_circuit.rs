@@ -63,7 +63,11 @@ impl DatabaseCircuit {
     /// connection and opens the circuit only if that fails too.
     async fn record(&self, unreachable: bool) {
         if !unreachable {
-            self.failures_in_a_row.store(0, Ordering::Relaxed);
+            // Read first: every request ends here, and a store would bounce the cache line
+            // between cores for nothing.
+            if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+            }
             return;
         }
         let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
