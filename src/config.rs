@@ -132,10 +132,22 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
-    /// A PostgreSQL streaming replica for read queries; the primary (DATABASE_URL) when unset. The
-    /// refresh log is replicated with the views, so freshness headers stay correct on a replica.
+    /// A PostgreSQL streaming replica for every data and freshness read; the primary (DATABASE_URL)
+    /// when unset. The refresh log is replicated with the views, so `X-Data-Age` on a replica is the
+    /// age of what it holds, replication lag included. Refreshes and admin actions stay on the primary.
     #[arg(long, env = "READ_DATABASE_URL", hide_env_values = true)]
     pub read_database_url: Option<DatabaseUrl>,
+
+    /// Reads leave the replica when its replay lag (how long ago the primary was where the replica
+    /// has replayed to, measured every 250 ms) exceeds this, and return once it is under half of it.
+    #[arg(long, env = "MAX_REPLICA_LAG", default_value = "10s", value_parser = parse_duration)]
+    pub max_replica_lag: Duration,
+
+    /// While the replica is down or lags more than MAX_REPLICA_LAG: `on` reads from the primary,
+    /// `off` answers 503 (for a primary that must not take read load).
+    #[arg(long, env = "REPLICA_FALLBACK", default_value = "on", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub replica_fallback: bool,
 
     /// Address and port to listen on.
     #[arg(long = "bind", env = "BIND_ADDR", default_value = "127.0.0.1:8080")]

@@ -85,6 +85,16 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Whether a pool connects before it is returned (so that a wrong URL fails at once) or on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    Now,
+    Lazily,
+}
+
+/// What the API's read sessions are called in `pg_stat_activity`.
+pub const READ_APPLICATION_NAME: &str = "prospect-api reads";
+
 /// The pool the API reads through. Its sessions are read-only, cancel statements that run past
 /// `statement_timeout`, and plan every execution with its actual values (`force_custom_plan`): the
 /// list queries use `($n IS NULL OR col = $n)` filters, which only fold away, letting the indexes
@@ -93,14 +103,20 @@ pub async fn connect_read(
     config: &DatabaseConfig,
     url: &DatabaseUrl,
     statement_timeout: Duration,
+    connect: Connect,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url.expose())?.options([
-        ("default_transaction_read_only", "on".to_owned()),
-        ("plan_cache_mode", "force_custom_plan".to_owned()),
-        (
-            "statement_timeout",
-            crate::config::pg_duration(statement_timeout),
-        ),
-    ]);
-    pool_options(config).connect_with(options).await
+    let options = PgConnectOptions::from_str(url.expose())?
+        .application_name(READ_APPLICATION_NAME)
+        .options([
+            ("default_transaction_read_only", "on".to_owned()),
+            ("plan_cache_mode", "force_custom_plan".to_owned()),
+            (
+                "statement_timeout",
+                crate::config::pg_duration(statement_timeout),
+            ),
+        ]);
+    match connect {
+        Connect::Now => pool_options(config).connect_with(options).await,
+        Connect::Lazily => Ok(pool_options(config).connect_lazy_with(options)),
+    }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod reads;
 pub mod refresh;
 pub mod seed;
 pub mod startup;

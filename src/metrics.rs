@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::reads::{ReplicaStatus, Server};
 use crate::views::ViewName;
 
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -181,10 +182,19 @@ impl Metrics {
         self.registry.lock().expect("not poisoned").notifications += 1;
     }
 
-    pub fn render(&self, freshness: &[ViewFreshness], cache: &ResponseCacheFigures) -> String {
+    /// `serving`: where data reads go now (None while they are refused); `replica`: its state,
+    /// when one is configured.
+    pub fn render(
+        &self,
+        freshness: &[ViewFreshness],
+        cache: &ResponseCacheFigures,
+        serving: Option<Server>,
+        replica: Option<&ReplicaStatus>,
+    ) -> String {
         let registry = self.registry.lock().expect("not poisoned");
         let mut out = String::new();
         render_response_cache(&mut out, cache);
+        render_reads(&mut out, serving, replica);
         out.push_str("# HELP http_requests_total HTTP requests by route template, method and status.\n# TYPE http_requests_total counter\n");
         for ((route, method, status), count) in &registry.requests {
             let _ = writeln!(
@@ -280,6 +290,31 @@ impl Metrics {
     }
 }
 
+fn render_reads(out: &mut String, serving: Option<Server>, replica: Option<&ReplicaStatus>) {
+    out.push_str("# HELP reads_served_from Where data reads go now: 1 for the server serving them (0 for both while they are refused).\n# TYPE reads_served_from gauge\n");
+    for server in [Server::Primary, Server::Replica] {
+        let _ = writeln!(
+            out,
+            "reads_served_from{{server=\"{}\"}} {}",
+            server.as_str(),
+            u8::from(serving == Some(server))
+        );
+    }
+    let Some(replica) = replica else {
+        return;
+    };
+    out.push_str("# HELP replica_up Whether the replica (READ_DATABASE_URL) answered its last probe.\n# TYPE replica_up gauge\n");
+    let _ = writeln!(out, "replica_up {}", u8::from(replica.reachable));
+    out.push_str("# HELP replica_lag_seconds How long ago the primary was at the WAL position the replica has replayed (absent while unknown).\n# TYPE replica_lag_seconds gauge\n");
+    if let Some(lag) = replica.lag_seconds {
+        let _ = writeln!(out, "replica_lag_seconds {lag}");
+    }
+    out.push_str("# HELP replica_max_lag_seconds MAX_REPLICA_LAG: past it reads leave the replica.\n# TYPE replica_max_lag_seconds gauge\n");
+    let _ = writeln!(out, "replica_max_lag_seconds {}", replica.max_lag_seconds);
+    out.push_str("# HELP replica_fallbacks_total Times reads left the replica (down, or lagging past MAX_REPLICA_LAG).\n# TYPE replica_fallbacks_total counter\n");
+    let _ = writeln!(out, "replica_fallbacks_total {}", replica.fallbacks);
+}
+
 fn render_response_cache(out: &mut String, cache: &ResponseCacheFigures) {
     type Count = fn(&ViewCacheCounts) -> u64;
     let counters: [(&str, &str, Count); 3] = [
@@ -348,7 +383,12 @@ mod tests {
         let metrics = Metrics::default();
         metrics.record_request("/prospects", "GET", 200, Duration::from_millis(3));
         metrics.record_request("/prospects", "GET", 200, Duration::from_millis(30));
-        let text = metrics.render(&[], &ResponseCacheFigures::default());
+        let text = metrics.render(
+            &[],
+            &ResponseCacheFigures::default(),
+            Some(Server::Primary),
+            None,
+        );
         assert!(
             text.contains(
                 "http_requests_total{route=\"/prospects\",method=\"GET\",status=\"200\"} 2"
@@ -381,7 +421,12 @@ mod tests {
             took: Duration::from_secs(1),
             rows_changed: None,
         });
-        let text = metrics.render(&[], &ResponseCacheFigures::default());
+        let text = metrics.render(
+            &[],
+            &ResponseCacheFigures::default(),
+            Some(Server::Primary),
+            None,
+        );
         assert!(text.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"));
         assert!(text.contains("view_refresh_failures_total{view=\"company_prospect_view\"} 0"));
     }

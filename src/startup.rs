@@ -15,14 +15,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ServeConfig;
-use crate::db::{self, prepare_database};
+use crate::db::{self, Connect, prepare_database};
 use crate::http::cursor::CursorSigner;
 use crate::http::response_cache::ResponseCache;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
+use crate::reads::{ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server};
 use crate::refresh::{self, ChangeSource, NotifySettings, Refresher, Schedule};
 use crate::seed::{self, SeedOptions};
-use crate::views::freshness::FreshnessCache;
 
 pub struct Application {
     listener: TcpListener,
@@ -43,6 +43,8 @@ struct Background {
     notify: NotifySettings,
     /// Probed while the database is away.
     database: Arc<DatabaseCircuit>,
+    /// Routes reads by the replica's lag (idle without a replica).
+    replica_monitor: ReplicaMonitor,
 }
 
 /// How long a refresh that is running at shutdown may take to finish before it is rolled back.
@@ -63,13 +65,7 @@ impl Application {
             seed_demo_data_if_empty(&pool).await?;
         }
         let modes = convert_read_models(&pool, config).await?;
-        let read_url = config
-            .read_database_url
-            .as_ref()
-            .unwrap_or(&config.database.database_url);
-        let read_pool = db::connect_read(&config.database, read_url, config.read_statement_timeout)
-            .await
-            .with_context(|| format!("connecting the read pool to {read_url}"))?;
+        let reads = Arc::new(read_route(config).await?);
         set_change_notifications(&pool, config.refresh_notify).await;
         let cursors = CursorSigner::load(&pool)
             .await
@@ -87,19 +83,20 @@ impl Application {
             modes,
             stopping,
         );
+        // Watches the primary: a replica's failures move reads to the primary (or to a 503) instead.
         let database = Arc::new(DatabaseCircuit::new(
-            read_pool.connect_options().as_ref().clone(),
+            reads.primary().pool.connect_options().as_ref().clone(),
         ));
+        let replica_monitor = ReplicaMonitor::start(reads.clone(), pool.clone()).await;
         let state = AppState {
             refresher: refresher.clone(),
             metrics: metrics.clone(),
             admin_token: config.admin_token.clone(),
             wrong_tokens: Arc::default(),
-            read_pool,
+            reads,
             pool: pool.clone(),
             cursors,
             stale_after_secs: config.effective_stale_after().as_secs(),
-            freshness: Arc::new(FreshnessCache::new(config.freshness_cache_ttl)),
             responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
             csv_max_rows: config.csv_max_rows.into(),
             database,
@@ -110,6 +107,7 @@ impl Application {
         };
         let background = Background {
             database: state.database.clone(),
+            replica_monitor,
             pool,
             changes: if config.refresh_notify {
                 ChangeSource::Notifications(config.database.database_url.clone())
@@ -173,6 +171,7 @@ impl Application {
                 background.database.clone(),
                 stopping.clone(),
             )),
+            tokio::spawn(background.replica_monitor.run(stopping.clone())),
             tokio::spawn(refresh::run_housekeeping(
                 background.pool.clone(),
                 background.log_retention,
@@ -193,6 +192,38 @@ impl Application {
         refresh::stop_worker(background.worker, REFRESH_GRACE).await;
         served
     }
+}
+
+/// The read-only pools: the primary's alone, or a replica's with the primary's to fall back on. Both
+/// are lazy when there is a replica: an instance starts while the replica is down (or has not yet
+/// replayed the database), and the primary's read pool holds no connection until reads fall back.
+async fn read_route(config: &ServeConfig) -> anyhow::Result<ReadRoute> {
+    let settings = &config.database;
+    let timeout = config.read_statement_timeout;
+    let ttl = config.freshness_cache_ttl;
+    let primary_url = &settings.database_url;
+    let Some(replica_url) = &config.read_database_url else {
+        let pool = db::connect_read(settings, primary_url, timeout, Connect::Now)
+            .await
+            .with_context(|| format!("connecting the read pool to {primary_url}"))?;
+        return Ok(ReadRoute::primary_only(ReadSource::new(
+            Server::Primary,
+            pool,
+            ttl,
+        )));
+    };
+    let primary = db::connect_read(settings, primary_url, timeout, Connect::Lazily).await?;
+    let replica = db::connect_read(settings, replica_url, timeout, Connect::Lazily)
+        .await
+        .with_context(|| format!("READ_DATABASE_URL {replica_url}"))?;
+    Ok(ReadRoute::with_replica(
+        ReadSource::new(Server::Primary, primary, ttl),
+        ReadSource::new(Server::Replica, replica, ttl),
+        ReplicaSettings {
+            max_lag: config.max_replica_lag,
+            fallback: config.replica_fallback,
+        },
+    ))
 }
 
 /// Converts the read models to VIEW_MAINTENANCE (a no-op when they are already so) and returns each

@@ -219,7 +219,13 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let freshness = status::freshness_for_metrics(&state.pool).await?;
     // Applies the cache's pending evictions first, so that the bytes held are exact.
     state.responses.settle().await;
-    let text = state.metrics.render(&freshness, &state.responses.figures());
+    let replica = state.reads.replica_status();
+    let text = state.metrics.render(
+        &freshness,
+        &state.responses.figures(),
+        state.reads.serving(),
+        replica.as_ref(),
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -20,6 +20,7 @@ use super::params::{
     PageParams, QueryParams, facet_parameters, list_param_names, list_parameters, parse_sort,
     path_id,
 };
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::company_summaries::{
     self, CompanyFacet, CompanyFilters, CompanyRow, CompanySort, CompanySortKey,
@@ -119,6 +120,7 @@ impl Listing for CompanyListing {
 )]
 async fn list_companies(
     State(state): State<AppState>,
+    db: ReadSource,
     RawQuery(raw): RawQuery,
     uri: Uri,
     headers: HeaderMap,
@@ -130,6 +132,7 @@ async fn list_companies(
     params.finish(&list_param_names(CompanyFilters::SPECS, &[]))?;
     list(
         &state,
+        &db,
         &headers,
         &uri,
         CompanyListing { filters, sort },
@@ -152,6 +155,7 @@ async fn list_companies(
 )]
 async fn company_facets(
     State(state): State<AppState>,
+    db: ReadSource,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -159,11 +163,12 @@ async fn company_facets(
         facets::parse_request::<CompanyFilters, CompanyFacet>(raw.as_deref(), "/companies/facets")?;
     facets::respond(
         &state,
+        &db,
         &headers,
         ViewName::CompanySummaryView,
         &request,
         facets,
-        |facet| company_summaries::facet_counts(&state.read_pool, &filters, facet),
+        |facet| company_summaries::facet_counts(&db.pool, &filters, facet),
     )
     .await
 }
@@ -182,6 +187,7 @@ async fn company_facets(
 )]
 async fn get_company(
     State(state): State<AppState>,
+    db: ReadSource,
     Path(company_id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -192,12 +198,18 @@ async fn get_company(
     params.finish(&["fields"])?;
     one(
         &state,
+        &db,
         &headers,
         ViewName::CompanySummaryView,
         &format!("/companies/{company_id}"),
         &fields,
-        || company_summaries::by_id(&state.read_pool, &company_id),
-        || format!("There is no company with id '{company_id}'."),
+        || async {
+            company_summaries::by_id(&db.pool, &company_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("There is no company with id '{company_id}'."))
+                })
+        },
     )
     .await
 }

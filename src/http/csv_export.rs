@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::list::Listing;
+use crate::reads::ReadSource;
 
 const CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
@@ -38,12 +39,13 @@ pub fn wanted(format_csv: bool, headers: &HeaderMap) -> bool {
 /// Counts the matching rows (refusing more than `CSV_MAX_ROWS`), then streams them as CSV.
 pub async fn respond<L: Listing + 'static>(
     state: &AppState,
+    db: &ReadSource,
     listing: L,
     fields: Fields,
     file_name: &str,
 ) -> Result<Response, ApiError> {
     let max = state.csv_max_rows;
-    let matching = listing.count_exact(&state.read_pool).await?;
+    let matching = listing.count_exact(&db.pool).await?;
     if matching > max {
         return Err(ApiError::invalid(
             "format",
@@ -56,7 +58,7 @@ pub async fn respond<L: Listing + 'static>(
     let names = fields.names::<L::Row>();
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
-    let pool = state.read_pool.clone();
+    let pool = db.pool.clone();
     tokio::spawn(async move {
         if let Err(error) = write_rows(&listing, &pool, max, &names, &sender).await {
             // The status is sent: all a client can be told is that the body broke off.

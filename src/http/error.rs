@@ -68,6 +68,13 @@ pub enum ApiError {
     DatabaseAway,
     #[error("query timed out")]
     QueryTimeout,
+    /// The database cancelled the statement for another's sake: a replica applying a change the
+    /// query conflicted with (hot standby), or a deadlock. Running it again will do.
+    #[error("query cancelled by a conflict: {0}")]
+    Conflict(#[source] sqlx::Error),
+    /// Reads are served only from the replica (`REPLICA_FALLBACK=off`) and it cannot serve them.
+    #[error("replica unusable: {0}")]
+    ReplicaUnusable(String),
     #[error("internal error: {0}")]
     Internal(#[source] anyhow::Error),
     #[error("admin endpoints disabled")]
@@ -114,6 +121,8 @@ impl ApiError {
             | ApiError::DatabaseUnavailable(_)
             | ApiError::DatabaseAway
             | ApiError::QueryTimeout
+            | ApiError::Conflict(_)
+            | ApiError::ReplicaUnusable(_)
             | ApiError::RefreshUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::RefreshFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
@@ -164,6 +173,21 @@ impl ApiError {
             ApiError::QueryTimeout => (
                 "urn:prospect-api:problem:query-timeout",
                 "The query took longer than the server allows. Narrow the filters or retry shortly.".into(),
+                vec![],
+            ),
+            ApiError::Conflict(_) => (
+                "urn:prospect-api:problem:query-conflict",
+                "The database cancelled the query in favour of a conflicting change (replication or a \
+                 deadlock). Retry: it will most likely succeed."
+                    .into(),
+                vec![],
+            ),
+            ApiError::ReplicaUnusable(why) => (
+                "urn:prospect-api:problem:replica-unusable",
+                format!(
+                    "Reads are served only from the replica (REPLICA_FALLBACK=off), and it cannot serve \
+                     them now: {why}. Retry shortly."
+                ),
                 vec![],
             ),
             ApiError::Internal(_) => (
@@ -235,6 +259,8 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // query_canceled (statement_timeout)
                 Some("57014") => ApiError::QueryTimeout,
+                // serialization_failure (a hot standby's conflict with recovery), deadlock_detected
+                Some("40001" | "40P01") => ApiError::Conflict(error),
                 // admin_shutdown, crash_shutdown, cannot_connect_now, connection failures
                 Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006") => {
                     ApiError::DatabaseUnavailable(error)
@@ -255,6 +281,9 @@ impl ApiError {
                 tracing::warn!(error = %cause, "database unavailable")
             }
             ApiError::QueryTimeout => tracing::warn!("query hit statement_timeout"),
+            ApiError::Conflict(cause) => {
+                tracing::warn!(error = %cause, "query cancelled by a conflict")
+            }
             ApiError::RefreshUnavailable(cause) => tracing::warn!(%cause, "refresh could not run"),
             ApiError::Shared(inner) => inner.log(),
             _ => {}
@@ -268,7 +297,12 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut response = problem_response(&self.problem());
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            let retry_after = if self.is(|e| matches!(e, ApiError::DatabaseAway)) {
+            let retry_after = if self.is(|e| {
+                matches!(
+                    e,
+                    ApiError::DatabaseAway | ApiError::Conflict(_) | ApiError::ReplicaUnusable(_)
+                )
+            }) {
                 "1"
             } else {
                 "5"

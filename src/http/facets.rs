@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::fields::Fields;
 use super::list::one;
 use super::params::{QueryParams, facet_param_names, parse_facets};
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::query::{Facet, FacetCount, FilterSet};
 
@@ -55,6 +56,7 @@ pub fn parse_request<Filters: FilterSet, F: Facet>(
 /// and the response cache; `request` is the endpoint with its parsed filters and facets.
 pub async fn respond<F, Fut>(
     state: &AppState,
+    db: &ReadSource,
     headers: &HeaderMap,
     view: ViewName,
     request: &str,
@@ -70,16 +72,7 @@ where
         for facet in facets {
             counted.push((facet.name(), count(facet).await?));
         }
-        Ok(Some(Counted(counted)))
+        Ok(Counted(counted))
     };
-    one(
-        state,
-        headers,
-        view,
-        request,
-        &Fields::default(),
-        fetch,
-        || unreachable!("counts always exist"),
-    )
-    .await
+    one(state, db, headers, view, request, &Fields::default(), fetch).await
 }

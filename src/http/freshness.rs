@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::freshness::Freshness;
 
@@ -51,13 +52,14 @@ impl FreshHeaders {
 /// different queries never share an ETag.
 pub async fn gate(
     state: &AppState,
+    db: &ReadSource,
     view: ViewName,
     query: &str,
     request: &HeaderMap,
 ) -> Result<Gate, ApiError> {
-    let freshness = state
+    let freshness = db
         .freshness
-        .read(&state.read_pool, view, state.refresher.generation(view))
+        .read(&db.pool, view, state.refresher.generation(view))
         .await?;
     if !freshness.populated {
         return Err(ApiError::NotPopulated(view));

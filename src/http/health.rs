@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
+use crate::reads::{ReadSource, ReplicaStatus, Server};
 use crate::views::ViewName;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -29,22 +30,42 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Ready to serve: the database is reachable and every view is populated.
+/// What `/readyz` answers when ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: &'static str,
+    /// Where data reads go now: the replica (READ_DATABASE_URL), or the primary.
+    pub reads_from: Server,
+    /// The streaming replica's state, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// Ready to serve: the database reads go to is reachable and every view is populated there. With a
+/// replica, says where reads go and the replica's replay lag; not ready while the replica cannot
+/// serve and REPLICA_FALLBACK is off.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "Ready", body = Health),
+        (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Not ready, and why", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+async fn readyz(
+    State(state): State<AppState>,
+    db: ReadSource,
+) -> Result<Json<Readiness>, ApiError> {
     let unpopulated = sqlx::query_scalar!(
         r#"SELECT name AS "view!" FROM read_models WHERE NOT populated ORDER BY position"#
     )
-    .fetch_all(&state.read_pool)
+    .fetch_all(&db.pool)
     .await?;
     if let Some(view) = unpopulated.first().and_then(|v| v.parse::<ViewName>().ok()) {
         return Err(ApiError::NotPopulated(view));
     }
-    Ok(Json(Health { status: "ready" }))
+    Ok(Json(Readiness {
+        status: "ready",
+        reads_from: db.server,
+        replica: state.reads.replica_status(),
+    }))
 }

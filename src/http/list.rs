@@ -21,6 +21,7 @@ use super::fields::Fields;
 use super::freshness::{Gate, gate};
 use super::params::{CountMode, Format, PageParams};
 use super::response_cache::Rendered;
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 
 /// One page of a list.
@@ -73,13 +74,14 @@ pub trait Listing: Send + Sync {
 
 pub async fn list<L: Listing + 'static>(
     state: &AppState,
+    db: &ReadSource,
     request_headers: &HeaderMap,
     uri: &Uri,
     listing: L,
     page: PageParams,
 ) -> Result<Response, ApiError> {
     if csv_export::wanted(page.format == Format::Csv, request_headers) {
-        return export_csv(state, request_headers, listing, page).await;
+        return export_csv(state, db, request_headers, listing, page).await;
     }
     let scope = listing.scope();
     let after: Option<L::Key> = match &page.cursor {
@@ -98,14 +100,12 @@ pub async fn list<L: Listing + 'static>(
         page.cursor.as_deref().unwrap_or(""),
         page.fields.key()
     );
-    let fresh = match gate(state, listing.view(), &exact_query, request_headers).await? {
+    let fresh = match gate(state, db, listing.view(), &exact_query, request_headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
     let render = async {
-        let mut rows = listing
-            .fetch(&state.read_pool, after.as_ref(), page.limit)
-            .await?;
+        let mut rows = listing.fetch(&db.pool, after.as_ref(), page.limit).await?;
         let next_cursor = if rows.len() as i64 > page.limit {
             rows.truncate(page.limit as usize);
             rows.last()
@@ -115,8 +115,8 @@ pub async fn list<L: Listing + 'static>(
         };
         let (total, estimated_total) = match page.count {
             CountMode::None => (None, None),
-            CountMode::Exact => (Some(listing.count_exact(&state.read_pool).await?), None),
-            CountMode::Estimated => (None, Some(listing.count_estimate(&state.read_pool).await?)),
+            CountMode::Exact => (Some(listing.count_exact(&db.pool).await?), None),
+            CountMode::Estimated => (None, Some(listing.count_estimate(&db.pool).await?)),
         };
         let link = next_cursor
             .as_deref()
@@ -166,6 +166,7 @@ pub async fn list<L: Listing + 'static>(
 /// ETag like a page). Paging parameters mean nothing to an export and are refused.
 async fn export_csv<L: Listing + 'static>(
     state: &AppState,
+    db: &ReadSource,
     request_headers: &HeaderMap,
     listing: L,
     page: PageParams,
@@ -188,38 +189,36 @@ async fn export_csv<L: Listing + 'static>(
         return Err(ApiError::InvalidParams(paging));
     }
     let request = format!("{}|csv|fields={}", listing.scope(), page.fields.key());
-    let fresh = match gate(state, listing.view(), &request, request_headers).await? {
+    let fresh = match gate(state, db, listing.view(), &request, request_headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
-    let response = csv_export::respond(state, listing, page.fields, L::CSV_FILE).await?;
+    let response = csv_export::respond(state, db, listing, page.fields, L::CSV_FILE).await?;
     Ok(fresh.apply(response))
 }
 
 /// A single-row endpoint: the freshness gate, then `fetch` (only when the client's copy is not
-/// current and the response is not cached), a 404 with `missing` when there is no such row.
+/// current and the response is not cached); `fetch` answers 404 itself when there is no such row.
 pub async fn one<T, F>(
     state: &AppState,
+    db: &ReadSource,
     request_headers: &HeaderMap,
     view: ViewName,
     path: &str,
     fields: &Fields,
     fetch: impl FnOnce() -> F + Send,
-    missing: impl FnOnce() -> String + Send,
 ) -> Result<Response, ApiError>
 where
     T: Serialize,
-    F: Future<Output = Result<Option<T>, sqlx::Error>> + Send,
+    F: Future<Output = Result<T, ApiError>> + Send,
 {
     let exact_query = format!("{path}|fields={}", fields.key());
-    let fresh = match gate(state, view, &exact_query, request_headers).await? {
+    let fresh = match gate(state, db, view, &exact_query, request_headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
     let render = async move {
-        let row = fetch()
-            .await?
-            .ok_or_else(|| ApiError::NotFound(missing()))?;
+        let row = fetch().await?;
         let json = if fields.is_all() {
             to_json(SINGLE_ROW_BYTES, &row)?
         } else {

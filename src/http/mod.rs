@@ -16,6 +16,7 @@ mod health;
 mod list;
 pub mod params;
 mod prospects;
+mod read_source;
 pub mod response_cache;
 mod search;
 mod spec;
@@ -52,8 +53,8 @@ use self::error::{
 use self::response_cache::ResponseCache;
 use crate::config::AdminToken;
 use crate::metrics::Metrics;
+use crate::reads::ReadRoute;
 use crate::refresh::Refresher;
-use crate::views::freshness::FreshnessCache;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -64,15 +65,15 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     /// Wrong admin tokens per client address, to lock out guessing.
     pub wrong_tokens: Arc<WrongTokenLimiter>,
-    /// Read-only, `plan_cache_mode = force_custom_plan`, with a statement timeout; may be a replica.
-    pub read_pool: PgPool,
+    /// Where data and freshness reads go: the primary, or a replica watched for lag (read-only
+    /// pools, `plan_cache_mode = force_custom_plan`, with a statement timeout). Handlers take the
+    /// chosen `ReadSource` as an extractor.
+    pub reads: Arc<ReadRoute>,
     /// The primary, for refreshes and the refresh log.
     pub pool: PgPool,
     pub cursors: CursorSigner,
     /// Data older than this is served with `X-Data-Stale: true`.
     pub stale_after_secs: u64,
-    /// Each view's freshness, so that a request runs only its data query.
-    pub freshness: Arc<FreshnessCache>,
     /// Whole data responses of the current generations, so that a repeated request runs no query.
     pub responses: Arc<ResponseCache>,
     /// The most rows of one CSV export.

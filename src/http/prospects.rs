@@ -20,6 +20,7 @@ use super::params::{
     PageParams, QueryParams, facet_parameters, list_param_names, list_parameters, parse_sort,
     path_id,
 };
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::company_prospects::{
     self, ProspectFacet, ProspectFilters, ProspectRow, ProspectSort, ProspectSortKey,
@@ -152,6 +153,7 @@ impl Listing for ProspectListing {
 )]
 async fn list_prospects(
     State(state): State<AppState>,
+    db: ReadSource,
     RawQuery(raw): RawQuery,
     uri: Uri,
     headers: HeaderMap,
@@ -162,7 +164,7 @@ async fn list_prospects(
         filters,
         sort,
     };
-    list(&state, &headers, &uri, listing, page).await
+    list(&state, &db, &headers, &uri, listing, page).await
 }
 
 /// The prospects of one company (the same filters as `/prospects`, without `company_id`).
@@ -181,6 +183,7 @@ async fn list_prospects(
 )]
 async fn list_company_prospects(
     State(state): State<AppState>,
+    db: ReadSource,
     Path(company_id): Path<String>,
     RawQuery(raw): RawQuery,
     uri: Uri,
@@ -188,7 +191,7 @@ async fn list_company_prospects(
 ) -> Result<Response, ApiError> {
     let company_id = path_id("company_id", company_id)?;
     let (mut filters, sort, page) = parse_listing(raw.as_deref(), IN_PATH)?;
-    if !company_prospects::company_exists(&state.read_pool, &company_id).await? {
+    if !company_prospects::company_exists(&db.pool, &company_id).await? {
         return Err(ApiError::NotFound(format!(
             "There is no company with id '{company_id}'."
         )));
@@ -199,7 +202,7 @@ async fn list_company_prospects(
         filters,
         sort,
     };
-    list(&state, &headers, &uri, listing, page).await
+    list(&state, &db, &headers, &uri, listing, page).await
 }
 
 /// How many prospects have each value of industry, department, job title level and company
@@ -217,6 +220,7 @@ async fn list_company_prospects(
 )]
 async fn prospect_facets(
     State(state): State<AppState>,
+    db: ReadSource,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -226,11 +230,12 @@ async fn prospect_facets(
     )?;
     facets::respond(
         &state,
+        &db,
         &headers,
         ViewName::CompanyProspectView,
         &request,
         facets,
-        |facet| company_prospects::facet_counts(&state.read_pool, &filters, facet),
+        |facet| company_prospects::facet_counts(&db.pool, &filters, facet),
     )
     .await
 }
@@ -249,6 +254,7 @@ async fn prospect_facets(
 )]
 async fn get_prospect(
     State(state): State<AppState>,
+    db: ReadSource,
     Path(prospect_id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -259,12 +265,18 @@ async fn get_prospect(
     params.finish(&["fields"])?;
     one(
         &state,
+        &db,
         &headers,
         ViewName::CompanyProspectView,
         &format!("/prospects/{prospect_id}"),
         &fields,
-        || company_prospects::by_id(&state.read_pool, &prospect_id),
-        || format!("There is no prospect with id '{prospect_id}'."),
+        || async {
+            company_prospects::by_id(&db.pool, &prospect_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("There is no prospect with id '{prospect_id}'."))
+                })
+        },
     )
     .await
 }

@@ -17,6 +17,7 @@ use super::list::{Listing, Page, list};
 use super::params::{
     PAGE_PARAMS, PageParams, QueryParams, filter_parameters, page_parameters, query_parameter,
 };
+use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::prospect_search::{
     self, MAX_TERMS, MIN_TERM_CHARS, Search, SearchFilters, SearchKey, SearchRow,
@@ -167,6 +168,7 @@ impl Listing for SearchListing {
 )]
 async fn search(
     State(state): State<AppState>,
+    db: ReadSource,
     RawQuery(raw): RawQuery,
     uri: Uri,
     headers: HeaderMap,
@@ -175,7 +177,7 @@ async fn search(
     let filters = parse_search(&mut params);
     let page = PageParams::parse::<SearchRow>(&mut params);
     params.finish(&known_params())?;
-    list(&state, &headers, &uri, SearchListing { filters }, page).await
+    list(&state, &db, &headers, &uri, SearchListing { filters }, page).await
 }
 
 #[cfg(test)]

@@ -218,6 +218,8 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
     ServeConfig {
         database: db.config(),
         read_database_url: None,
+        max_replica_lag: std::time::Duration::from_secs(10),
+        replica_fallback: true,
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         read_statement_timeout: std::time::Duration::from_secs(5),
         request_timeout: std::time::Duration::from_secs(10),

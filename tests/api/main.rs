@@ -16,6 +16,7 @@ mod migrations;
 mod refresh;
 mod refresh_loop;
 mod reliability;
+mod replica;
 mod repository;
 mod response_cache;
 mod schema;
