@@ -184,8 +184,8 @@ impl ReadRoute {
         Some(replica.status.lock().expect("never poisoned").clone())
     }
 
-    /// Routes reads by one probe's outcome: the replica's replayed position (None: not in recovery)
-    /// and its lag, or why it could not be probed.
+    /// Routes reads by one probe's outcome: the replica's lag (None: unknown, as before the
+    /// primary's first sample), or why it could not be probed, in words fit for clients.
     fn record(&self, probe: Result<Option<Duration>, String>) {
         let Some(replica) = &self.replica else {
             return;
@@ -242,6 +242,8 @@ pub struct ReplicaMonitor {
     primary: PgPool,
     history: WalHistory,
     connection: Option<PgConnection>,
+    /// The last probe error logged, so that an outage is logged once, not every probe.
+    last_error: Option<String>,
 }
 
 impl ReplicaMonitor {
@@ -256,6 +258,7 @@ impl ReplicaMonitor {
             primary,
             history: WalHistory::new(max_lag),
             connection: None,
+            last_error: None,
         };
         monitor.measure().await;
         monitor
@@ -292,7 +295,15 @@ impl ReplicaMonitor {
             {
                 Ok(Ok(Some(replayed))) => Ok(self.history.lag(replayed)),
                 Ok(Ok(None)) => Ok(Some(Duration::ZERO)),
-                Ok(Err(error)) => Err(format!("the replica failed: {error}")),
+                Ok(Err(error)) => {
+                    // Connection details stay in the log; clients (503 bodies, /readyz) get the gist.
+                    let error = error.to_string();
+                    if self.last_error.as_ref() != Some(&error) {
+                        tracing::warn!(%error, "the replica's probe failed");
+                        self.last_error = Some(error);
+                    }
+                    Err("the replica does not answer".to_owned())
+                }
                 Err(_) => Err(format!(
                     "the replica did not answer within {} s",
                     PROBE_TIMEOUT.as_secs_f64()
@@ -300,6 +311,8 @@ impl ReplicaMonitor {
             };
         if probe.is_err() {
             self.connection = None;
+        } else {
+            self.last_error = None;
         }
         self.route.record(probe);
     }
