@@ -91,8 +91,7 @@ pub struct ReplicaStatus {
     pub fallback: bool,
     /// Times reads left the replica since this process started.
     pub fallbacks: u64,
-    /// Why the replica is not serving, when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the replica is not serving; null while it is.
     pub problem: Option<String>,
 }
 

@@ -36,8 +36,7 @@ pub struct Readiness {
     pub status: &'static str,
     /// Where data reads go now: the replica (READ_DATABASE_URL), or the primary.
     pub reads_from: Server,
-    /// The streaming replica's state, when one is configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The streaming replica's state; null without one (READ_DATABASE_URL unset).
     pub replica: Option<ReplicaStatus>,
 }
 
