@@ -174,8 +174,16 @@ async fn payloads_stored_in_the_data_match_themselves_literally_and_nothing_else
     .execute(&app.db.pool)
     .await
     .unwrap();
+    // The views are refreshed one after another: wait for the last of them, the search view, too.
     eventually(10, "the new prospect is served", || async {
         app.get("/prospects/p_evil").await.status() == 200
+            && app
+                .get("/search?q=tables")
+                .await
+                .text()
+                .await
+                .unwrap()
+                .contains("p_evil")
     })
     .await;
 
