@@ -4,7 +4,7 @@
 Starts `prospect-api serve` on a free port over a scratch database, opens /docs in headless Chromium
 with every host but 127.0.0.1 unresolvable (so any script, style or font from elsewhere would fail),
 under the Content-Security-Policy the page is sent with, and checks that Swagger UI drew the
-operations of the spec. Writes a screenshot (default target/docs.png) and exits non-zero on failure.
+operations of the spec. Writes a screenshot (default $CARGO_TARGET_DIR or target/, docs.png) and exits non-zero on failure.
 
 Installs Debian's chromium when it is missing. Standard library only.
 """
@@ -49,7 +49,8 @@ def chromium(url, *flags):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "prospect-api"))
-    parser.add_argument("--screenshot", default=os.path.join(ROOT, "target", "docs.png"))
+    parser.add_argument("--screenshot", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                                                              "docs.png"))
     args = parser.parse_args()
     ensure_chromium()
     database = f"{SERVER}/prospect_api_docs_render"
@@ -67,6 +68,7 @@ def main():
             except OSError:
                 time.sleep(0.1)
         dom, log = chromium(url, "--dump-dom")
+        os.makedirs(os.path.dirname(os.path.abspath(args.screenshot)), exist_ok=True)
         chromium(url, f"--screenshot={args.screenshot}", "--window-size=1280,1600")
     finally:
         server.terminate()
