@@ -35,6 +35,13 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// The longest one probe of either server may take; a replica that does not answer within it is down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest a request waits for a replica connection (DATABASE_ACQUIRE_TIMEOUT when shorter).
+/// A request that needs a new connection just as the replica stops waits this long (sqlx retries a
+/// refused connection until then) before it is answered from the primary, or refused: the monitor
+/// moves later requests within a probe, but cannot call back one already waiting. Waiting this long
+/// for a busy replica likewise sends the request to the primary.
+pub const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Where a read went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +157,13 @@ impl ReadRoute {
     /// The primary's read-only source (the fallback when there is a replica).
     pub fn primary(&self) -> &ReadSource {
         &self.primary
+    }
+
+    /// Whether there is a replica and reads may leave it for the primary (REPLICA_FALLBACK).
+    pub fn falls_back_from_replica(&self) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|replica| replica.settings.fallback)
     }
 
     /// The source for one request.

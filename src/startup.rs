@@ -14,13 +14,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::ServeConfig;
+use crate::config::{DatabaseConfig, ServeConfig};
 use crate::db::{self, Connect, prepare_database};
 use crate::http::cursor::CursorSigner;
 use crate::http::response_cache::ResponseCache;
 use crate::http::{self, AppState, HttpSettings};
 use crate::metrics::Metrics;
-use crate::reads::{ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server};
+use crate::reads::{
+    REPLICA_ACQUIRE_TIMEOUT, ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server,
+};
 use crate::refresh::{self, ChangeSource, NotifySettings, Refresher, Schedule};
 use crate::seed::{self, SeedOptions};
 
@@ -213,7 +215,11 @@ async fn read_route(config: &ServeConfig) -> anyhow::Result<ReadRoute> {
         )));
     };
     let primary = db::connect_read(settings, primary_url, timeout, Connect::Lazily).await?;
-    let replica = db::connect_read(settings, replica_url, timeout, Connect::Lazily)
+    let replica_settings = DatabaseConfig {
+        acquire_timeout: settings.acquire_timeout.min(REPLICA_ACQUIRE_TIMEOUT),
+        ..settings.clone()
+    };
+    let replica = db::connect_read(&replica_settings, replica_url, timeout, Connect::Lazily)
         .await
         .with_context(|| format!("READ_DATABASE_URL {replica_url}"))?;
     Ok(ReadRoute::with_replica(

@@ -195,6 +195,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             state.metrics.clone(),
             record_request_metrics,
         ))
+        .layer(from_fn_with_state(
+            state.reads.clone(),
+            read_source::retry_on_primary,
+        ))
         .layer(map_response(ensure_problem_body))
         .layer(from_fn_with_state(
             state.database.clone(),
