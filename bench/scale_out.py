@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scale-out on a real streaming replica: `bench/scale_out.py [--size 100k] [--duration 15] [--samples 40]`
+"""Scale-out on a real streaming replica: `bench/scale_out.py [--size 100k] [--duration 15] [--repeat 3] [--samples 40]`
 rewrites the `scale_out` section of bench/RESULTS.md.
 
 It makes a throwaway primary and a physical replica (reliability/pg_cluster.py), seeds the primary, and
@@ -7,8 +7,9 @@ runs two `serve` instances as behind a load balancer: A on the primary alone, B 
 (READ_DATABASE_URL), both in incremental mode and both maintaining the read models (PostgreSQL locks
 pick one). While pgbench writers change WRITER_RATE companies a second on the primary throughout:
 
-  - wrk on A alone, on B alone, then on both at once: requests per second, p99, and what the second
-    instance adds (both ÷ A alone), with every non-2xx/3xx answer counted (there must be none);
+  - wrk on A alone, on B alone, then on both at once, `--repeat` rounds: requests per second, p99, and
+    what the second instance adds (both ÷ A alone, median of the rounds), with every non-2xx/3xx answer
+    counted (there must be none);
   - every 200 ms, each instance's X-Data-Refreshed-At and X-Data-Age checked against the primary's
     refresh log and clock: the snapshot must be one the primary logged, and the age (whole seconds)
     must lie between that snapshot's age on the primary's clock just before the request (rounded
@@ -24,6 +25,7 @@ import argparse
 import datetime
 import json
 import math
+import statistics
 import os
 import subprocess
 import sys
@@ -181,9 +183,11 @@ def measure(cluster, args, workdir):
         checker = AgeChecker(instances, primary_url)
         checker.start()
         time.sleep(2)
-        print("wrk: A alone, B alone, both at once ...", flush=True)
-        alone = {i.name: wrk(i, requests, args.duration, workdir) for i in instances}
-        together = wrk_together(instances, requests, args.duration, workdir)
+        rounds = []
+        for round_number in range(args.repeat):
+            print(f"wrk round {round_number + 1}: A alone, B alone, both at once ...", flush=True)
+            alone = {i.name: wrk(i, requests, args.duration, workdir) for i in instances}
+            rounds.append({"alone": alone, "together": wrk_together(instances, requests, args.duration, workdir)})
         print("commit-to-visible through A, then B ...", flush=True)
         visible = {i.name: commit_to_visible(i, primary_url, args.samples) for i in instances}
         checker.running = False
@@ -195,7 +199,7 @@ def measure(cluster, args, workdir):
                     if line.startswith("replica_lag_seconds ")), None)
         fallbacks = next(float(line.split()[1]) for line in metrics.decode().splitlines()
                          if line.startswith("replica_fallbacks_total "))
-        return {"alone": alone, "together": together, "visible": visible,
+        return {"rounds": rounds, "visible": visible,
                 "ages": checker.verdict(logged_snapshots(primary_url)), "replica_lag_s": lag,
                 "fallbacks": fallbacks}
     finally:
@@ -204,30 +208,37 @@ def measure(cluster, args, workdir):
 
 
 def describe(results, args):
-    alone, together, visible, ages = results["alone"], results["together"], results["visible"], results["ages"]
-    both = together["A"]["rps"] + together["B"]["rps"]
-    errors = sum(r["errors"] for r in [*alone.values(), *together.values()])
+    rounds, visible, ages = results["rounds"], results["visible"], results["ages"]
+    runs = [run for r in rounds for run in (*r["alone"].values(), *r["together"].values())]
+    errors = sum(run["errors"] for run in runs)
+    ratios = []
     lines = [
         "## Scale-out on a streaming replica",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, size {args.size}, "
-        f"`python3 bench/scale_out.py --size {args.size} --duration {args.duration} --samples {args.samples}`. "
-        "A throwaway primary and physical replica (reliability/pg_cluster.py) on this 2-core machine; "
-        "instance A reads the primary, B the replica (READ_DATABASE_URL); incremental mode; pgbench writers "
-        f"change {freshness.WRITER_RATE} companies a second on the primary throughout; wrk with "
+        f"`python3 bench/scale_out.py --size {args.size} --duration {args.duration} --repeat {args.repeat} "
+        f"--samples {args.samples}`. A throwaway primary and physical replica (reliability/pg_cluster.py) on this "
+        "2-core machine; instance A reads the primary, B the replica (READ_DATABASE_URL); incremental mode; pgbench "
+        f"writers change {freshness.WRITER_RATE} companies a second on the primary throughout; wrk with "
         f"{CLIENTS_PER_INSTANCE} connections per instance over {len(suite.INDUSTRIES) + len(suite.COUNTRIES) + len(suite.TERMS)} "
-        "list and search requests (response cache on).",
+        f"list and search requests (response cache on), {args.duration} s per run, rounds one after another.",
         "",
-        "| wrk on | A req/s | A p99 ms | B req/s | B p99 ms | total req/s | ÷ A alone |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| A alone | {alone['A']['rps']:,.0f} | {alone['A']['p99_ms']:.1f} | | | {alone['A']['rps']:,.0f} | 1.00 |",
-        f"| B alone | | | {alone['B']['rps']:,.0f} | {alone['B']['p99_ms']:.1f} | {alone['B']['rps']:,.0f} | "
-        f"{alone['B']['rps'] / alone['A']['rps']:.2f} |",
-        f"| both at once | {together['A']['rps']:,.0f} | {together['A']['p99_ms']:.1f} | {together['B']['rps']:,.0f} | "
-        f"{together['B']['p99_ms']:.1f} | {both:,.0f} | {both / alone['A']['rps']:.2f} |",
+        "| round | A alone req/s (p99 ms) | B alone req/s (p99 ms) | both at once: A + B req/s (p99 ms) | both ÷ A alone |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for number, r in enumerate(rounds, 1):
+        a, b, ta, tb = r["alone"]["A"], r["alone"]["B"], r["together"]["A"], r["together"]["B"]
+        ratios.append((ta["rps"] + tb["rps"]) / a["rps"])
+        lines.append(f"| {number} | {a['rps']:,.0f} ({a['p99_ms']:.1f}) | {b['rps']:,.0f} ({b['p99_ms']:.1f}) | "
+                     f"{ta['rps']:,.0f} ({ta['p99_ms']:.1f}) + {tb['rps']:,.0f} ({tb['p99_ms']:.1f}) = "
+                     f"{ta['rps'] + tb['rps']:,.0f} | {ratios[-1]:.2f} |")
+    lag = results["replica_lag_s"]
+    lines += [
+        "",
+        f"What the second instance adds, median over the rounds: **{statistics.median(ratios):.2f}** of A alone.",
         "",
         f"Answers other than 2xx/3xx (wrk, all runs): **{errors}**. Replica lag at the end "
-        f"{results['replica_lag_s']} s; reads left the replica {results['fallbacks']:.0f} times.",
+        f"{'unknown' if lag is None else f'{lag:.2f} s'}; reads left the replica {results['fallbacks']:.0f} times.",
         "",
         "| instance | freshness samples | snapshot not in the primary's log | age outside the primary's clock "
         "around the request | largest X-Data-Age | commit-to-visible median s | p99 s |",
@@ -246,6 +257,7 @@ def main():
     parser.add_argument("--size", default="100k", choices=sorted(suite.SIZES))
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three wrk runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir, Cluster(replica=True) as cluster:
         results = measure(cluster, args, workdir)
@@ -253,7 +265,8 @@ def main():
     print(text)
     suite.write_section("scale_out", text)
     failures = []
-    if any(r["errors"] for r in [*results["alone"].values(), *results["together"].values()]):
+    runs = [run for r in results["rounds"] for run in (*r["alone"].values(), *r["together"].values())]
+    if any(run["errors"] for run in runs):
         failures.append("some answers were errors")
     for name, verdict in results["ages"].items():
         if verdict["unlogged_snapshots"] or verdict["ages_off"] or not verdict["samples"]:
