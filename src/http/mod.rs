@@ -171,7 +171,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             // request with an Authorization or If-None-Match header (Chromium caps it at 2 hours).
             .max_age(CORS_PREFLIGHT_MAX_AGE)
     });
-    // Outermost first: request id, tracing, problem bodies for every error, then the timeout.
+    // Outermost first: request id, tracing, problem bodies for every error, then the timeout and
+    // the replica's retry.
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
         .layer(
@@ -195,10 +196,6 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             state.metrics.clone(),
             record_request_metrics,
         ))
-        .layer(from_fn_with_state(
-            state.reads.clone(),
-            read_source::retry_on_primary,
-        ))
         .layer(map_response(ensure_problem_body))
         .layer(from_fn_with_state(
             state.database.clone(),
@@ -207,6 +204,12 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .layer(from_fn_with_state(
             settings.request_timeout,
             limit_request_time,
+        ))
+        // Inside the timeout (a retried request has one deadline) and the circuit (which sees only
+        // the answer sent).
+        .layer(from_fn_with_state(
+            state.reads.clone(),
+            read_source::retry_on_primary,
         ))
         .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(
