@@ -234,6 +234,14 @@ async fn serve_stops_cleanly_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the server starts");
+    // Read the log as it is written: a debug log outgrows the pipe's buffer, and a server blocked
+    // writing to a full pipe answers nothing (seen once in CI: the test hung).
+    let mut stderr = server.stderr.take().unwrap();
+    let log_reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    });
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     crate::helpers::eventually(20, "the server becoming ready", || async {
@@ -271,8 +279,7 @@ async fn serve_stops_cleanly_on_sigterm() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut log).unwrap();
+    let log = log_reader.join().unwrap();
     assert!(
         log.contains("shutdown signal received") && log.contains("\"stopped\""),
         "{log}"
