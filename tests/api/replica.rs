@@ -272,24 +272,35 @@ struct Load {
 }
 
 impl Load {
-    fn start(instance: &Instance) -> Load {
+    /// Runs `step` again and again until dropped, counting the steps that succeed and those that fail.
+    fn repeat<F, Fut>(mut step: F) -> Load
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
         let load = Load {
             running: Arc::new(AtomicBool::new(true)),
             ok: Arc::default(),
             failed: Arc::default(),
         };
         let (running, ok, failed) = (load.running.clone(), load.ok.clone(), load.failed.clone());
-        let url = format!("{}/prospects?limit=5&industry=Software", instance.address);
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             while running.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(response) if response.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                let counter = if step().await { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         });
         load
+    }
+
+    /// One client reading `instance` without pause.
+    fn start(instance: &Instance) -> Load {
+        let client = reqwest::Client::new();
+        let url = format!("{}/prospects?limit=5&industry=Software", instance.address);
+        Load::repeat(move || {
+            let request = client.get(&url).send();
+            async move { matches!(request.await, Ok(response) if response.status() == 200) }
+        })
     }
 
     /// (answered 200, anything else) so far.
@@ -310,25 +321,19 @@ impl Drop for Load {
 /// Keeps the primary writing WAL (one update every 50 ms) until dropped, so that a paused replica
 /// falls behind.
 fn keep_writing(primary: PgPool) -> Load {
-    let load = Load {
-        running: Arc::new(AtomicBool::new(true)),
-        ok: Arc::default(),
-        failed: Arc::default(),
-    };
-    let (running, ok) = (load.running.clone(), load.ok.clone());
-    tokio::spawn(async move {
-        while running.load(Ordering::Relaxed) {
-            sqlx::query(
+    Load::repeat(move || {
+        let primary = primary.clone();
+        async move {
+            let written = sqlx::query(
                 r#"UPDATE "Prospect" SET "jobTitle" = md5(random()::text) WHERE id = 'p_both'"#,
             )
             .execute(&primary)
             .await
-            .unwrap();
-            ok.fetch_add(1, Ordering::Relaxed);
+            .is_ok();
             tokio::time::sleep(Duration::from_millis(50)).await;
+            written
         }
-    });
-    load
+    })
 }
 
 async fn metric(instance: &Instance, name: &str) -> Option<f64> {
