@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DatabaseConfig, MaintenanceConfig, RefreshSettings, ServeConfig};
+use crate::seed::SeedOptions;
 use crate::telemetry::LogFormat;
 use crate::views::ViewName;
 
@@ -74,7 +75,7 @@ pub struct RefreshArgs {
     #[command(flatten)]
     pub refresh: RefreshSettings,
 
-    /// Refresh only this view (company_prospect_view, company_summary_view or prospect_search_view).
+    /// Refresh only this view (one of the read models, e.g. company_summary_view).
     #[arg(long)]
     pub view: Option<ViewName>,
 }
@@ -85,15 +86,15 @@ pub struct SeedArgs {
     pub database: DatabaseConfig,
 
     /// Number of companies to create.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = SeedOptions::DEMO.companies)]
     pub companies: u32,
 
     /// Average number of prospects per company (each gets 1 to 2×this-1; about 3% get none).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = SeedOptions::DEMO.prospects_per_company)]
     pub prospects_per_company: u32,
 
     /// Seed of the generator: the same seed always produces the same data.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = SeedOptions::DEMO.seed)]
     pub seed: i64,
 
     /// Delete all rows of "Company" and "Prospect" first. Without it, seeding a non-empty database fails.

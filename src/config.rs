@@ -1,7 +1,6 @@
 //! Typed configuration. Every setting is a clap argument that also reads an environment variable, so
 //! its name, default and meaning live in exactly one place and `--help` lists them all.
 
-use crate::refresh::Schedule;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -101,17 +100,6 @@ pub struct RefreshSettings {
     /// of recomputing company by company: past it, the full diff costs less (bench/README.md).
     #[arg(long, env = "INCREMENTAL_REBUILD_SHARE", default_value = "0.05", value_parser = parse_share)]
     pub incremental_rebuild_share: f64,
-}
-
-impl Default for RefreshSettings {
-    fn default() -> Self {
-        RefreshSettings {
-            refresh_lock_timeout: Duration::from_secs(10),
-            refresh_statement_timeout: Duration::from_secs(600),
-            refresh_work_mem: "256MB".to_owned(),
-            incremental_rebuild_share: 0.05,
-        }
-    }
 }
 
 /// How the read models are kept fresh; `migrate` and `serve` convert them to it.
@@ -252,6 +240,44 @@ impl ServeConfig {
             (Some(cron), _) => Schedule::Cron(Box::new(cron.clone())),
             (None, interval) if interval.is_zero() => Schedule::Off,
             (None, interval) => Schedule::Every(interval),
+        }
+    }
+}
+
+/// When full refreshes run (REFRESH_SCHEDULE or REFRESH_INTERVAL).
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Off,
+    Every(Duration),
+    /// At the times of a cron expression, in UTC.
+    Cron(Box<croner::Cron>),
+}
+
+impl Schedule {
+    /// The longest wait between two runs (over the next few dozen of a cron schedule).
+    pub fn longest_gap(&self) -> Option<Duration> {
+        match self {
+            Schedule::Off => None,
+            Schedule::Every(interval) => Some(*interval),
+            Schedule::Cron(cron) => {
+                let runs: Vec<_> = cron.iter_after(chrono::Utc::now()).take(64).collect();
+                runs.windows(2)
+                    .filter_map(|pair| (pair[1] - pair[0]).to_std().ok())
+                    .max()
+            }
+        }
+    }
+
+    /// How long from now until the next run; `None`: never.
+    pub fn until_next(&self) -> Option<Duration> {
+        match self {
+            Schedule::Off => None,
+            Schedule::Every(interval) => Some(*interval),
+            Schedule::Cron(cron) => {
+                let now = chrono::Utc::now();
+                let next = cron.find_next_occurrence(&now, false).ok()?;
+                Some((next - now).to_std().unwrap_or_default())
+            }
         }
     }
 }

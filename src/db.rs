@@ -85,6 +85,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Sets PostgreSQL settings for the rest of the current transaction (as `SET LOCAL` does): its
+/// timeouts, its memory.
+pub async fn set_local(
+    conn: &mut sqlx::PgConnection,
+    settings: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    let (names, values): (Vec<&str>, Vec<&str>) = settings.iter().copied().unzip();
+    sqlx::query!(
+        "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+        &names as &[&str],
+        &values as &[&str],
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(())
+}
+
 /// Whether a pool connects before it is returned (so that a wrong URL fails at once) or on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connect {

@@ -1,82 +1,232 @@
-//! Prometheus metrics, kept in process and rendered as text by `GET /metrics`. Labels are bounded:
-//! route templates (never raw URIs), the three views, the fixed triggers and statuses.
+//! Prometheus metrics: recorded through the `metrics` facade into this instance's own
+//! `metrics-exporter-prometheus` recorder (concurrent counters and histograms, no lock per request;
+//! one recorder per instance, so that several servers in one process, as in the tests, keep their
+//! own figures), rendered as the Prometheus text format by `GET /metrics`. Labels are bounded:
+//! route templates (never raw URIs), the read models, the fixed triggers and statuses.
 //!
-//! Per-view freshness (last successful refresh, data age) and mode are not kept here but read from
-//! the database at scrape time, so they are right whichever process refreshed or converted. This
-//! module knows nothing of how views are refreshed: the refresher reports into it with plain labels.
+//! What other parts of the system know is set at scrape time: per-view freshness and mode come from
+//! the database (so they are right whichever process refreshed or converted), the response cache's
+//! figures and where reads go from their owners. This module knows nothing of how views are
+//! refreshed: the refresher reports into it with plain labels.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::http::{Method, StatusCode};
+use metrics::{Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
 use crate::reads::{ReplicaStatus, Server};
-use crate::views::ViewName;
+use crate::views::{Mode, PerView, ViewName};
 
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 const REFRESH_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
-#[derive(Default)]
+/// Every metric: its name, its help text and what it is.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "http_requests_total",
+        Kind::Counter,
+        "HTTP requests by route template, method and status.",
+    ),
+    (
+        "http_request_duration_seconds",
+        Kind::Histogram,
+        "HTTP request latency by route template.",
+    ),
+    (
+        "view_refreshes_total",
+        Kind::Counter,
+        "View refreshes by view, trigger and status (ok, error, skipped).",
+    ),
+    (
+        "view_refresh_failures_total",
+        Kind::Counter,
+        "Failed view refreshes (the previous data stayed served).",
+    ),
+    (
+        "view_refresh_duration_seconds",
+        Kind::Histogram,
+        "Duration of view refreshes done by this process.",
+    ),
+    (
+        "view_rows_changed_total",
+        Kind::Counter,
+        "Rows deleted plus inserted in table-backed views by this process's applies and rebuilds.",
+    ),
+    (
+        "incremental_companies_applied_total",
+        Kind::Counter,
+        "Companies whose rows this process's incremental applies recomputed.",
+    ),
+    (
+        "view_maintenance_mode",
+        Kind::Gauge,
+        "How each view is kept fresh now: 1 for its mode, 0 for the other (refresh: materialized view; incremental: table).",
+    ),
+    (
+        "view_last_success_timestamp_seconds",
+        Kind::Gauge,
+        "Snapshot time of the view's last successful refresh (any process).",
+    ),
+    (
+        "view_data_age_seconds",
+        Kind::Gauge,
+        "Seconds since the snapshot of the data the view serves.",
+    ),
+    (
+        "refresh_notifications_total",
+        Kind::Counter,
+        "Base-table changes seen: notifications received (REFRESH_NOTIFY) or changes found by polling.",
+    ),
+    (
+        "refresh_notification_refreshes_total",
+        Kind::Counter,
+        "View refreshes that base-table changes caused.",
+    ),
+    (
+        "response_cache_hits_total",
+        Kind::Counter,
+        "Data responses served from this instance's response cache.",
+    ),
+    (
+        "response_cache_misses_total",
+        Kind::Counter,
+        "Data responses rendered by a query and then cached.",
+    ),
+    (
+        "response_cache_coalesced_total",
+        Kind::Counter,
+        "Data responses that waited for an identical request's query instead of running their own.",
+    ),
+    (
+        "response_cache_evictions_total",
+        Kind::Counter,
+        "Cached responses pushed out by RESPONSE_CACHE_BYTES.",
+    ),
+    (
+        "response_cache_bytes",
+        Kind::Gauge,
+        "Bytes the response cache holds (bodies, keys, overhead).",
+    ),
+    (
+        "response_cache_entries",
+        Kind::Gauge,
+        "Responses the response cache holds.",
+    ),
+    (
+        "response_cache_enabled",
+        Kind::Gauge,
+        "1 when the response cache is on (RESPONSE_CACHE_BYTES > 0).",
+    ),
+    (
+        "reads_served_from",
+        Kind::Gauge,
+        "Where data reads go now: 1 for the server serving them (0 for both while they are refused).",
+    ),
+    (
+        "replica_up",
+        Kind::Gauge,
+        "Whether the replica (READ_DATABASE_URL) answered its last probe.",
+    ),
+    (
+        "replica_lag_seconds",
+        Kind::Gauge,
+        "How long ago the primary was at the WAL position the replica has replayed (NaN while unknown).",
+    ),
+    (
+        "replica_max_lag_seconds",
+        Kind::Gauge,
+        "MAX_REPLICA_LAG: past it reads leave the replica.",
+    ),
+    (
+        "replica_fallbacks_total",
+        Kind::Counter,
+        "Times reads left the replica (down, or lagging past MAX_REPLICA_LAG).",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Triggers whose refreshes base-table changes caused.
+const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
 }
 
-#[derive(Default)]
-struct Registry {
-    requests: BTreeMap<(String, String, u16), u64>,
-    request_seconds: BTreeMap<String, Histogram>,
-    refreshes: BTreeMap<(ViewName, &'static str, &'static str), u64>,
-    refresh_seconds: BTreeMap<ViewName, Histogram>,
-    rows_changed: BTreeMap<ViewName, u64>,
-    companies_applied: u64,
-    notifications: u64,
-    refreshes_after_notifications: u64,
-}
-
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, value: f64) {
-        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
-            if value <= *bound {
-                *count += 1;
+impl Default for Metrics {
+    fn default() -> Self {
+        let buckets =
+            |name: &str, bounds: &[f64]| (Matcher::Full(name.to_owned()), bounds.to_vec());
+        let recorder = [
+            buckets("http_request_duration_seconds", &LATENCY_BUCKETS),
+            buckets("view_refresh_duration_seconds", &REFRESH_BUCKETS),
+        ]
+        .into_iter()
+        .fold(PrometheusBuilder::new(), |builder, (matcher, bounds)| {
+            builder
+                .set_buckets_for_metric(matcher, &bounds)
+                .expect("the buckets are not empty")
+        })
+        .build_recorder();
+        for (name, kind, help) in METRICS {
+            let (name, help) = (KeyName::from(*name), SharedString::from(*help));
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
             }
         }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        let metrics = Metrics {
+            handle: recorder.handle(),
+            recorder,
+        };
+        for view in ViewName::ALL {
+            // Present from the start, so that a rate of failures is defined before the first one.
+            metrics
+                .counter("view_refresh_failures_total", view_label(view))
+                .increment(0);
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        for name in [
+            "incremental_companies_applied_total",
+            "refresh_notifications_total",
+            "refresh_notification_refreshes_total",
+        ] {
+            metrics.counter(name, vec![]).increment(0);
+        }
+        metrics
     }
+}
+
+/// One finished refresh, apply or rebuild of one view, as the refresher reports it.
+pub struct RefreshObservation {
+    pub view: ViewName,
+    /// What asked for it (`schedule`, `poll`, `incremental`, ...).
+    pub trigger: &'static str,
+    /// `ok`, `error` or `skipped` (another process did the work).
+    pub status: &'static str,
+    pub took: Duration,
+    /// Rows deleted plus rows inserted, for table-backed views.
+    pub rows_changed: Option<i64>,
 }
 
 /// What the database says about one view, for the freshness and mode gauges.
 pub struct ViewFreshness {
-    pub view: String,
-    /// `refresh` or `incremental`.
-    pub mode: Option<String>,
+    pub view: ViewName,
+    pub mode: Option<Mode>,
     pub last_success_unix: Option<f64>,
     pub age_seconds: Option<f64>,
 }
@@ -86,8 +236,7 @@ pub struct ViewFreshness {
 pub struct ResponseCacheFigures {
     /// False with `RESPONSE_CACHE_BYTES=0`.
     pub enabled: bool,
-    /// Per view, in `ViewName::ALL` order.
-    pub per_view: [ViewCacheCounts; 3],
+    pub per_view: PerView<ViewCacheCounts>,
     /// Entries pushed out by the byte bound.
     pub evictions: u64,
     /// Bytes held (bodies, keys and overhead), as the bound counts them.
@@ -119,258 +268,208 @@ impl ViewCacheCounts {
     }
 }
 
-/// Triggers whose refreshes base-table changes caused.
-const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
+/// What `GET /metrics` reads from elsewhere when it is scraped.
+pub struct Scrape<'a> {
+    pub freshness: &'a [ViewFreshness],
+    pub cache: &'a ResponseCacheFigures,
+    /// Where data reads go now (None while they are refused).
+    pub serving: Option<Server>,
+    /// The replica's state, when one is configured.
+    pub replica: Option<&'a ReplicaStatus>,
+}
 
-/// One finished refresh, apply or rebuild of one view, as the refresher reports it.
-pub struct RefreshObservation {
-    pub view: ViewName,
-    /// What asked for it (`schedule`, `poll`, `incremental`, ...).
-    pub trigger: &'static str,
-    /// `ok`, `error` or `skipped` (another process did the work).
-    pub status: &'static str,
-    pub took: Duration,
-    /// Rows deleted plus rows inserted, for table-backed views.
-    pub rows_changed: Option<i64>,
+fn view_label(view: ViewName) -> Vec<Label> {
+    vec![Label::new("view", view.as_str())]
 }
 
 impl Metrics {
-    pub fn record_request(&self, route: &str, method: &str, status: u16, latency: Duration) {
-        let mut registry = self.registry.lock().expect("not poisoned");
-        *registry
-            .requests
-            .entry((route.to_owned(), method.to_owned(), status))
-            .or_default() += 1;
-        registry
-            .request_seconds
-            .entry(route.to_owned())
-            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
-            .observe(latency.as_secs_f64());
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> metrics::Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, labels: Vec<Label>) -> metrics::Histogram {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn record_request(
+        &self,
+        route: &str,
+        method: &Method,
+        status: StatusCode,
+        latency: Duration,
+    ) {
+        let route = SharedString::from(route.to_owned());
+        let labels = vec![
+            Label::new("route", route.clone()),
+            Label::new("method", method_name(method)),
+            Label::new("status", status_name(status)),
+        ];
+        self.counter("http_requests_total", labels).increment(1);
+        self.histogram(
+            "http_request_duration_seconds",
+            vec![Label::new("route", route)],
+        )
+        .record(latency.as_secs_f64());
     }
 
     pub fn record_refresh(&self, refresh: RefreshObservation) {
-        let mut registry = self.registry.lock().expect("not poisoned");
-        *registry
-            .refreshes
-            .entry((refresh.view, refresh.trigger, refresh.status))
-            .or_default() += 1;
+        let labels = vec![
+            Label::new("view", refresh.view.as_str()),
+            Label::new("trigger", refresh.trigger),
+            Label::new("status", refresh.status),
+        ];
+        self.counter("view_refreshes_total", labels).increment(1);
+        if refresh.status == "error" {
+            self.counter("view_refresh_failures_total", view_label(refresh.view))
+                .increment(1);
+        }
         if refresh.status == "skipped" {
             return;
         }
         if CHANGE_TRIGGERS.contains(&refresh.trigger) {
-            registry.refreshes_after_notifications += 1;
+            self.counter("refresh_notification_refreshes_total", vec![])
+                .increment(1);
         }
-        registry
-            .refresh_seconds
-            .entry(refresh.view)
-            .or_insert_with(|| Histogram::new(&REFRESH_BUCKETS))
-            .observe(refresh.took.as_secs_f64());
+        self.histogram("view_refresh_duration_seconds", view_label(refresh.view))
+            .record(refresh.took.as_secs_f64());
         if let Some(rows) = refresh.rows_changed {
-            *registry.rows_changed.entry(refresh.view).or_default() += rows.max(0) as u64;
+            self.counter("view_rows_changed_total", view_label(refresh.view))
+                .increment(rows.max(0) as u64);
         }
     }
 
     /// One incremental apply recomputed this many companies.
     pub fn record_apply(&self, companies: i64) {
-        self.registry
-            .lock()
-            .expect("not poisoned")
-            .companies_applied += companies.max(0) as u64;
+        self.counter("incremental_companies_applied_total", vec![])
+            .increment(companies.max(0) as u64);
     }
 
     pub fn record_notification(&self) {
-        self.registry.lock().expect("not poisoned").notifications += 1;
+        self.counter("refresh_notifications_total", vec![])
+            .increment(1);
     }
 
-    /// `serving`: where data reads go now (None while they are refused); `replica`: its state,
-    /// when one is configured.
-    pub fn render(
-        &self,
-        freshness: &[ViewFreshness],
-        cache: &ResponseCacheFigures,
-        serving: Option<Server>,
-        replica: Option<&ReplicaStatus>,
-    ) -> String {
-        let registry = self.registry.lock().expect("not poisoned");
-        let mut out = String::new();
-        render_response_cache(&mut out, cache);
-        render_reads(&mut out, serving, replica);
-        out.push_str("# HELP http_requests_total HTTP requests by route template, method and status.\n# TYPE http_requests_total counter\n");
-        for ((route, method, status), count) in &registry.requests {
-            let _ = writeln!(
-                out,
-                "http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
-            );
+    /// Drains the histograms' buffered samples: call it now and then (rendering does it too), so
+    /// that an instance nobody scrapes keeps bounded memory.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text: what this instance recorded, and what `scrape` reads now.
+    pub fn render(&self, scrape: &Scrape<'_>) -> String {
+        self.set_freshness(scrape.freshness);
+        self.set_response_cache(scrape.cache);
+        self.set_reads(scrape.serving, scrape.replica);
+        // The exporter separates metric families by blank lines (which the format allows); one line
+        // per sample or comment is what the tests and the README show.
+        let text = self.handle.render();
+        let mut lines = String::with_capacity(text.len());
+        for line in text.lines().filter(|line| !line.is_empty()) {
+            lines.push_str(line);
+            lines.push('\n');
         }
-        out.push_str("# HELP http_request_duration_seconds HTTP request latency by route template.\n# TYPE http_request_duration_seconds histogram\n");
-        for (route, histogram) in &registry.request_seconds {
-            histogram.render(
-                &mut out,
-                "http_request_duration_seconds",
-                &format!("route=\"{route}\""),
-            );
-        }
-        out.push_str("# HELP view_refreshes_total View refreshes by view, trigger and status (ok, error, skipped).\n# TYPE view_refreshes_total counter\n");
-        for ((view, trigger, status), count) in &registry.refreshes {
-            let _ = writeln!(
-                out,
-                "view_refreshes_total{{view=\"{view}\",trigger=\"{trigger}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP view_refresh_failures_total Failed view refreshes (the previous data stayed served).\n# TYPE view_refresh_failures_total counter\n");
-        for view in ViewName::ALL {
-            let failures: u64 = registry
-                .refreshes
-                .iter()
-                .filter(|((v, _, s), _)| *v == view && *s == "error")
-                .map(|(_, n)| n)
-                .sum();
-            let _ = writeln!(
-                out,
-                "view_refresh_failures_total{{view=\"{view}\"}} {failures}"
-            );
-        }
-        out.push_str("# HELP view_refresh_duration_seconds Duration of view refreshes done by this process.\n# TYPE view_refresh_duration_seconds histogram\n");
-        for (view, histogram) in &registry.refresh_seconds {
-            histogram.render(
-                &mut out,
-                "view_refresh_duration_seconds",
-                &format!("view=\"{view}\""),
-            );
-        }
-        out.push_str("# HELP view_rows_changed_total Rows deleted plus inserted in table-backed views by this process's applies and rebuilds.\n# TYPE view_rows_changed_total counter\n");
-        for (view, rows) in &registry.rows_changed {
-            let _ = writeln!(out, "view_rows_changed_total{{view=\"{view}\"}} {rows}");
-        }
-        out.push_str("# HELP incremental_companies_applied_total Companies whose rows this process's incremental applies recomputed.\n# TYPE incremental_companies_applied_total counter\n");
-        let _ = writeln!(
-            out,
-            "incremental_companies_applied_total {}",
-            registry.companies_applied
-        );
-        out.push_str("# HELP view_maintenance_mode How each view is kept fresh now: 1 for its mode (refresh: materialized view; incremental: table).\n# TYPE view_maintenance_mode gauge\n");
+        lines
+    }
+
+    fn set_freshness(&self, freshness: &[ViewFreshness]) {
         for view in freshness {
-            if let Some(mode) = &view.mode {
-                let _ = writeln!(
-                    out,
-                    "view_maintenance_mode{{view=\"{}\",mode=\"{mode}\"}} 1",
-                    view.view
-                );
+            if let Some(mode) = view.mode {
+                for each in [Mode::Refresh, Mode::Incremental] {
+                    let labels = vec![
+                        Label::new("view", view.view.as_str()),
+                        Label::new("mode", each.as_str()),
+                    ];
+                    self.gauge("view_maintenance_mode", labels)
+                        .set(f64::from(u8::from(each == mode)));
+                }
             }
-        }
-        out.push_str("# HELP view_last_success_timestamp_seconds Snapshot time of the view's last successful refresh (any process).\n# TYPE view_last_success_timestamp_seconds gauge\n");
-        for view in freshness {
             if let Some(at) = view.last_success_unix {
-                let _ = writeln!(
-                    out,
-                    "view_last_success_timestamp_seconds{{view=\"{}\"}} {at}",
-                    view.view
-                );
+                self.gauge("view_last_success_timestamp_seconds", view_label(view.view))
+                    .set(at);
             }
-        }
-        out.push_str("# HELP view_data_age_seconds Seconds since the snapshot of the data the view serves.\n# TYPE view_data_age_seconds gauge\n");
-        for view in freshness {
             if let Some(age) = view.age_seconds {
-                let _ = writeln!(out, "view_data_age_seconds{{view=\"{}\"}} {age}", view.view);
+                self.gauge("view_data_age_seconds", view_label(view.view))
+                    .set(age);
             }
         }
-        out.push_str("# HELP refresh_notifications_total Base-table changes seen: notifications received (REFRESH_NOTIFY) or changes found by polling.\n# TYPE refresh_notifications_total counter\n");
-        let _ = writeln!(
-            out,
-            "refresh_notifications_total {}",
-            registry.notifications
-        );
-        out.push_str("# HELP refresh_notification_refreshes_total View refreshes that base-table changes caused.\n# TYPE refresh_notification_refreshes_total counter\n");
-        let _ = writeln!(
-            out,
-            "refresh_notification_refreshes_total {}",
-            registry.refreshes_after_notifications
-        );
-        out
     }
-}
 
-fn render_reads(out: &mut String, serving: Option<Server>, replica: Option<&ReplicaStatus>) {
-    out.push_str("# HELP reads_served_from Where data reads go now: 1 for the server serving them (0 for both while they are refused).\n# TYPE reads_served_from gauge\n");
-    for server in [Server::Primary, Server::Replica] {
-        let _ = writeln!(
-            out,
-            "reads_served_from{{server=\"{}\"}} {}",
-            server.as_str(),
-            u8::from(serving == Some(server))
-        );
-    }
-    let Some(replica) = replica else {
-        return;
-    };
-    out.push_str("# HELP replica_up Whether the replica (READ_DATABASE_URL) answered its last probe.\n# TYPE replica_up gauge\n");
-    let _ = writeln!(out, "replica_up {}", u8::from(replica.reachable));
-    out.push_str("# HELP replica_lag_seconds How long ago the primary was at the WAL position the replica has replayed (absent while unknown).\n# TYPE replica_lag_seconds gauge\n");
-    if let Some(lag) = replica.lag_seconds {
-        let _ = writeln!(out, "replica_lag_seconds {lag}");
-    }
-    out.push_str("# HELP replica_max_lag_seconds MAX_REPLICA_LAG: past it reads leave the replica.\n# TYPE replica_max_lag_seconds gauge\n");
-    let _ = writeln!(out, "replica_max_lag_seconds {}", replica.max_lag_seconds);
-    out.push_str("# HELP replica_fallbacks_total Times reads left the replica (down, or lagging past MAX_REPLICA_LAG).\n# TYPE replica_fallbacks_total counter\n");
-    let _ = writeln!(out, "replica_fallbacks_total {}", replica.fallbacks);
-}
-
-fn render_response_cache(out: &mut String, cache: &ResponseCacheFigures) {
-    type Count = fn(&ViewCacheCounts) -> u64;
-    let counters: [(&str, &str, Count); 3] = [
-        (
-            "response_cache_hits_total",
-            "Data responses served from this instance's response cache.",
-            |c| c.hits,
-        ),
-        (
-            "response_cache_misses_total",
-            "Data responses rendered by a query and then cached.",
-            |c| c.misses,
-        ),
-        (
-            "response_cache_coalesced_total",
-            "Data responses that waited for an identical request's query instead of running their own.",
-            |c| c.coalesced,
-        ),
-    ];
-    for (name, help, count) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (view, counts) in ViewName::ALL.iter().zip(&cache.per_view) {
-            let _ = writeln!(out, "{name}{{view=\"{view}\"}} {}", count(counts));
+    fn set_response_cache(&self, cache: &ResponseCacheFigures) {
+        for (view, counts) in cache.per_view.iter() {
+            self.counter("response_cache_hits_total", view_label(view))
+                .absolute(counts.hits);
+            self.counter("response_cache_misses_total", view_label(view))
+                .absolute(counts.misses);
+            self.counter("response_cache_coalesced_total", view_label(view))
+                .absolute(counts.coalesced);
         }
+        self.counter("response_cache_evictions_total", vec![])
+            .absolute(cache.evictions);
+        self.gauge("response_cache_bytes", vec![])
+            .set(cache.bytes as f64);
+        self.gauge("response_cache_entries", vec![])
+            .set(cache.entries as f64);
+        self.gauge("response_cache_enabled", vec![])
+            .set(f64::from(u8::from(cache.enabled)));
     }
-    let totals = [
-        (
-            "response_cache_evictions_total",
-            "counter",
-            "Cached responses pushed out by RESPONSE_CACHE_BYTES.",
-            cache.evictions,
-        ),
-        (
-            "response_cache_bytes",
-            "gauge",
-            "Bytes the response cache holds (bodies, keys, overhead).",
-            cache.bytes,
-        ),
-        (
-            "response_cache_entries",
-            "gauge",
-            "Responses the response cache holds.",
-            cache.entries,
-        ),
-        (
-            "response_cache_enabled",
-            "gauge",
-            "1 when the response cache is on (RESPONSE_CACHE_BYTES > 0).",
-            u64::from(cache.enabled),
-        ),
-    ];
-    for (name, kind, help, value) in totals {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+
+    fn set_reads(&self, serving: Option<Server>, replica: Option<&ReplicaStatus>) {
+        for server in [Server::Primary, Server::Replica] {
+            self.gauge(
+                "reads_served_from",
+                vec![Label::new("server", server.as_str())],
+            )
+            .set(f64::from(u8::from(serving == Some(server))));
+        }
+        let Some(replica) = replica else {
+            return;
+        };
+        self.gauge("replica_up", vec![])
+            .set(f64::from(u8::from(replica.reachable)));
+        self.gauge("replica_lag_seconds", vec![])
+            .set(replica.lag_seconds.unwrap_or(f64::NAN));
+        self.gauge("replica_max_lag_seconds", vec![])
+            .set(replica.max_lag_seconds);
+        self.counter("replica_fallbacks_total", vec![])
+            .absolute(replica.fallbacks);
+    }
+}
+
+/// The methods the API answers, and a bounded label for any other.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// A status as its three digits, without allocating for the usual ones.
+fn status_name(status: StatusCode) -> SharedString {
+    match status.as_u16() {
+        200 => SharedString::const_str("200"),
+        202 => SharedString::const_str("202"),
+        304 => SharedString::const_str("304"),
+        400 => SharedString::const_str("400"),
+        401 => SharedString::const_str("401"),
+        403 => SharedString::const_str("403"),
+        404 => SharedString::const_str("404"),
+        429 => SharedString::const_str("429"),
+        500 => SharedString::const_str("500"),
+        503 => SharedString::const_str("503"),
+        other => SharedString::from(other.to_string()),
     }
 }
 
@@ -378,37 +477,37 @@ fn render_response_cache(out: &mut String, cache: &ResponseCacheFigures) {
 mod tests {
     use super::*;
 
+    fn render(metrics: &Metrics) -> String {
+        metrics.render(&Scrape {
+            freshness: &[],
+            cache: &ResponseCacheFigures::default(),
+            serving: Some(Server::Primary),
+            replica: None,
+        })
+    }
+
     #[test]
     fn histograms_are_cumulative_and_rendered_with_inf() {
         let metrics = Metrics::default();
-        metrics.record_request("/prospects", "GET", 200, Duration::from_millis(3));
-        metrics.record_request("/prospects", "GET", 200, Duration::from_millis(30));
-        let text = metrics.render(
-            &[],
-            &ResponseCacheFigures::default(),
-            Some(Server::Primary),
-            None,
+        let get = Method::GET;
+        metrics.record_request("/prospects", &get, StatusCode::OK, Duration::from_millis(3));
+        metrics.record_request(
+            "/prospects",
+            &get,
+            StatusCode::OK,
+            Duration::from_millis(30),
         );
-        assert!(
-            text.contains(
-                "http_requests_total{route=\"/prospects\",method=\"GET\",status=\"200\"} 2"
-            )
-        );
-        assert!(
-            text.contains(
-                "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"0.005\"} 1"
-            )
-        );
-        assert!(
-            text.contains(
-                "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"0.05\"} 2"
-            )
-        );
-        assert!(
-            text.contains(
-                "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"+Inf\"} 2"
-            )
-        );
+        let text = render(&metrics);
+        for line in [
+            "http_requests_total{route=\"/prospects\",method=\"GET\",status=\"200\"} 2",
+            "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"0.005\"} 1",
+            "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"0.05\"} 2",
+            "http_request_duration_seconds_bucket{route=\"/prospects\",le=\"+Inf\"} 2",
+            "# TYPE http_requests_total counter",
+            "# HELP http_requests_total HTTP requests by route template, method and status.",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]
@@ -421,13 +520,22 @@ mod tests {
             took: Duration::from_secs(1),
             rows_changed: None,
         });
-        let text = metrics.render(
-            &[],
-            &ResponseCacheFigures::default(),
-            Some(Server::Primary),
-            None,
-        );
+        let text = render(&metrics);
         assert!(text.contains("view_refresh_failures_total{view=\"company_summary_view\"} 1"));
         assert!(text.contains("view_refresh_failures_total{view=\"company_prospect_view\"} 0"));
+    }
+
+    #[test]
+    fn every_metric_is_described() {
+        let metrics = Metrics::default();
+        let text = render(&metrics);
+        for (name, _, _) in METRICS.iter().filter(|(name, _, _)| {
+            // Recorded or set only once there is something to say.
+            !name.starts_with("replica_")
+                && !name.starts_with("view_")
+                && !name.starts_with("http_")
+        }) {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+        }
     }
 }

@@ -17,6 +17,17 @@ pub struct SeedOptions {
     pub replace: bool,
 }
 
+impl SeedOptions {
+    /// The demo data (`serve --demo`, and `seed`'s defaults): about 100,000 prospects, a few
+    /// seconds to generate.
+    pub const DEMO: SeedOptions = SeedOptions {
+        companies: 10_000,
+        prospects_per_company: 10,
+        seed: 42,
+        replace: false,
+    };
+}
+
 #[derive(Debug, Clone)]
 pub struct SeedSummary {
     pub companies: u64,
@@ -116,48 +127,36 @@ SELECT
     l.industries[p.industry_no],
     l.size_min[p.size_no],
     l.size_max[p.size_no],
-    CASE WHEN h.h5 % 100 < 8 THEN NULL
-         WHEN h.h5 % 100 < 9 THEN 0
+    CASE WHEN h.h[5] % 100 < 8 THEN NULL
+         WHEN h.h[5] % 100 < 9 THEN 0
          -- Log-uniform from 5 thousand to 50 billion.
-         ELSE round(exp(ln(5000::float8) + (h.h6 % 1000000)::float8 / 1000000 * (ln(50000000000::float8) - ln(5000::float8))))::bigint
+         ELSE round(exp(ln(5000::float8) + (h.h[6] % 1000000)::float8 / 1000000 * (ln(50000000000::float8) - ln(5000::float8))))::bigint
     END,
-    (1 + h.h7 % 9999) || ' ' || l.streets[1 + (h.h7 / 10000 % cardinality(l.streets))::int] || ' Street',
+    (1 + h.h[7] % 9999) || ' ' || l.streets[1 + (h.h[7] / 10000 % cardinality(l.streets))::int] || ' Street',
     l.city_heads[1 + p.city_no % 20] || l.city_tails[1 + p.city_no / 20 % 15],
     chr(65 + p.city_no % 26) || chr(65 + p.city_no / 26 % 26),
     l.countries[1 + p.country_no],
-    lpad((h.h8 % 100000)::text, 5, '0'),
-    '+1 555 01' || lpad((h.h8 % 100)::text, 2, '0'),
-    CASE WHEN h.h9 % 2 = 0 THEN NULL ELSE '+1 555 02' || lpad((h.h9 % 100)::text, 2, '0') END,
+    lpad((h.h[8] % 100000)::text, 5, '0'),
+    '+1 555 01' || lpad((h.h[8] % 100)::text, 2, '0'),
+    CASE WHEN h.h[9] % 2 = 0 THEN NULL ELSE '+1 555 02' || lpad((h.h[9] % 100)::text, 2, '0') END,
     created.at,
-    created.at + (h.h11 % 31536000) * interval '1 second'
+    created.at + (h.h[11] % 31536000) * interval '1 second'
 FROM generate_series(1, $1::int) AS g(i)
 CROSS JOIN lists l
+-- h[1] to h[13]: independent hashes of the row number, the raw material of every column.
+CROSS JOIN LATERAL (SELECT array_agg(hashint8extended(g.i, $2::bigint + k) & 9223372036854775807 ORDER BY k) AS h
+                    FROM generate_series(0, 12) AS k) h
 CROSS JOIN LATERAL (SELECT
-    hashint8extended(g.i, $2::bigint)      & 9223372036854775807 AS h1,
-    hashint8extended(g.i, $2::bigint + 1)  & 9223372036854775807 AS h2,
-    hashint8extended(g.i, $2::bigint + 2)  & 9223372036854775807 AS h3,
-    hashint8extended(g.i, $2::bigint + 3)  & 9223372036854775807 AS h4,
-    hashint8extended(g.i, $2::bigint + 4)  & 9223372036854775807 AS h5,
-    hashint8extended(g.i, $2::bigint + 5)  & 9223372036854775807 AS h6,
-    hashint8extended(g.i, $2::bigint + 6)  & 9223372036854775807 AS h7,
-    hashint8extended(g.i, $2::bigint + 7)  & 9223372036854775807 AS h8,
-    hashint8extended(g.i, $2::bigint + 8)  & 9223372036854775807 AS h9,
-    hashint8extended(g.i, $2::bigint + 9)  & 9223372036854775807 AS h10,
-    hashint8extended(g.i, $2::bigint + 10) & 9223372036854775807 AS h11,
-    hashint8extended(g.i, $2::bigint + 11) & 9223372036854775807 AS h12,
-    hashint8extended(g.i, $2::bigint + 12) & 9223372036854775807 AS h13
-) h
-CROSS JOIN LATERAL (SELECT
-    l.brands[1 + (h.h1 % cardinality(l.brands))::int] AS brand,
-    l.kinds[1 + (h.h2 % cardinality(l.kinds))::int] AS kind,
-    1 + floor(cardinality(l.industries) * power((h.h3 % 1000000)::float8 / 1000000, 2))::int AS industry_no,
-    1 + (h.h4 % 8)::int AS size_no,
-    floor(30 * power((h.h12 % 1000000)::float8 / 1000000, 1.8))::int AS country_no,
+    l.brands[1 + (h.h[1] % cardinality(l.brands))::int] AS brand,
+    l.kinds[1 + (h.h[2] % cardinality(l.kinds))::int] AS kind,
+    1 + floor(cardinality(l.industries) * power((h.h[3] % 1000000)::float8 / 1000000, 2))::int AS industry_no,
+    1 + (h.h[4] % 8)::int AS size_no,
+    floor(30 * power((h.h[12] % 1000000)::float8 / 1000000, 1.8))::int AS country_no,
     -- 10 cities per country, 300 in all, each always in the same country.
-    floor(30 * power((h.h12 % 1000000)::float8 / 1000000, 1.8))::int * 10 + (h.h13 % 10)::int AS city_no
+    floor(30 * power((h.h[12] % 1000000)::float8 / 1000000, 1.8))::int * 10 + (h.h[13] % 10)::int AS city_no
 ) p
 CROSS JOIN LATERAL (SELECT
-    timestamp '2018-01-01' + (h.h10 % 157680000) * interval '1 second' AS at
+    timestamp '2018-01-01' + (h.h[10] % 157680000) * interval '1 second' AS at
 ) created
 "#,
         options.companies as i32,
@@ -209,10 +208,10 @@ INSERT INTO "Prospect" ("id", "companyId", "salutation", "firstName", "lastName"
 SELECT
     'prs_' || lpad(c.no::text, 8, '0') || '_' || j.no,
     c."id",
-    CASE WHEN h.h3 % 5 = 4 THEN NULL ELSE l.salutations[1 + (h.h3 % 4)::int] END,
+    CASE WHEN h.h[3] % 5 = 4 THEN NULL ELSE l.salutations[1 + (h.h[3] % 4)::int] END,
     p.first_name,
     p.last_name,
-    CASE WHEN h.h4 % 100 < 2 THEN NULL
+    CASE WHEN h.h[4] % 100 < 2 THEN NULL
          ELSE lower(COALESCE(NULLIF(concat_ws('.', p.first_name, p.last_name), ''), 'contact')) || j.no || '@' || c."domain"
     END,
     format(l.titles[p.level_no], l.departments[p.department_no]),
@@ -220,37 +219,30 @@ SELECT
     l.departments[p.department_no],
     'https://profiles.example/' || lpad(c.no::text, 8, '0') || '-' || j.no,
     c."address",
-    CASE WHEN h.h5 % 100 < 80 THEN c."city" ELSE 'Remote' END,
-    CASE WHEN h.h5 % 100 < 80 THEN c."state" END,
+    CASE WHEN h.h[5] % 100 < 80 THEN c."city" ELSE 'Remote' END,
+    CASE WHEN h.h[5] % 100 < 80 THEN c."state" END,
     c."country",
     c."zipCode",
-    '+1 555 03' || lpad((h.h6 % 100)::text, 2, '0'),
-    CASE WHEN h.h6 % 3 = 0 THEN NULL ELSE '+1 555 04' || lpad((h.h7 % 100)::text, 2, '0') END,
-    c."createdAt" + (h.h8 % 63072000) * interval '1 second',
-    c."createdAt" + (h.h8 % 63072000 + h.h9 % 31536000) * interval '1 second'
+    '+1 555 03' || lpad((h.h[6] % 100)::text, 2, '0'),
+    CASE WHEN h.h[6] % 3 = 0 THEN NULL ELSE '+1 555 04' || lpad((h.h[7] % 100)::text, 2, '0') END,
+    c."createdAt" + (h.h[8] % 63072000) * interval '1 second',
+    c."createdAt" + (h.h[8] % 63072000 + h.h[9] % 31536000) * interval '1 second'
 FROM companies c
 CROSS JOIN lists l
 CROSS JOIN LATERAL generate_series(1,
     CASE WHEN $1::int = 0 OR c.h % 100 < 3 THEN 0 ELSE 1 + (c.h / 100 % (2 * $1::int - 1))::int END
 ) AS j(no)
-CROSS JOIN LATERAL (SELECT
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 200) & 9223372036854775807 AS h1,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 201) & 9223372036854775807 AS h2,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 202) & 9223372036854775807 AS h3,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 203) & 9223372036854775807 AS h4,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 204) & 9223372036854775807 AS h5,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 205) & 9223372036854775807 AS h6,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 206) & 9223372036854775807 AS h7,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 207) & 9223372036854775807 AS h8,
-    hashint8extended(c.no * 50000 + j.no, $2::bigint + 208) & 9223372036854775807 AS h9
-) h
+-- h[1] to h[9]: independent hashes of the prospect's number (company number and its own).
+CROSS JOIN LATERAL (SELECT array_agg(hashint8extended(c.no * 50000 + j.no, $2::bigint + 200 + k) & 9223372036854775807
+                                     ORDER BY k) AS h
+                    FROM generate_series(0, 8) AS k) h
 CROSS JOIN LATERAL (SELECT
     -- About 4% miss a first name and 4% a last name (some both).
-    CASE WHEN h.h1 % 100 < 4 THEN NULL ELSE l.first_names[1 + (h.h1 / 100 % cardinality(l.first_names))::int] END AS first_name,
-    CASE WHEN h.h2 % 100 < 4 THEN NULL ELSE l.last_names[1 + (h.h2 / 100 % cardinality(l.last_names))::int] END AS last_name,
-    1 + floor(10 * power((h.h5 / 100 % 1000000)::float8 / 1000000, 1.5))::int AS department_no,
+    CASE WHEN h.h[1] % 100 < 4 THEN NULL ELSE l.first_names[1 + (h.h[1] / 100 % cardinality(l.first_names))::int] END AS first_name,
+    CASE WHEN h.h[2] % 100 < 4 THEN NULL ELSE l.last_names[1 + (h.h[2] / 100 % cardinality(l.last_names))::int] END AS last_name,
+    1 + floor(10 * power((h.h[5] / 100 % 1000000)::float8 / 1000000, 1.5))::int AS department_no,
     -- Skewed towards the junior end: few C-level, many entry-level.
-    6 - floor(6 * power((h.h7 / 100 % 1000000)::float8 / 1000000, 1.5))::int AS level_no
+    6 - floor(6 * power((h.h[7] / 100 % 1000000)::float8 / 1000000, 1.5))::int AS level_no
 ) p
 "#,
         options.prospects_per_company as i32,

@@ -1,7 +1,6 @@
 //! Building and running the server: `Application::build` prepares the database and binds the
 //! listener (port 0 in tests), `run_until_stopped` serves until the given shutdown future resolves.
 
-use crate::http::database_circuit::{self, DatabaseCircuit};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,16 +13,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{DatabaseConfig, ServeConfig};
+use crate::config::{DatabaseConfig, Schedule, ServeConfig};
 use crate::db::{self, Connect, prepare_database};
+use crate::http::admin_guard::AdminGuard;
 use crate::http::cursor::CursorSigner;
+use crate::http::database_circuit::{self, DatabaseCircuit};
 use crate::http::response_cache::ResponseCache;
-use crate::http::{self, AppState, HttpSettings};
+use crate::http::{self, AppState, HttpSettings, ReadModels};
 use crate::metrics::Metrics;
 use crate::reads::{
     REPLICA_ACQUIRE_TIMEOUT, ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server,
 };
-use crate::refresh::{self, ChangeSource, NotifySettings, Refresher, Schedule};
+use crate::refresh::{self, ChangeSource, Modes, NotifySettings, Refresher};
 use crate::seed::{self, SeedOptions};
 
 pub struct Application {
@@ -52,16 +53,19 @@ struct Background {
 /// How long a refresh that is running at shutdown may take to finish before it is rolled back.
 const REFRESH_GRACE: Duration = Duration::from_secs(20);
 
-/// Demo data: about 100,000 prospects, a few seconds to generate.
-const DEMO: SeedOptions = SeedOptions {
-    companies: 10_000,
-    prospects_per_company: 10,
-    seed: 42,
-    replace: false,
-};
+/// How often the metrics' histograms are drained when nobody scrapes them.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Application {
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Application> {
+        Application::build_with(config, ReadModels::all()).await
+    }
+
+    /// The application serving `read_models` (every read model of `views`, and any added).
+    pub async fn build_with(
+        config: &ServeConfig,
+        read_models: ReadModels,
+    ) -> anyhow::Result<Application> {
         let pool = prepare_database(&config.database).await?;
         if config.demo {
             seed_demo_data_if_empty(&pool).await?;
@@ -93,8 +97,7 @@ impl Application {
         let state = AppState {
             refresher: refresher.clone(),
             metrics: metrics.clone(),
-            admin_token: config.admin_token.clone(),
-            wrong_tokens: Arc::default(),
+            admin: Arc::new(AdminGuard::new(config.admin_token.clone())),
             reads,
             pool: pool.clone(),
             cursors,
@@ -129,7 +132,7 @@ impl Application {
         };
         Ok(Application {
             listener,
-            router: http::router(state, &settings),
+            router: http::router(state, &settings, read_models),
             background,
         })
     }
@@ -177,8 +180,9 @@ impl Application {
             tokio::spawn(refresh::run_housekeeping(
                 background.pool.clone(),
                 background.log_retention,
-                stopping,
+                stopping.clone(),
             )),
+            tokio::spawn(upkeep_metrics(background.metrics.clone(), stopping)),
         ];
         let served = axum::serve(
             self.listener,
@@ -234,10 +238,7 @@ async fn read_route(config: &ServeConfig) -> anyhow::Result<ReadRoute> {
 
 /// Converts the read models to VIEW_MAINTENANCE (a no-op when they are already so) and returns each
 /// one's mode.
-async fn convert_read_models(
-    pool: &PgPool,
-    config: &ServeConfig,
-) -> anyhow::Result<[Option<crate::views::Mode>; 3]> {
+async fn convert_read_models(pool: &PgPool, config: &ServeConfig) -> anyhow::Result<Modes> {
     crate::views::check_catalog(pool).await?;
     let conversions =
         refresh::convert_all(pool, config.maintenance.view_maintenance, &config.refresh)
@@ -255,7 +256,7 @@ async fn seed_demo_data_if_empty(pool: &PgPool) -> anyhow::Result<()> {
         tracing::info!("--demo: the base tables already hold data; not seeding");
         return Ok(());
     }
-    let summary = seed::seed(pool, &DEMO).await?;
+    let summary = seed::seed(pool, &SeedOptions::DEMO).await?;
     tracing::info!(
         companies = summary.companies,
         prospects = summary.prospects,
@@ -274,5 +275,15 @@ async fn set_change_notifications(pool: &PgPool, enabled: bool) {
         .await
     {
         tracing::warn!(%error, enabled, "could not set prospect_api.notify for this database");
+    }
+}
+
+/// Drains the metrics' buffered histogram samples now and then, until shutdown.
+async fn upkeep_metrics(metrics: Arc<Metrics>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(METRICS_UPKEEP_EVERY) => metrics.run_upkeep(),
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
     }
 }

@@ -11,10 +11,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// The levels without `RUST_LOG`.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,sqlx::query=error";
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sqlx::query=error"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

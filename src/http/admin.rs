@@ -1,20 +1,21 @@
-//! The admin plane: `POST /admin/refresh`, `GET /admin/views`, `GET /admin/refresh/history`, behind
-//! `Authorization: Bearer <ADMIN_TOKEN>` (disabled when ADMIN_TOKEN is unset), and `GET /metrics`.
+//! The admin plane: `POST /admin/refresh`, `GET /admin/views`, `GET /admin/refresh/history`. Every
+//! route here is reachable only through `admin_guard::require_admin` (the router adds it as a
+//! layer), which wants `Authorization: Bearer <ADMIN_TOKEN>`.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
-use super::admin_guard::{self, ClientAddr};
 use super::error::{ApiError, InvalidParam, Problem};
-use super::params::QueryParams;
+use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::params::{QueryParams, parse_limit};
+use super::state::AppState;
 use crate::refresh::status::{self, RefreshLogEntry, ViewStatus};
 use crate::refresh::{RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::views::ViewName;
@@ -24,23 +25,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(views))
         .routes(routes!(history))
-        .routes(routes!(metrics))
-}
-
-fn authorize(state: &AppState, client: &ClientAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    admin_guard::authorize(
-        state.admin_token.as_ref(),
-        &state.wrong_tokens,
-        client,
-        headers,
-    )
 }
 
 /// The optional body of `POST /admin/refresh`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    /// The views to refresh; all three when absent.
+    /// The views to refresh; every view when absent.
     #[schema(value_type = Option<Vec<ViewName>>, min_items = 1)]
     views: Option<Vec<String>>,
 }
@@ -70,7 +61,7 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
     if names.is_empty() {
         return Err(ApiError::invalid(
             "views",
-            "names no view; omit it to refresh all three",
+            "names no view; omit it to refresh every view",
         ));
     }
     let mut views = Vec::new();
@@ -99,20 +90,14 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
         (status = 200, description = "Every view refreshed (or skipped: another process refreshed it meanwhile)", body = RefreshResults),
         (status = 202, description = "Refreshes requested (wait=false)", body = RefreshAccepted),
         (status = 400, description = "Unknown view or malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A refresh failed; `results` holds each view's outcome and error", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn refresh(
     State(state): State<AppState>,
-    client: ClientAddr,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &client, &headers)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let wait = params
         .parsed::<bool>("wait", "true or false")
@@ -153,85 +138,51 @@ async fn refresh(
     security(("admin_token" = [])),
     responses(
         (status = 200, body = Vec<ViewStatus>),
-        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn views(
     State(state): State<AppState>,
-    client: ClientAddr,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<ViewStatus>>, ApiError> {
-    authorize(&state, &client, &headers)?;
     QueryParams::parse(raw.as_deref())?.finish(&[])?;
     let mut statuses = status::view_statuses(&state.pool).await?;
     let cache = state.responses.figures();
     if cache.enabled {
         for status in &mut statuses {
-            let view = ViewName::ALL.iter().position(|v| v.as_str() == status.view);
-            status.response_cache = view.map(|index| cache.per_view[index]);
+            status.response_cache = Some(cache.per_view[status.view]);
         }
     }
     Ok(Json(statuses))
 }
 
+/// The query of `GET /admin/refresh/history`: `limit`, as on the lists.
+struct HistoryQuery;
+
+impl utoipa::IntoParams for HistoryQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        let limit = super::openapi::limit_parameter("Entries");
+        vec![serde_json::from_value(limit).expect("limit is an OpenAPI parameter")]
+    }
+}
+
 /// The refresh log, newest first.
 #[utoipa::path(
     get, path = "/admin/refresh/history", tag = "admin",
-    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Entries, 1 to 500 (default 50)")),
+    params(HistoryQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, body = Vec<RefreshLogEntry>),
         (status = 400, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin endpoints disabled (no ADMIN_TOKEN)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong tokens from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn history(
     State(state): State<AppState>,
-    client: ClientAddr,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<RefreshLogEntry>>, ApiError> {
-    authorize(&state, &client, &headers)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
-    let limit = match params.parsed::<i64>("limit", "a whole number from 1 to 500") {
-        Some(limit) if (1..=500).contains(&limit) => limit,
-        Some(limit) => {
-            params.reject("limit", format!("{limit} is out of range; use 1 to 500"));
-            50
-        }
-        None => 50,
-    };
+    let limit = parse_limit(&mut params, DEFAULT_LIMIT, MAX_LIMIT);
     params.finish(&["limit"])?;
     Ok(Json(status::history(&state.pool, limit).await?))
-}
-
-/// Prometheus metrics: requests, latencies, refreshes, failures, data age per view, notifications.
-#[utoipa::path(
-    get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
-)]
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let freshness = status::freshness_for_metrics(&state.pool).await?;
-    // Applies the cache's pending evictions first, so that the bytes held are exact.
-    state.responses.settle().await;
-    let replica = state.reads.replica_status();
-    let text = state.metrics.render(
-        &freshness,
-        &state.responses.figures(),
-        state.reads.serving(),
-        replica.as_ref(),
-    );
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
 }

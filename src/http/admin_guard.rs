@@ -1,20 +1,27 @@
-//! Who may use the admin plane: the bearer token check, and a limit on wrong guesses per client
-//! address. After `MAX_WRONG_TOKENS` wrong tokens within `WINDOW`, that address gets 429 with
-//! `Retry-After` for the rest of the window, even with the right token, so guessing learns nothing
-//! (a request without any token still gets its 401: it guesses nothing).
+//! Who may use the admin plane: the bearer token check, as a layer on every admin route
+//! (`require_admin`), and a limit on wrong guesses per client address. After `MAX_WRONG_TOKENS`
+//! wrong tokens within `WINDOW`, that address gets 429 with `Retry-After` for the rest of the
+//! window, even with the right token, so guessing learns nothing (a request without any token still
+//! gets its 401: it guesses nothing, and a misconfigured dashboard should keep getting its clear
+//! 401, not a lock-out).
 //!
-//! The state is per process: behind a load balancer each instance limits on its own. A missing
-//! `Authorization` header is not counted (it guesses nothing; a misconfigured dashboard should keep
-//! getting its clear 401, not a lock-out).
+//! The windows live in a moka cache (bounded: past `MAX_TRACKED_ADDRESSES` it keeps the addresses
+//! seen most; each window expires with its time) rather than a rate limiter such as governor's,
+//! because a lock-out must refuse before it looks at the token, and governor can only count an
+//! attempt, not say whether one would be refused. State is per process: behind a load balancer
+//! each instance limits on its own.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use moka::future::Cache;
 
 use super::error::ApiError;
 use crate::config::AdminToken;
@@ -23,10 +30,10 @@ use crate::config::AdminToken;
 pub const MAX_WRONG_TOKENS: u32 = 10;
 /// The window: it opens at an address's first wrong token.
 pub const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses tracked at once. Past this, new addresses share one window, so that a flood of
-/// addresses costs bounded memory (and is limited together).
-const MAX_TRACKED_ADDRESSES: usize = 10_000;
-const SHARED_OVERFLOW_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Addresses tracked at once: memory stays bounded under a flood of addresses.
+const MAX_TRACKED_ADDRESSES: u64 = 10_000;
+/// Where requests whose address the server did not record are counted.
+const UNKNOWN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 /// The address the request came from (the TCP peer), when the server recorded it.
 pub struct ClientAddr(pub Option<IpAddr>);
@@ -46,96 +53,107 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 struct Window {
     opened: Instant,
-    wrong: u32,
+    wrong: AtomicU32,
 }
 
-#[derive(Default)]
-pub struct WrongTokenLimiter {
-    windows: Mutex<HashMap<IpAddr, Window>>,
+pub struct AdminGuard {
+    /// None: the admin endpoints are disabled.
+    token: Option<AdminToken>,
+    wrong_tokens: Cache<IpAddr, Arc<Window>>,
 }
 
-impl WrongTokenLimiter {
-    /// How long `client` must wait, if it has used up its wrong guesses.
-    fn refused_for(&self, client: IpAddr, now: Instant) -> Option<Duration> {
-        let windows = self.windows.lock().expect("limiter lock");
-        let window = windows.get(&client)?;
-        let left = WINDOW.checked_sub(now.duration_since(window.opened))?;
-        (window.wrong >= MAX_WRONG_TOKENS && !left.is_zero()).then_some(left)
+impl AdminGuard {
+    pub fn new(token: Option<AdminToken>) -> AdminGuard {
+        AdminGuard {
+            token,
+            wrong_tokens: Cache::builder()
+                .max_capacity(MAX_TRACKED_ADDRESSES)
+                .time_to_live(WINDOW)
+                .build(),
+        }
     }
 
-    fn record_wrong(&self, client: IpAddr, now: Instant) {
-        let mut windows = self.windows.lock().expect("limiter lock");
-        if windows.len() >= MAX_TRACKED_ADDRESSES && !windows.contains_key(&client) {
-            windows.retain(|_, w| now.duration_since(w.opened) < WINDOW);
-        }
-        let key = if windows.len() >= MAX_TRACKED_ADDRESSES && !windows.contains_key(&client) {
-            SHARED_OVERFLOW_ADDRESS
-        } else {
-            client
+    /// Lets the request through only with the right bearer token, from an address not locked out.
+    pub async fn authorize(
+        &self,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        self.authorize_at(client, headers, Instant::now()).await
+    }
+
+    async fn authorize_at(
+        &self,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Err(ApiError::AdminDisabled);
         };
-        let window = windows.entry(key).or_insert(Window {
-            opened: now,
-            wrong: 0,
-        });
-        if now.duration_since(window.opened) >= WINDOW {
-            *window = Window {
-                opened: now,
-                wrong: 0,
-            };
+        let client = client.unwrap_or(UNKNOWN_ADDRESS);
+        let Some(presented) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::Unauthorized);
+        };
+        if let Some(wait) = self.refused_for(client, now).await {
+            return Err(ApiError::TooManyWrongTokens {
+                retry_after_secs: wait.as_secs().max(1),
+            });
         }
-        window.wrong += 1;
+        let candidate = presented
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if candidate.is_some_and(|c| token.matches(c)) {
+            self.wrong_tokens.invalidate(&client).await;
+            Ok(())
+        } else {
+            tracing::warn!(%client, "wrong admin token");
+            self.record_wrong(client, now).await;
+            Err(ApiError::Unauthorized)
+        }
     }
 
-    fn forget(&self, client: IpAddr) {
-        self.windows.lock().expect("limiter lock").remove(&client);
+    /// How long `client` must wait, if it has used up its wrong guesses.
+    async fn refused_for(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let window = self.wrong_tokens.get(&client).await?;
+        let left = WINDOW.checked_sub(now.duration_since(window.opened))?;
+        (window.wrong.load(Ordering::Relaxed) >= MAX_WRONG_TOKENS && !left.is_zero())
+            .then_some(left)
+    }
+
+    async fn record_wrong(&self, client: IpAddr, now: Instant) {
+        let fresh = || {
+            Arc::new(Window {
+                opened: now,
+                wrong: AtomicU32::new(0),
+            })
+        };
+        let mut window = self.wrong_tokens.get_with(client, async { fresh() }).await;
+        if now.duration_since(window.opened) >= WINDOW {
+            window = fresh();
+            self.wrong_tokens.insert(client, window.clone()).await;
+        }
+        window.wrong.fetch_add(1, Ordering::Relaxed);
     }
 
     #[cfg(test)]
-    fn tracked_addresses(&self) -> usize {
-        self.windows.lock().expect("limiter lock").len()
+    async fn tracked_addresses(&self) -> u64 {
+        self.wrong_tokens.run_pending_tasks().await;
+        self.wrong_tokens.entry_count()
     }
 }
 
-/// Lets the request through only with the right bearer token, from an address not locked out.
-pub fn authorize(
-    token: Option<&AdminToken>,
-    limiter: &WrongTokenLimiter,
-    client: &ClientAddr,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    authorize_at(token, limiter, client, headers, Instant::now())
-}
-
-fn authorize_at(
-    token: Option<&AdminToken>,
-    limiter: &WrongTokenLimiter,
-    ClientAddr(client): &ClientAddr,
-    headers: &HeaderMap,
-    now: Instant,
-) -> Result<(), ApiError> {
-    let Some(token) = token else {
-        return Err(ApiError::AdminDisabled);
-    };
-    let client = client.unwrap_or(SHARED_OVERFLOW_ADDRESS);
-    let Some(presented) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized);
-    };
-    if let Some(wait) = limiter.refused_for(client, now) {
-        return Err(ApiError::TooManyWrongTokens {
-            retry_after_secs: wait.as_secs().max(1),
-        });
-    }
-    let candidate = presented
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if candidate.is_some_and(|c| token.matches(c)) {
-        limiter.forget(client);
-        Ok(())
-    } else {
-        tracing::warn!(%client, "wrong admin token");
-        limiter.record_wrong(client, now);
-        Err(ApiError::Unauthorized)
+/// The layer on every admin route.
+pub async fn require_admin(
+    State(guard): State<Arc<AdminGuard>>,
+    ClientAddr(client): ClientAddr,
+    request: Request,
+    next: Next,
+) -> Response {
+    match guard.authorize(client, request.headers()).await {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -155,29 +173,27 @@ mod tests {
         headers
     }
 
-    fn from(ip: [u8; 4]) -> ClientAddr {
-        ClientAddr(Some(IpAddr::from(ip)))
+    fn from(ip: [u8; 4]) -> Option<IpAddr> {
+        Some(IpAddr::from(ip))
     }
 
-    #[test]
-    fn an_address_is_locked_out_after_too_many_wrong_tokens_until_its_window_ends() {
-        let token: AdminToken = TOKEN.parse().unwrap();
-        let limiter = WrongTokenLimiter::default();
+    fn guard() -> AdminGuard {
+        AdminGuard::new(Some(TOKEN.parse().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn an_address_is_locked_out_after_too_many_wrong_tokens_until_its_window_ends() {
+        let guard = guard();
         let attacker = from([10, 0, 0, 1]);
         let start = Instant::now();
-        let attempt = |headers: &HeaderMap, client: &ClientAddr, at: Duration| {
-            authorize_at(Some(&token), &limiter, client, headers, start + at)
-        };
         for i in 0..MAX_WRONG_TOKENS {
-            let outcome = attempt(
-                &bearer("guess"),
-                &attacker,
-                Duration::from_secs(u64::from(i)),
-            );
+            let at = start + Duration::from_secs(u64::from(i));
+            let outcome = guard.authorize_at(attacker, &bearer("guess"), at).await;
             assert!(matches!(outcome, Err(ApiError::Unauthorized)));
         }
         // Locked out: even the right token is refused, so guesses cannot be checked.
-        let refused = attempt(&bearer(TOKEN), &attacker, Duration::from_secs(20));
+        let at_20 = start + Duration::from_secs(20);
+        let refused = guard.authorize_at(attacker, &bearer(TOKEN), at_20).await;
         assert!(
             matches!(
                 refused,
@@ -188,49 +204,40 @@ mod tests {
             "{refused:?}"
         );
         // No token at all is still the plain 401 that says how to authenticate.
-        let missing = authorize_at(
-            Some(&token),
-            &limiter,
-            &attacker,
-            &HeaderMap::new(),
-            start + Duration::from_secs(20),
-        );
+        let missing = guard.authorize_at(attacker, &HeaderMap::new(), at_20).await;
         assert!(matches!(missing, Err(ApiError::Unauthorized)));
         // Another address is unaffected.
-        assert!(
-            attempt(
-                &bearer(TOKEN),
-                &from([10, 0, 0, 2]),
-                Duration::from_secs(20)
-            )
-            .is_ok()
-        );
+        let other = guard
+            .authorize_at(from([10, 0, 0, 2]), &bearer(TOKEN), at_20)
+            .await;
+        assert!(other.is_ok());
         // After the window, the right token works again and clears the record.
-        assert!(attempt(&bearer(TOKEN), &attacker, WINDOW).is_ok());
-        assert_eq!(limiter.tracked_addresses(), 0);
+        let after = guard
+            .authorize_at(attacker, &bearer(TOKEN), start + WINDOW)
+            .await;
+        assert!(after.is_ok());
+        assert_eq!(guard.tracked_addresses().await, 0);
     }
 
-    #[test]
-    fn a_missing_header_is_a_401_that_does_not_count() {
-        let token: AdminToken = TOKEN.parse().unwrap();
-        let limiter = WrongTokenLimiter::default();
-        let client = from([10, 0, 0, 3]);
+    #[tokio::test]
+    async fn a_missing_header_is_a_401_that_does_not_count() {
+        let guard = guard();
         for _ in 0..MAX_WRONG_TOKENS * 2 {
-            let outcome = authorize(Some(&token), &limiter, &client, &HeaderMap::new());
+            let outcome = guard
+                .authorize(from([10, 0, 0, 3]), &HeaderMap::new())
+                .await;
             assert!(matches!(outcome, Err(ApiError::Unauthorized)));
         }
-        assert_eq!(limiter.tracked_addresses(), 0);
+        assert_eq!(guard.tracked_addresses().await, 0);
     }
 
-    #[test]
-    fn a_flood_of_addresses_costs_bounded_memory() {
-        let token: AdminToken = TOKEN.parse().unwrap();
-        let limiter = WrongTokenLimiter::default();
-        let now = Instant::now();
+    #[tokio::test]
+    async fn a_flood_of_addresses_costs_bounded_memory() {
+        let guard = guard();
         for i in 0..(MAX_TRACKED_ADDRESSES as u32 + 500) {
-            let client = ClientAddr(Some(IpAddr::from((0x0a00_0000 + i).to_be_bytes())));
-            let _ = authorize_at(Some(&token), &limiter, &client, &bearer("x"), now);
+            let client = Some(IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+            let _ = guard.authorize(client, &bearer("x")).await;
         }
-        assert!(limiter.tracked_addresses() <= MAX_TRACKED_ADDRESSES + 1);
+        assert!(guard.tracked_addresses().await <= MAX_TRACKED_ADDRESSES);
     }
 }

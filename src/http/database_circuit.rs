@@ -18,7 +18,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
-use super::error::ApiError;
+use super::error::{ApiError, DatabaseWasUnreachable};
 
 /// Requests in a row that found the database unreachable before the circuit opens: one failure
 /// can be a connection the server dropped, three are an outage.
@@ -39,10 +39,6 @@ pub struct DatabaseCircuit {
     confirming: AtomicBool,
     options: PgConnectOptions,
 }
-
-/// Set on a response whose request found the database unreachable (see `ApiError`).
-#[derive(Debug, Clone, Copy)]
-pub struct DatabaseWasUnreachable;
 
 impl DatabaseCircuit {
     /// A closed circuit for the database `options` connect to.

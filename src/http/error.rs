@@ -1,10 +1,14 @@
 //! The one error type of the HTTP layer, rendered as RFC 9457 problem details
-//! (`application/problem+json`). Internal causes are logged, never sent to clients.
+//! (`application/problem+json`). Each kind of error says, in one place (`ApiError::describe`),
+//! its status, its problem type, what the client is told and what the log is told; internal causes
+//! go to the log (by the `log_errors` layer, which finds the error on the response), never to
+//! clients.
 
-use super::database_circuit::DatabaseWasUnreachable;
 use std::sync::Arc;
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -93,17 +97,49 @@ pub enum ApiError {
     Shared(Arc<ApiError>),
 }
 
+/// Everything an error means: what the client gets, and what the log gets.
+struct Described {
+    status: StatusCode,
+    problem_type: &'static str,
+    detail: String,
+    invalid_params: Vec<InvalidParam>,
+    results: Vec<RefreshReport>,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
+    /// For the log: the cause and how loudly.
+    log: Option<(tracing::Level, String)>,
+    /// Set when the request found the database unreachable (the circuit counts these).
+    unreachable: bool,
+}
+
+impl Described {
+    fn new(status: StatusCode, problem_type: &'static str, detail: impl Into<String>) -> Self {
+        Described {
+            status,
+            problem_type,
+            detail: detail.into(),
+            invalid_params: vec![],
+            results: vec![],
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
+            log: None,
+            unreachable: false,
+        }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    fn warn(mut self, cause: impl std::fmt::Display) -> Self {
+        self.log = Some((tracing::Level::WARN, cause.to_string()));
+        self
+    }
+}
+
 impl ApiError {
     pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> ApiError {
         ApiError::InvalidParams(vec![InvalidParam::new(name, reason)])
-    }
-
-    /// Whether this error, or the one it shares, is what `test` looks for.
-    fn is(&self, test: impl Fn(&ApiError) -> bool) -> bool {
-        match self {
-            ApiError::Shared(inner) => inner.is(test),
-            other => test(other),
-        }
     }
 
     /// A failure several waiting requests share: the error itself when this is the last holder.
@@ -111,136 +147,141 @@ impl ApiError {
         Arc::try_unwrap(error).unwrap_or_else(ApiError::Shared)
     }
 
-    fn status(&self) -> StatusCode {
+    fn describe(&self) -> Described {
+        use StatusCode as S;
+        let unavailable = "urn:prospect-api:problem:database-unavailable";
         match self {
-            ApiError::Shared(inner) => inner.status(),
-            ApiError::InvalidParams(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotPopulated(_)
-            | ApiError::DatabaseUnavailable(_)
-            | ApiError::DatabaseAway
-            | ApiError::QueryTimeout
-            | ApiError::Conflict(_)
-            | ApiError::ReplicaUnusable(_)
-            | ApiError::RefreshUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) | ApiError::RefreshFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyWrongTokens { .. } => StatusCode::TOO_MANY_REQUESTS,
-        }
-    }
-
-    fn problem(&self) -> Problem {
-        if let ApiError::Shared(inner) = self {
-            return inner.problem();
-        }
-        let status = self.status();
-        let mut results = vec![];
-        let (problem_type, detail, invalid_params) = match self {
-            ApiError::InvalidParams(params) => (
-                "urn:prospect-api:problem:invalid-parameters",
-                format!(
-                    "{} invalid: {}",
-                    if params.len() == 1 { "1 parameter is" } else { "some parameters are" },
-                    params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-                params.clone(),
+            ApiError::Shared(inner) => inner.describe(),
+            ApiError::InvalidParams(params) => {
+                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                let count = if params.len() == 1 {
+                    "1 parameter is"
+                } else {
+                    "some parameters are"
+                };
+                Described {
+                    invalid_params: params.clone(),
+                    ..Described::new(
+                        S::BAD_REQUEST,
+                        "urn:prospect-api:problem:invalid-parameters",
+                        format!("{count} invalid: {}", names.join(", ")),
+                    )
+                }
+            }
+            ApiError::NotFound(what) => Described::new(S::NOT_FOUND, "about:blank", what),
+            ApiError::NoRoute => Described::new(
+                S::NOT_FOUND,
+                "about:blank",
+                "There is no such endpoint; see /openapi.json or /docs.",
             ),
-            ApiError::NotFound(what) => ("about:blank", what.clone(), vec![]),
-            ApiError::NoRoute => ("about:blank", "There is no such endpoint; see /openapi.json or /docs.".into(), vec![]),
-            ApiError::MethodNotAllowed => ("about:blank", "This endpoint does not accept that method.".into(), vec![]),
-            ApiError::NotPopulated(view) => (
+            ApiError::MethodNotAllowed => Described::new(
+                S::METHOD_NOT_ALLOWED,
+                "about:blank",
+                "This endpoint does not accept that method.",
+            ),
+            ApiError::NotPopulated(view) => Described::new(
+                S::SERVICE_UNAVAILABLE,
                 "urn:prospect-api:problem:view-not-populated",
                 format!(
-                    "The materialized view {view} has never been populated, so there is no data to serve yet. \
-                     Its first refresh runs at startup; an admin can also run `prospect-api refresh`."
+                    "The materialized view {view} has never been populated, so there is no data to \
+                     serve yet. Its first refresh runs at startup; an admin can also run \
+                     `prospect-api refresh`."
                 ),
-                vec![],
             ),
-            ApiError::DatabaseUnavailable(_) => (
-                "urn:prospect-api:problem:database-unavailable",
-                "The database is not reachable, or all its connections are busy, right now. Retry shortly.".into(),
-                vec![],
-            ),
-            ApiError::DatabaseAway => (
-                "urn:prospect-api:problem:database-unavailable",
-                "The database has been unreachable for the last requests. The server is checking it \
-                 in the background and serves again as soon as it is back: retry in a second."
-                    .into(),
-                vec![],
-            ),
-            ApiError::QueryTimeout => (
+            ApiError::DatabaseUnavailable(cause) => Described {
+                unreachable: true,
+                ..Described::new(
+                    S::SERVICE_UNAVAILABLE,
+                    unavailable,
+                    "The database is not reachable, or all its connections are busy, right now. \
+                     Retry shortly.",
+                )
+                .warn(format!("database unavailable: {cause}"))
+            },
+            ApiError::DatabaseAway => Described::new(
+                S::SERVICE_UNAVAILABLE,
+                unavailable,
+                "The database has been unreachable for the last requests. The server is checking \
+                 it in the background and serves again as soon as it is back: retry in a second.",
+            )
+            .retry_after(1),
+            ApiError::QueryTimeout => Described::new(
+                S::SERVICE_UNAVAILABLE,
                 "urn:prospect-api:problem:query-timeout",
-                "The query took longer than the server allows. Narrow the filters or retry shortly.".into(),
-                vec![],
-            ),
-            ApiError::Conflict(_) => (
+                "The query took longer than the server allows. Narrow the filters or retry shortly.",
+            )
+            .warn("query hit statement_timeout"),
+            ApiError::Conflict(cause) => Described::new(
+                S::SERVICE_UNAVAILABLE,
                 "urn:prospect-api:problem:query-conflict",
-                "The database cancelled the query in favour of a conflicting change (replication or a \
-                 deadlock). Retry: it will most likely succeed."
-                    .into(),
-                vec![],
-            ),
-            ApiError::ReplicaUnusable(why) => (
+                "The database cancelled the query in favour of a conflicting change (replication \
+                 or a deadlock). Retry: it will most likely succeed.",
+            )
+            .retry_after(1)
+            .warn(format!("query cancelled by a conflict: {cause}")),
+            ApiError::ReplicaUnusable(why) => Described::new(
+                S::SERVICE_UNAVAILABLE,
                 "urn:prospect-api:problem:replica-unusable",
                 format!(
-                    "Reads are served only from the replica (REPLICA_FALLBACK=off), and it cannot serve \
-                     them now: {why}. Retry shortly."
+                    "Reads are served only from the replica (REPLICA_FALLBACK=off), and it cannot \
+                     serve them now: {why}. Retry shortly."
                 ),
-                vec![],
-            ),
-            ApiError::Internal(_) => (
-                "about:blank",
-                "The server failed to handle this request. It has been logged with its request id.".into(),
-                vec![],
-            ),
-            ApiError::AdminDisabled => (
+            )
+            .retry_after(1),
+            ApiError::Internal(cause) => Described {
+                log: Some((tracing::Level::ERROR, format!("request failed: {cause:?}"))),
+                ..Described::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "about:blank",
+                    "The server failed to handle this request. It has been logged with its \
+                     request id.",
+                )
+            },
+            ApiError::AdminDisabled => Described::new(
+                S::FORBIDDEN,
                 "urn:prospect-api:problem:admin-disabled",
-                "The admin endpoints are disabled. Start the server with ADMIN_TOKEN set to a secret of at least \
-                 32 characters (e.g. `openssl rand -hex 32`) and send it as `Authorization: Bearer <token>`."
-                    .into(),
-                vec![],
+                "The admin endpoints are disabled. Start the server with ADMIN_TOKEN set to a \
+                 secret of at least 32 characters (e.g. `openssl rand -hex 32`) and send it as \
+                 `Authorization: Bearer <token>`.",
             ),
-            ApiError::Unauthorized => (
+            ApiError::Unauthorized => Described::new(
+                S::UNAUTHORIZED,
                 "urn:prospect-api:problem:unauthorized",
-                "Send the admin token as `Authorization: Bearer <token>`.".into(),
-                vec![],
+                "Send the admin token as `Authorization: Bearer <token>`.",
             ),
-            ApiError::TooManyWrongTokens { retry_after_secs } => (
+            ApiError::TooManyWrongTokens { retry_after_secs } => Described::new(
+                S::TOO_MANY_REQUESTS,
                 "urn:prospect-api:problem:too-many-wrong-tokens",
                 format!(
-                    "Too many wrong admin tokens from this address. Retry after {retry_after_secs} s with the right one."
+                    "Too many wrong admin tokens from this address. Retry after \
+                     {retry_after_secs} s with the right one."
                 ),
-                vec![],
-            ),
+            )
+            .retry_after(*retry_after_secs),
             ApiError::RefreshFailed(reports) => {
-                results = reports.clone();
                 let failures: Vec<String> = reports
                     .iter()
                     .filter(|r| r.error.is_some())
                     .map(|r| format!("{}: {}", r.view, r.error.as_deref().unwrap_or_default()))
                     .collect();
-                (
-                    "urn:prospect-api:problem:refresh-failed",
-                    format!("Refresh failed, the previous data is still served. {}", failures.join("; ")),
-                    vec![],
-                )
+                Described {
+                    results: reports.clone(),
+                    ..Described::new(
+                        S::INTERNAL_SERVER_ERROR,
+                        "urn:prospect-api:problem:refresh-failed",
+                        format!(
+                            "Refresh failed, the previous data is still served. {}",
+                            failures.join("; ")
+                        ),
+                    )
+                }
             }
-            ApiError::RefreshUnavailable(_) => (
-                "urn:prospect-api:problem:database-unavailable",
-                "The refresh could not run: the database is not reachable. Retry shortly.".into(),
-                vec![],
-            ),
-            ApiError::Shared(_) => unreachable!("answered by the shared error above"),
-        };
-        Problem {
-            problem_type: problem_type.to_owned(),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail,
-            invalid_params,
-            results,
+            ApiError::RefreshUnavailable(cause) => Described::new(
+                S::SERVICE_UNAVAILABLE,
+                unavailable,
+                "The refresh could not run: the database is not reachable. Retry shortly.",
+            )
+            .warn(format!("refresh could not run: {cause}")),
         }
     }
 }
@@ -272,61 +313,62 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl ApiError {
-    /// Internal causes go to the log, never to the client.
-    fn log(&self) {
-        match self {
-            ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
-            ApiError::DatabaseUnavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable")
-            }
-            ApiError::QueryTimeout => tracing::warn!("query hit statement_timeout"),
-            ApiError::Conflict(cause) => {
-                tracing::warn!(error = %cause, "query cancelled by a conflict")
-            }
-            ApiError::RefreshUnavailable(cause) => tracing::warn!(%cause, "refresh could not run"),
-            ApiError::Shared(inner) => inner.log(),
-            _ => {}
-        }
-    }
-}
+/// Set on a response whose request found the database unreachable: the database circuit counts
+/// these, and a GET read from the replica is answered again from the primary.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseWasUnreachable;
+
+/// What the log should say about a response's error (found by `log_errors`).
+#[derive(Clone)]
+struct LogEntry(tracing::Level, Arc<str>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.log();
-        let status = self.status();
-        let mut response = problem_response(&self.problem());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            let retry_after = if self.is(|e| {
-                matches!(
-                    e,
-                    ApiError::DatabaseAway | ApiError::Conflict(_) | ApiError::ReplicaUnusable(_)
-                )
-            }) {
-                "1"
-            } else {
-                "5"
-            };
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+        let described = self.describe();
+        let mut response = problem_response(&Problem {
+            problem_type: described.problem_type.to_owned(),
+            title: described
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_owned(),
+            status: described.status.as_u16(),
+            detail: described.detail,
+            invalid_params: described.invalid_params,
+            results: described.results,
+        });
+        let headers = response.headers_mut();
+        if let Some(seconds) = described.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.is(|e| matches!(e, ApiError::DatabaseUnavailable(_))) {
-            response.extensions_mut().insert(DatabaseWasUnreachable);
-        }
-        if let ApiError::TooManyWrongTokens { retry_after_secs } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+        if described.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"prospect-api admin\""),
             );
         }
+        if described.unreachable {
+            response.extensions_mut().insert(DatabaseWasUnreachable);
+        }
+        if let Some((level, message)) = described.log {
+            response
+                .extensions_mut()
+                .insert(LogEntry(level, message.into()));
+        }
         response
     }
+}
+
+/// The middleware that logs what errors say for the log, in the request's span.
+pub async fn log_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(LogEntry(level, message)) = response.extensions().get::<LogEntry>() {
+        match *level {
+            tracing::Level::ERROR => tracing::error!("{message}"),
+            _ => tracing::warn!("{message}"),
+        }
+    }
+    response
 }
 
 pub fn problem_response(problem: &Problem) -> Response {
@@ -358,5 +400,15 @@ pub fn generic_problem(status: StatusCode) -> Problem {
         detail: detail.to_owned(),
         invalid_params: vec![],
         results: vec![],
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn rejected(result: Result<(), ApiError>) -> Vec<(String, String)> {
+    match result {
+        Err(ApiError::InvalidParams(list)) => {
+            list.into_iter().map(|p| (p.name, p.reason)).collect()
+        }
+        other => panic!("expected invalid params, got {other:?}"),
     }
 }

@@ -6,7 +6,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use utoipa::openapi::{RefOr, Schema};
 
-use super::params::QueryParams;
+use super::params::{QueryParams, shorten};
 
 /// The longest `fields` value accepted: every key of the widest row once, with room to spare.
 pub const MAX_FIELDS_CHARS: usize = 1000;
@@ -100,38 +100,4 @@ pub fn field_names<R: utoipa::ToSchema>() -> Vec<String> {
         RefOr::T(Schema::Object(object)) => object.properties.keys().cloned().collect(),
         _ => Vec::new(),
     }
-}
-
-fn shorten(name: &str) -> String {
-    name.chars().take(40).collect()
-}
-
-/// The query of a single-row endpoint for rows of `R`: only `fields`.
-pub struct FieldsQuery<R>(std::marker::PhantomData<R>);
-
-impl<R: utoipa::ToSchema> utoipa::IntoParams for FieldsQuery<R> {
-    fn into_params(
-        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
-    ) -> Vec<utoipa::openapi::path::Parameter> {
-        vec![parameter::<R>()]
-    }
-}
-
-/// The OpenAPI description of `fields` for rows of `R`.
-pub fn parameter<R: utoipa::ToSchema>() -> utoipa::openapi::path::Parameter {
-    serde_json::from_value(serde_json::json!({
-        "name": "fields",
-        "in": "query",
-        "required": false,
-        "description": format!(
-            "Comma-separated keys to keep in each row, in this order (default: all): {}.",
-            field_names::<R>().join(", ")
-        ),
-        "schema": {
-            "type": "string",
-            "maxLength": MAX_FIELDS_CHARS,
-            "pattern": format!("^({names})(,({names}))*$", names = field_names::<R>().join("|")),
-        },
-    }))
-    .expect("fields is an OpenAPI parameter")
 }

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 use crate::reads::ReadSource;
 use crate::views::ViewName;
 use crate::views::freshness::Freshness;

@@ -1,22 +1,27 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and every view holds
-//! data), for load balancers and orchestrators.
+//! data), for load balancers and orchestrators, and `GET /metrics` for Prometheus.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::error::{ApiError, Problem};
+use super::state::AppState;
+use crate::metrics::Scrape;
 use crate::reads::{ReadSource, ReplicaStatus, Server};
+use crate::refresh::status;
 use crate::views::ViewName;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -67,4 +72,30 @@ async fn readyz(
         reads_from: db.server,
         replica: state.reads.replica_status(),
     }))
+}
+
+/// Prometheus metrics: requests, latencies, refreshes, failures, data age per view, notifications.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let freshness = status::freshness_for_metrics(&state.pool).await?;
+    // Applies the cache's pending evictions first, so that the bytes held are exact.
+    state.responses.settle().await;
+    let replica = state.reads.replica_status();
+    let text = state.metrics.render(&Scrape {
+        freshness: &freshness,
+        cache: &state.responses.figures(),
+        serving: state.reads.serving(),
+        replica: replica.as_ref(),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

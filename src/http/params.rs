@@ -8,20 +8,14 @@ use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode_str;
 
 use super::error::{ApiError, InvalidParam};
-use super::fields::{self, Fields};
-use serde_json::json;
-use utoipa::openapi::path::Parameter;
-
-use crate::views::query::{Facet, FilterKind, FilterSource, FilterSpec, Sort, SortKey};
+use crate::views::filters::FilterSource;
+use crate::views::order::{Facet, Sort, SortKey};
 
 const MAX_PAIRS: usize = 100;
-const MAX_VALUE_CHARS: usize = 200;
-const MAX_REPEATS: usize = 50;
-/// A cursor carries the sort key of the last row (names can be long) and its signature.
-pub const MAX_CURSOR_CHARS: usize = 4000;
-
-pub const DEFAULT_LIMIT: i64 = 50;
-pub const MAX_LIMIT: i64 = 500;
+/// The most characters of one text value (the OpenAPI document says so of every text parameter).
+pub const MAX_VALUE_CHARS: usize = 200;
+/// The most values of one repeatable parameter.
+pub const MAX_REPEATS: usize = 50;
 
 /// The query string of one request, consumed parameter by parameter.
 pub struct QueryParams {
@@ -217,7 +211,7 @@ fn decode(component: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "is not valid UTF-8 once percent-decoded".to_owned())
 }
 
-fn shorten(text: &str) -> String {
+pub fn shorten(text: &str) -> String {
     if text.chars().count() <= 40 {
         text.to_owned()
     } else {
@@ -249,86 +243,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
-/// `count=exact|estimated`: whether to add a total to a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CountMode {
-    None,
-    Exact,
-    Estimated,
-}
-
-/// What every list endpoint accepts besides its filters.
-#[derive(Debug, Clone)]
-pub struct PageParams {
-    pub limit: i64,
-    /// Whether `limit` was given (a CSV export refuses it).
-    pub limit_given: bool,
-    /// `format=json|csv`; CSV also by `Accept: text/csv`.
-    pub format: Format,
-    pub cursor: Option<String>,
-    pub count: CountMode,
-    pub fields: Fields,
-}
-
-pub const PAGE_PARAMS: [&str; 5] = ["limit", "cursor", "count", "format", "fields"];
-
-/// `format=json` (the default) or `format=csv`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Csv,
-}
-
-impl PageParams {
-    /// The page parameters of a list of `R` rows (`fields` names keys of `R`).
-    pub fn parse<R: utoipa::ToSchema>(params: &mut QueryParams) -> PageParams {
-        let limit_given = params.contains("limit");
-        let format = match params.one("format").as_deref() {
-            None | Some("json") => Format::Json,
-            Some("csv") => Format::Csv,
-            Some(other) => {
-                let reason = format!("'{}' is not one of: json, csv", shorten(other));
-                params.reject("format", reason);
-                Format::Json
-            }
-        };
-        let limit =
-            match params.parsed::<i64>("limit", &format!("a whole number from 1 to {MAX_LIMIT}")) {
-                Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
-                Some(limit) => {
-                    params.reject(
-                        "limit",
-                        format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
-                    );
-                    DEFAULT_LIMIT
-                }
-                None => DEFAULT_LIMIT,
-            };
-        let count = match params.one("count").as_deref() {
-            None => CountMode::None,
-            Some("exact") => CountMode::Exact,
-            Some("estimated") => CountMode::Estimated,
-            Some(other) => {
-                params.reject(
-                    "count",
-                    format!("'{}' is not one of: exact, estimated", shorten(other)),
-                );
-                CountMode::None
-            }
-        };
-        PageParams {
-            limit,
-            cursor: params.one_up_to("cursor", MAX_CURSOR_CHARS),
-            count,
-            fields: Fields::parse::<R>(params),
-            limit_given,
-            format,
-        }
-    }
-}
-
 impl FilterSource for QueryParams {
+    fn given(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+
     fn text(&mut self, name: &str) -> Option<String> {
         self.one(name)
     }
@@ -372,83 +291,6 @@ pub fn parse_sort<K: SortKey>(params: &mut QueryParams) -> Sort<K> {
     })
 }
 
-/// The query parameters a list endpoint accepts: its filters except `skip`, `sort`, the page's.
-pub fn list_param_names(filters: &[FilterSpec], skip: &[&str]) -> Vec<&'static str> {
-    filters
-        .iter()
-        .map(|spec| spec.name)
-        .filter(|name| !skip.contains(name))
-        .chain(["sort"])
-        .chain(PAGE_PARAMS)
-        .collect()
-}
-
-/// The OpenAPI description of a list endpoint's query parameters, from the same declarations the
-/// parser reads: its filters (except `skip`), `sort` with every accepted value, and the page's.
-pub fn list_parameters<K: SortKey, R: utoipa::ToSchema>(
-    filters: &[FilterSpec],
-    skip: &[&str],
-    sort_doc: &str,
-) -> Vec<Parameter> {
-    let default_sort = K::DEFAULT.name();
-    let sort = query_parameter(
-        "sort",
-        &format!("{sort_doc} Prefix `-` for descending order; default `{default_sort}`."),
-        json!({"type": "string", "enum": Sort::<K>::values()}),
-    );
-    filter_parameters(filters, skip)
-        .into_iter()
-        .chain([sort])
-        .chain(page_parameters::<R>())
-        .collect()
-}
-
-/// The OpenAPI description of the page parameters of a list of `R` rows.
-pub fn page_parameters<R: utoipa::ToSchema>() -> Vec<Parameter> {
-    [
-        query_parameter(
-            "limit",
-            &format!("Rows per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),
-            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_LIMIT}),
-        ),
-        query_parameter(
-            "cursor",
-            "`next_cursor` of the previous page.",
-            json!({"type": "string", "maxLength": MAX_CURSOR_CHARS}),
-        ),
-        query_parameter(
-            "count",
-            "`exact` adds `total`; `estimated` adds `estimated_total`.",
-            json!({"type": "string", "enum": ["exact", "estimated"]}),
-        ),
-        query_parameter(
-            "format",
-            "`csv` (or `Accept: text/csv`): every matching row as CSV, in this order and `fields`, \
-             up to CSV_MAX_ROWS, without `limit`, `cursor` or `count`; default `json`.",
-            json!({"type": "string", "enum": ["json", "csv"]}),
-        ),
-        fields::parameter::<R>(),
-    ]
-    .into()
-}
-
-/// The OpenAPI description of a facets endpoint's query parameters: the list's filters and `facet`.
-pub fn facet_parameters<F: Facet>(filters: &[FilterSpec]) -> Vec<Parameter> {
-    let names: Vec<&str> = F::ALL.iter().map(|(name, _)| *name).collect();
-    let facet = query_parameter(
-        "facet",
-        &format!(
-            "Which facets to count; repeatable (default: all of {}).",
-            names.join(", ")
-        ),
-        json!({"type": "array", "items": {"type": "string", "enum": names}}),
-    );
-    filter_parameters(filters, &[])
-        .into_iter()
-        .chain([facet])
-        .collect()
-}
-
 /// `facet=a&facet=b`: the facets to count, in the order given; every facet of `F` without it.
 pub fn parse_facets<F: Facet>(params: &mut QueryParams) -> Vec<F> {
     let given = params.take("facet");
@@ -470,127 +312,28 @@ pub fn parse_facets<F: Facet>(params: &mut QueryParams) -> Vec<F> {
     facets
 }
 
-/// The query parameters a facets endpoint accepts.
-pub fn facet_param_names(filters: &[FilterSpec]) -> Vec<&'static str> {
-    filters
-        .iter()
-        .map(|spec| spec.name)
-        .chain(["facet"])
-        .collect()
-}
-
-pub fn filter_parameters(filters: &[FilterSpec], skip: &[&str]) -> Vec<Parameter> {
-    filters
-        .iter()
-        .filter(|spec| !skip.contains(&spec.name))
-        .map(|spec| {
-            let schema = match spec.kind {
-                FilterKind::Text => json!({"type": "string"}),
-                FilterKind::AnyOf => json!({"type": "array", "items": {"type": "string"}}),
-                FilterKind::WholeNumber { max, .. } => {
-                    let format = if max > i32::MAX.into() {
-                        "int64"
-                    } else {
-                        "int32"
-                    };
-                    json!({"type": "integer", "format": format})
-                }
-                FilterKind::Timestamp => json!({"type": "string", "format": "date-time"}),
-            };
-            query_parameter(spec.name, &spec.description(), schema)
-        })
-        .collect()
-}
-
-pub fn query_parameter(name: &str, description: &str, schema: serde_json::Value) -> Parameter {
-    serde_json::from_value(json!({
-        "name": name, "in": "query", "required": false,
-        "description": description, "schema": schema,
-    }))
-    .expect("a query parameter is an OpenAPI parameter")
-}
-
-/// Writes into the OpenAPI document the rules every text value of a query or path parameter is held
-/// to here (1 to MAX_VALUE_CHARS characters, no NUL; a repeatable parameter at most MAX_REPEATS
-/// times), once for all parameters as `QueryParams` applies them, so that clients, generated code and
-/// fuzzers see exactly what is accepted.
-pub fn document_value_rules(spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    use serde_json::{Value, json};
-    fn text_rules(schema: &mut Value) {
-        if schema["type"] != "string"
-            || schema.get("format").is_some()
-            || schema.get("enum").is_some()
-        {
-            return;
+/// A whole number from 1 to `max`, `default` when absent: `limit` of every list.
+pub fn parse_limit(params: &mut QueryParams, default: i64, max: i64) -> i64 {
+    match params.parsed::<i64>("limit", &format!("a whole number from 1 to {max}")) {
+        Some(limit) if (1..=max).contains(&limit) => limit,
+        Some(limit) => {
+            params.reject("limit", format!("{limit} is out of range; use 1 to {max}"));
+            default
         }
-        let defaults = [
-            ("minLength", json!(1)),
-            ("maxLength", json!(MAX_VALUE_CHARS)),
-            ("pattern", json!("^[^\\x00]*$")),
-        ];
-        for (rule, value) in defaults {
-            if schema.get(rule).is_none() {
-                schema[rule] = value;
-            }
-        }
+        None => default,
     }
-    let mut document = serde_json::to_value(&spec).expect("the OpenAPI document serializes");
-    let operations = document["paths"]
-        .as_object_mut()
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(Value::as_object_mut)
-        .flat_map(|item| item.values_mut());
-    for operation in operations {
-        let Some(parameters) = operation["parameters"].as_array_mut() else {
-            continue;
-        };
-        for schema in parameters.iter_mut().map(|p| &mut p["schema"]) {
-            if schema["type"] == "array" {
-                schema["maxItems"] = json!(MAX_REPEATS);
-                text_rules(&mut schema["items"]);
-            } else {
-                text_rules(schema);
-            }
-        }
-    }
-    serde_json::from_value(document).expect("the amended document is still an OpenAPI document")
-}
-
-/// For tests: the query parameters a documentation struct declares, sorted, against those a parser
-/// accepts, sorted.
-#[cfg(test)]
-pub fn documented_and_accepted<P: utoipa::IntoParams>(
-    accepted: &[&str],
-) -> (Vec<String>, Vec<String>) {
-    let mut documented: Vec<String> = P::into_params(|| None)
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    let mut accepted: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
-    documented.sort();
-    accepted.sort();
-    (documented, accepted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn invalid(result: Result<(), ApiError>) -> Vec<(String, String)> {
-        match result {
-            Err(ApiError::InvalidParams(list)) => {
-                list.into_iter().map(|p| (p.name, p.reason)).collect()
-            }
-            other => panic!("expected invalid params, got {other:?}"),
-        }
-    }
+    use crate::http::error::rejected;
 
     #[test]
     fn a_typo_is_named_with_a_suggestion() {
         let mut params = QueryParams::parse(Some("industy=Software")).unwrap();
         assert_eq!(params.many("industry"), Vec::<String>::new());
-        let errors = invalid(params.finish(&["industry", "limit"]));
+        let errors = rejected(params.finish(&["industry", "limit"]));
         assert_eq!(
             errors,
             vec![(
@@ -598,19 +341,6 @@ mod tests {
                 "unknown parameter; did you mean 'industry'?".into()
             )]
         );
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let mut params =
-            QueryParams::parse(Some("limit=abc&count=maybe&domain=a&domain=b&x=1")).unwrap();
-        let _ = PageParams::parse::<serde_json::Value>(&mut params);
-        let _ = params.one("domain");
-        let names: Vec<String> = invalid(params.finish(&["limit", "count", "domain"]))
-            .into_iter()
-            .map(|e| e.0)
-            .collect();
-        assert_eq!(names, vec!["limit", "count", "domain", "x"]);
     }
 
     #[test]
@@ -625,25 +355,9 @@ mod tests {
     #[test]
     fn invalid_utf8_is_rejected_naming_the_parameter() {
         let params = QueryParams::parse(Some("q=%FF%FE")).unwrap();
-        let errors = invalid(params.finish(&["q"]));
+        let errors = rejected(params.finish(&["q"]));
         assert_eq!(errors[0].0, "q");
         assert!(errors[0].1.contains("UTF-8"));
-    }
-
-    #[test]
-    fn limits_outside_the_range_are_rejected_not_clamped() {
-        for (raw, ok) in [
-            ("limit=1", true),
-            ("limit=500", true),
-            ("limit=0", false),
-            ("limit=501", false),
-            ("limit=-3", false),
-            ("limit=99999999999999999999", false),
-        ] {
-            let mut params = QueryParams::parse(Some(raw)).unwrap();
-            PageParams::parse::<serde_json::Value>(&mut params);
-            assert_eq!(params.finish(&PAGE_PARAMS).is_ok(), ok, "{raw}");
-        }
     }
 
     #[test]
@@ -653,7 +367,7 @@ mod tests {
         let mut params = QueryParams::parse(Some(&raw)).unwrap();
         assert_eq!(params.one("domain"), None);
         assert_eq!(params.one("email"), None);
-        let errors = invalid(params.finish(&["domain", "email"]));
+        let errors = rejected(params.finish(&["domain", "email"]));
         assert_eq!(errors.len(), 2);
     }
 
@@ -662,7 +376,7 @@ mod tests {
         let mut params = QueryParams::parse(Some("email=a%00b")).unwrap();
         assert_eq!(params.one("email"), None);
         assert_eq!(
-            invalid(params.finish(&["email"])),
+            rejected(params.finish(&["email"])),
             [("email".to_owned(), "contains a NUL character".to_owned())]
         );
         assert!(path_id("prospect_id", "a\0".to_owned()).is_err());

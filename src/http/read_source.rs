@@ -11,9 +11,8 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::AppState;
-use super::database_circuit::DatabaseWasUnreachable;
-use super::error::ApiError;
+use super::error::{ApiError, DatabaseWasUnreachable};
+use super::state::AppState;
 use crate::reads::{ReadRoute, ReadSource, ReplicaUnusable, Server};
 
 /// The server a request's reads went to, noted by the extractor for the middleware.

@@ -26,7 +26,7 @@ use moka::notification::RemovalCause;
 
 use super::error::ApiError;
 use crate::metrics::{ResponseCacheFigures, ViewCacheCounts};
-use crate::views::ViewName;
+use crate::views::{PerView, ViewName};
 
 /// What a handler renders for a request: the JSON body and, for a list with a next page, `Link`.
 pub struct Rendered {
@@ -70,11 +70,11 @@ pub struct ResponseCache {
     /// None: `RESPONSE_CACHE_BYTES=0`, every request renders its response.
     entries: Option<Cache<Arc<Key>, Entry>>,
     /// The newest generation seen per view, to drop the entries of older ones.
-    newest: [AtomicI64; ViewName::ALL.len()],
+    newest: PerView<AtomicI64>,
     /// Per view: requests served from the cache, rendered, and served by waiting for another's render.
-    hits: [AtomicU64; ViewName::ALL.len()],
-    misses: [AtomicU64; ViewName::ALL.len()],
-    coalesced: [AtomicU64; ViewName::ALL.len()],
+    hits: PerView<AtomicU64>,
+    misses: PerView<AtomicU64>,
+    coalesced: PerView<AtomicU64>,
     evictions: Arc<AtomicU64>,
 }
 
@@ -99,7 +99,7 @@ impl ResponseCache {
         });
         ResponseCache {
             entries,
-            newest: std::array::from_fn(|_| AtomicI64::new(i64::MIN)),
+            newest: PerView::from_fn(|_| AtomicI64::new(i64::MIN)),
             hits: Default::default(),
             misses: Default::default(),
             coalesced: Default::default(),
@@ -138,7 +138,7 @@ impl ResponseCache {
             request: request.to_owned(),
         });
         if let Some(hit) = entries.get(&key).await {
-            self.hits[view.index()].fetch_add(1, Ordering::Relaxed);
+            self.hits[view].fetch_add(1, Ordering::Relaxed);
             return Ok(response(hit));
         }
         let entry = entries
@@ -157,14 +157,14 @@ impl ResponseCache {
         } else {
             &self.coalesced
         };
-        counters[view.index()].fetch_add(1, Ordering::Relaxed);
+        counters[view].fetch_add(1, Ordering::Relaxed);
         Ok(response(entry.into_value()))
     }
 
     /// Once a newer generation of a view is seen, the entries of older ones can never be served again:
     /// drop them now rather than when the byte bound pushes them out.
     fn note_generation(&self, entries: &Cache<Arc<Key>, Entry>, view: ViewName, generation: i64) {
-        let newest = &self.newest[view.index()];
+        let newest = &self.newest[view];
         if newest.fetch_max(generation, Ordering::Relaxed) < generation {
             // Fails only without support_invalidation_closures(), which the builder sets.
             let _ = entries.invalidate_entries_if(move |key, _| {
@@ -176,9 +176,8 @@ impl ResponseCache {
     pub fn figures(&self) -> ResponseCacheFigures {
         ResponseCacheFigures {
             enabled: self.entries.is_some(),
-            per_view: ViewName::ALL.map(|view| {
-                let count =
-                    |counters: &[AtomicU64; 3]| counters[view.index()].load(Ordering::Relaxed);
+            per_view: PerView::from_fn(|view| {
+                let count = |counters: &PerView<AtomicU64>| counters[view].load(Ordering::Relaxed);
                 ViewCacheCounts::new(
                     count(&self.hits),
                     count(&self.misses),
@@ -302,41 +301,41 @@ mod tests {
         }
     }
 
+    /// The body `cache` answers `request` of `generation` with, `json` being what a render gives.
+    async fn served(
+        cache: &ResponseCache,
+        generation: i64,
+        request: &str,
+        json: &'static str,
+    ) -> Bytes {
+        let view = ViewName::CompanyProspectView;
+        let render = async move { Ok(rendered(json)) };
+        let response = cache
+            .respond(view, Some(generation), request, &HeaderMap::new(), render)
+            .await
+            .unwrap();
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn one_render_per_key_and_none_across_generations_codings_or_requests() {
         let cache = ResponseCache::new(1 << 20);
         let view = ViewName::CompanyProspectView;
         let render = |json: &'static str| async move { Ok(rendered(json)) };
-        let plain = HeaderMap::new();
-        let body = |r: Response| async move {
-            axum::body::to_bytes(r.into_body(), usize::MAX)
-                .await
-                .unwrap()
-        };
-        let first = cache
-            .respond(view, Some(1), "/a", &plain, render("{\"g\":1}"))
-            .await
-            .unwrap();
-        assert_eq!(body(first).await, "{\"g\":1}");
-        let again = cache
-            .respond(view, Some(1), "/a", &plain, render("{\"g\":9}"))
-            .await
-            .unwrap();
+        assert_eq!(served(&cache, 1, "/a", "{\"g\":1}").await, "{\"g\":1}");
         assert_eq!(
-            body(again).await,
+            served(&cache, 1, "/a", "{\"g\":9}").await,
             "{\"g\":1}",
             "the same request and generation is a hit"
         );
-        let next = cache
-            .respond(view, Some(2), "/a", &plain, render("{\"g\":2}"))
-            .await
-            .unwrap();
-        assert_eq!(body(next).await, "{\"g\":2}", "a new generation is a miss");
-        let other = cache
-            .respond(view, Some(2), "/b", &plain, render("{\"b\":2}"))
-            .await
-            .unwrap();
-        assert_eq!(body(other).await, "{\"b\":2}");
+        assert_eq!(
+            served(&cache, 2, "/a", "{\"g\":2}").await,
+            "{\"g\":2}",
+            "a new generation is a miss"
+        );
+        assert_eq!(served(&cache, 2, "/b", "{\"b\":2}").await, "{\"b\":2}");
         let gzip = cache
             .respond(
                 view,
@@ -350,7 +349,7 @@ mod tests {
         assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
         cache.settle().await;
         let figures = cache.figures();
-        let counts = &figures.per_view[view.index()];
+        let counts = &figures.per_view[view];
         assert_eq!((counts.hits, counts.misses), (1, 4));
         assert_eq!(
             figures.entries, 3,
@@ -406,7 +405,7 @@ mod tests {
             assert_eq!(request.await.unwrap().status(), axum::http::StatusCode::OK);
         }
         assert_eq!(renders.load(Ordering::Relaxed), 1);
-        let counts = &cache.figures().per_view[ViewName::ProspectSearchView.index()];
+        let counts = &cache.figures().per_view[ViewName::ProspectSearchView];
         assert_eq!((counts.misses, counts.coalesced + counts.hits), (1, 7));
     }
 }

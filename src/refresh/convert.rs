@@ -8,6 +8,7 @@ use std::fmt;
 use sqlx::PgPool;
 
 use crate::config::{RefreshSettings, pg_duration};
+use crate::db::set_local;
 use crate::views::{Mode, ViewName};
 
 /// What happened to one read model.
@@ -50,14 +51,12 @@ async fn convert(
     let mut tx = pool.begin().await?;
     // A refresh or incremental round running elsewhere is waited for as long as one may run.
     let wait = pg_duration(settings.refresh_statement_timeout);
-    sqlx::query!(
-        "SELECT FROM (SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
-                             set_config('maintenance_work_mem', $2, true)) s",
-        wait,
-        settings.refresh_work_mem,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let local = [
+        ("lock_timeout", wait.as_str()),
+        ("statement_timeout", wait.as_str()),
+        ("maintenance_work_mem", settings.refresh_work_mem.as_str()),
+    ];
+    set_local(&mut tx, &local).await?;
     let built = sqlx::query!(
         r#"SELECT from_mode AS "from_mode!", row_count, build_ms AS "build_ms!", swap_ms AS "swap_ms!",
                   swap_attempts AS "swap_attempts!"

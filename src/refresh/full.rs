@@ -1,34 +1,38 @@
 //! A full refresh of some views, each as its mode does it: a materialized view is refreshed
 //! CONCURRENTLY in its own transaction; the table-backed ones are rebuilt together in one incremental
-//! round (which also applies whatever changes are pending). What the CLI, tests and the coordinator's
+//! round (which also applies whatever changes are pending). What the CLI, tests and the refresher's
 //! full jobs go through.
 
 use sqlx::PgPool;
 
 use super::incremental;
-use super::refresher::{RefreshReport, RefreshTrigger, refresh_materialized_view};
+use super::materialized::refresh_materialized_view;
+use super::report::{RefreshReport, RefreshTrigger};
 use crate::config::RefreshSettings;
-use crate::views::{Mode, ViewName};
+use crate::views::{Mode, PerView, ViewName};
 
-/// Each view's mode now, in `ViewName::ALL` order (`None`: the relation is missing).
-pub async fn modes(pool: &PgPool) -> Result<[Option<Mode>; 3], sqlx::Error> {
+/// Each view's mode (`None`: its relation is missing).
+pub type Modes = PerView<Option<Mode>>;
+
+/// Each view's mode now.
+pub async fn modes(pool: &PgPool) -> Result<Modes, sqlx::Error> {
     let rows = sqlx::query!(r#"SELECT name AS "name!", mode FROM read_models"#)
         .fetch_all(pool)
         .await?;
-    let mut modes = [None; 3];
+    let mut modes = Modes::default();
     for row in rows {
         if let (Ok(view), Some(mode)) = (row.name.parse::<ViewName>(), row.mode) {
-            modes[view.index()] = mode.parse().ok();
+            modes[view] = mode.parse().ok();
         }
     }
     Ok(modes)
 }
 
 /// The views of `views` (in the fixed order) that are in `mode`.
-pub fn in_mode(modes: &[Option<Mode>; 3], views: &[ViewName], mode: Mode) -> Vec<ViewName> {
+pub fn in_mode(modes: &Modes, views: &[ViewName], mode: Mode) -> Vec<ViewName> {
     ViewName::ALL
         .into_iter()
-        .filter(|view| views.contains(view) && modes[view.index()] == Some(mode))
+        .filter(|view| views.contains(view) && modes[*view] == Some(mode))
         .collect()
 }
 

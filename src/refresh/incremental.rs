@@ -15,10 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::refresher::{
+use super::report::{
     RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger, database_message, record_failure,
 };
 use crate::config::{RefreshSettings, pg_duration};
+use crate::db::set_local;
 use crate::views::ViewName;
 
 /// How often a rebuild that found the lock taken tries again.
@@ -119,14 +120,13 @@ async fn try_round(
     };
     // The transaction's snapshot is taken here, after the lock. No JIT: a round's statements are
     // planned afresh each time, and compiling them cost more than running them.
-    sqlx::query!(
-        "SELECT FROM (SELECT set_config('statement_timeout', $1, true), set_config('work_mem', $2, true),
-                             set_config('jit', 'off', true)) s",
-        pg_duration(settings.refresh_statement_timeout),
-        settings.refresh_work_mem,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
+    let local = [
+        ("statement_timeout", statement_timeout.as_str()),
+        ("work_mem", settings.refresh_work_mem.as_str()),
+        ("jit", "off"),
+    ];
+    set_local(&mut tx, &local).await?;
     let still = if rebuild.is_empty() {
         Vec::new()
     } else {

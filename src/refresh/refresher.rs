@@ -1,276 +1,385 @@
-//! One refresh of one materialized view (mode `refresh`): its own transaction, its own timeouts, the
-//! cross-process advisory lock, and a row in `materialized_view_log` whatever happens. Also what both
-//! modes report and log alike: the trigger, the report, the record of a failure.
+//! The in-process refresher: one worker that runs this process's refreshes, incremental applies and
+//! rebuilds, one at a time (two at once would only fight over the same cores and the same rows).
+//!
+//! Two kinds of job are queued: a full refresh of a view (CONCURRENTLY for a materialized view, a
+//! rebuild for a table), and an incremental apply (every table-backed view at once). Requests are
+//! single-flight: a request that arrives while a batch runs cannot join it (its snapshot may predate
+//! the write that prompted the request), so it waits for the next batch, which serves every request
+//! queued meanwhile: a burst of requests costs at most two runs. A batch refreshes the materialized
+//! views (one transaction each, in the fixed order), then runs one incremental round that rebuilds
+//! the table-backed views asked for and applies the pending changes to the others: a rebuild absorbs
+//! the incremental work rather than queueing behind it. Across processes, the advisory locks
+//! (refresh) and the catalog lock (incremental) do the same job.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use sqlx::PgPool;
-use utoipa::ToSchema;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::config::{RefreshSettings, pg_duration};
-use crate::views::ViewName;
+use super::full::{Modes, in_mode, modes};
+use super::incremental;
+use super::materialized::refresh_materialized_view;
+use super::report::{RefreshReport, RefreshStatus, RefreshTrigger};
+use super::{sleep_until_optional, stopped};
+use crate::config::RefreshSettings;
+use crate::metrics::{Metrics, RefreshObservation};
+use crate::views::{Mode, PerView, ViewName};
 
-/// What asked for a refresh; stored in the log's `trigger` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshTrigger {
-    Schedule,
-    Notify,
-    Poll,
-    Manual,
-    Startup,
-    Cli,
-    Catchup,
-    /// The applier: changes found in the change record, applied per company.
-    Incremental,
+/// A refresh that could not even be recorded (the database was unreachable), or a refresher that is
+/// shutting down.
+pub type RefreshOutcome = Result<RefreshReport, String>;
+
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
 }
 
-impl RefreshTrigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefreshTrigger::Schedule => "schedule",
-            RefreshTrigger::Notify => "notify",
-            RefreshTrigger::Poll => "poll",
-            RefreshTrigger::Manual => "manual",
-            RefreshTrigger::Startup => "startup",
-            RefreshTrigger::Cli => "cli",
-            RefreshTrigger::Catchup => "catchup",
-            RefreshTrigger::Incremental => "incremental",
-        }
+struct Inner {
+    pool: PgPool,
+    settings: RefreshSettings,
+    metrics: Arc<Metrics>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    busy: AtomicBool,
+    /// Per view: whether a job touching it runs now, and how many have finished (whatever their
+    /// outcome), which lets readers of a view's freshness tell whether what they read is current.
+    running: PerView<AtomicBool>,
+    finished: PerView<AtomicU64>,
+    /// Each view's mode as last read from the database.
+    modes: Mutex<Modes>,
+}
+
+#[derive(Default)]
+struct Queue {
+    full: PerView<Vec<Waiter>>,
+    apply: bool,
+    /// After a failed apply, the next one (asked for at once, so that nothing waits for another
+    /// change to be retried) waits until then, doubling up to 30 s: a persistent failure is not
+    /// logged four times a second.
+    apply_backoff: Option<(Instant, Duration)>,
+}
+
+impl Queue {
+    fn backing_off(&self) -> Option<Instant> {
+        self.apply_backoff
+            .map(|(until, _)| until)
+            .filter(|until| Instant::now() < *until)
     }
 }
 
-impl std::fmt::Display for RefreshTrigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshStatus {
-    /// The view was refreshed.
-    Ok,
-    /// The refresh failed; the previous data is still served.
-    Error,
-    /// Another process refreshed the view after this request was made, while we waited for its lock:
-    /// that refresh already contains everything this one would have.
-    Skipped,
-}
-
-impl RefreshStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefreshStatus::Ok => "ok",
-            RefreshStatus::Error => "error",
-            RefreshStatus::Skipped => "skipped",
-        }
-    }
-}
-
-/// How a view's data was brought up to date (the log's `method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshMethod {
-    /// `REFRESH MATERIALIZED VIEW` (mode `refresh`).
-    Refresh,
-    /// The rows of the changed companies recomputed (mode `incremental`).
-    Apply,
-    /// The table diffed against its whole definition (mode `incremental`).
-    Rebuild,
-    /// Built anew while converting between modes.
-    Build,
-}
-
-impl RefreshMethod {
-    pub fn parse(text: &str) -> Option<RefreshMethod> {
-        match text {
-            "refresh" => Some(RefreshMethod::Refresh),
-            "apply" => Some(RefreshMethod::Apply),
-            "rebuild" => Some(RefreshMethod::Rebuild),
-            "build" => Some(RefreshMethod::Build),
-            _ => None,
-        }
-    }
-}
-
-/// The outcome of one view's refresh, apply or rebuild, as logged and as the admin endpoint reports it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RefreshReport {
-    pub view: ViewName,
-    pub status: RefreshStatus,
-    /// How it was done (for `ok`).
-    pub method: Option<RefreshMethod>,
-    /// For `ok`, the snapshot time the refreshed data reflects; otherwise when the attempt began.
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: Option<i64>,
-    pub rows: Option<i64>,
-    /// For an apply or rebuild: rows deleted plus rows inserted (a changed row counts twice).
-    pub rows_changed: Option<i64>,
-    /// For an apply: the companies whose rows were recomputed.
-    pub companies_changed: Option<i64>,
-    /// The database's error message, for `error`.
-    pub error: Option<String>,
-    /// The id of the `materialized_view_log` row (none for `skipped`).
-    pub log_id: Option<i64>,
-}
-
-impl RefreshReport {
-    /// Another process did the work while this request waited for it.
-    pub fn skipped(view: ViewName, requested_at: DateTime<Utc>) -> RefreshReport {
-        RefreshReport {
-            view,
-            status: RefreshStatus::Skipped,
-            method: None,
-            started_at: requested_at,
-            duration_ms: None,
-            rows: None,
-            rows_changed: None,
-            companies_changed: None,
-            error: None,
-            log_id: None,
-        }
-    }
-}
-
-/// Refreshes one materialized view (CONCURRENTLY once populated) in its own transaction and logs it.
-///
-/// A failed refresh is rolled back, so the previous data stays served, and is then recorded in the log
-/// and in `materialized_view_errors`: it is an `Ok(report)` with status `error`. `Err` means the outcome
-/// could not even be recorded (the database is unreachable).
-#[tracing::instrument(skip(pool, settings), fields(view = %view, trigger = %trigger))]
-pub async fn refresh_materialized_view(
-    pool: &PgPool,
-    view: ViewName,
+struct Waiter {
     trigger: RefreshTrigger,
-    settings: &RefreshSettings,
-) -> Result<RefreshReport, sqlx::Error> {
-    let attempt_started = Utc::now();
-    match refresh_in_transaction(pool, view, trigger, settings).await {
-        Ok(report) => {
-            tracing::info!(status = ?report.status, rows = ?report.rows, duration_ms = ?report.duration_ms, "view refresh finished");
-            Ok(report)
-        }
-        Err(error) => {
-            let message = database_message(&error);
-            tracing::warn!(error = %message, "view refresh failed; the previous data stays served");
-            record_failure(pool, view, trigger, attempt_started, &message).await
-        }
+    reply: oneshot::Sender<RefreshOutcome>,
+}
+
+/// What one batch does.
+struct Batch {
+    full: PerView<Vec<Waiter>>,
+    apply: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        !self.apply && self.full.iter().all(|(_, waiters)| waiters.is_empty())
+    }
+
+    fn views(&self) -> Vec<ViewName> {
+        ViewName::ALL
+            .into_iter()
+            .filter(|view| !self.full[*view].is_empty())
+            .collect()
+    }
+
+    fn trigger(&self, view: ViewName) -> RefreshTrigger {
+        self.full[view][0].trigger
     }
 }
 
-async fn refresh_in_transaction(
-    pool: &PgPool,
-    view: ViewName,
-    trigger: RefreshTrigger,
-    settings: &RefreshSettings,
-) -> Result<RefreshReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
+const FIRST_APPLY_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_APPLY_BACKOFF: Duration = Duration::from_secs(30);
 
-    // Waiting for another process's refresh of this view may take as long as that refresh runs, so
-    // the advisory lock gets the statement timeout; the view's own lock gets the short lock timeout.
-    let requested_at = sqlx::query_scalar!(
-        r#"SELECT clock_timestamp() AS "requested_at!"
-           FROM (SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)) s"#,
-        statement_timeout,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-
-    // Held until commit or rollback: released even if this connection goes back to the pool.
-    sqlx::query!(
-        "SELECT FROM (SELECT pg_advisory_xact_lock(view_refresh_lock_key($1))) l",
-        view.as_str()
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-
-    let covered = sqlx::query_scalar!(
-        r#"SELECT EXISTS (
-               SELECT 1 FROM materialized_view_log
-               WHERE view_name = $1 AND status = 'ok' AND started_at >= $2
-           ) AS "covered!""#,
-        view.as_str(),
-        requested_at,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if covered {
-        tx.rollback().await?;
-        tracing::info!(
-            "another process refreshed this view while we waited for its lock; skipping"
-        );
-        return Ok(RefreshReport::skipped(view, requested_at));
+impl Refresher {
+    /// Starts the worker; it stops when `shutdown` turns true, after the job at hand.
+    pub fn start(
+        pool: PgPool,
+        settings: RefreshSettings,
+        metrics: Arc<Metrics>,
+        modes: Modes,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Refresher, JoinHandle<()>) {
+        let refresher = Refresher {
+            inner: Arc::new(Inner {
+                pool,
+                settings,
+                metrics,
+                queue: Mutex::default(),
+                wake: Notify::new(),
+                busy: AtomicBool::new(false),
+                running: Default::default(),
+                finished: Default::default(),
+                modes: Mutex::new(modes),
+            }),
+        };
+        let worker = tokio::spawn(refresher.clone().work(shutdown));
+        (refresher, worker)
     }
 
-    sqlx::query!(
-        "SELECT FROM (SELECT set_config('lock_timeout', $1, true), set_config('work_mem', $2, true)) s",
-        pg_duration(settings.refresh_lock_timeout),
-        settings.refresh_work_mem,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    /// Asks for a full refresh of `view`; the receiver gets the outcome of the refresh that serves it.
+    pub fn request(
+        &self,
+        view: ViewName,
+        trigger: RefreshTrigger,
+    ) -> oneshot::Receiver<RefreshOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue().full[view].push(Waiter { trigger, reply });
+        self.inner.wake.notify_one();
+        outcome
+    }
 
-    let logged = sqlx::query!(
-        r#"SELECT id AS "id!", started_at AS "started_at!", duration_ms, row_count
-           FROM refresh_view_logged($1, $2)"#,
-        view.as_str(),
-        trigger.as_str(),
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    /// Asks for a full refresh of every view, without waiting.
+    pub fn request_all(&self, trigger: RefreshTrigger) {
+        self.request_in_mode(Mode::Refresh, trigger);
+        self.request_in_mode(Mode::Incremental, trigger);
+    }
 
-    Ok(RefreshReport {
-        view,
-        status: RefreshStatus::Ok,
-        method: Some(RefreshMethod::Refresh),
-        started_at: logged.started_at,
-        duration_ms: logged.duration_ms,
-        rows: logged.row_count,
-        rows_changed: None,
-        companies_changed: None,
-        error: None,
-        log_id: Some(logged.id),
-    })
+    /// Asks for a full refresh of every view in `mode` (as last seen), without waiting.
+    pub fn request_in_mode(&self, mode: Mode, trigger: RefreshTrigger) {
+        for view in in_mode(&self.modes(), &ViewName::ALL, mode) {
+            drop(self.request(view, trigger));
+        }
+    }
+
+    /// Asks for the pending changes to be applied to the table-backed views (a batch without any
+    /// does nothing).
+    pub fn request_apply(&self) {
+        self.queue().apply = true;
+        self.inner.wake.notify_one();
+    }
+
+    /// Refreshes `view` in full (or waits for the refresh that serves this request); its outcome.
+    pub async fn refresh(&self, view: ViewName, trigger: RefreshTrigger) -> RefreshOutcome {
+        self.request(view, trigger)
+            .await
+            .unwrap_or_else(|_| Err("the refresher is shutting down".to_owned()))
+    }
+
+    /// Whether nothing runs and nothing waits.
+    pub fn is_idle(&self) -> bool {
+        let queue = self.queue();
+        !self.inner.busy.load(Ordering::SeqCst)
+            && !queue.apply
+            && queue.full.iter().all(|(_, waiters)| waiters.is_empty())
+    }
+
+    /// Whether this process is refreshing, applying to or rebuilding `view` right now.
+    pub fn is_running(&self, view: ViewName) -> bool {
+        self.inner.running[view].load(Ordering::SeqCst)
+    }
+
+    /// Changes whenever this process finishes a job touching `view`.
+    pub fn generation(&self, view: ViewName) -> u64 {
+        self.inner.finished[view].load(Ordering::SeqCst)
+    }
+
+    /// Each view's mode as last read from the database.
+    pub fn modes(&self) -> Modes {
+        *self.inner.modes.lock().expect("not poisoned")
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.queue.lock().expect("not poisoned")
+    }
+
+    /// The work queued now; an apply stays queued while backing off. Also when to look again if
+    /// nothing is to be done now but an apply waits for its back-off.
+    fn take_batch(&self) -> (Batch, Option<Instant>) {
+        let mut queue = self.queue();
+        let backing_off = queue.backing_off();
+        let apply = queue.apply && backing_off.is_none();
+        if apply {
+            queue.apply = false;
+        }
+        let batch = Batch {
+            full: std::mem::take(&mut queue.full),
+            apply,
+        };
+        (batch, backing_off.filter(|_| queue.apply))
+    }
+
+    async fn work(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (batch, retry_at) = self.take_batch();
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.inner.wake.notified() => continue,
+                    () = sleep_until_optional(retry_at) => continue,
+                    () = stopped(&mut shutdown) => return,
+                }
+            }
+            if *shutdown.borrow() {
+                return; // dropping the waiters tells them the refresher is shutting down
+            }
+            self.inner.busy.store(true, Ordering::SeqCst);
+            self.run(batch).await;
+            self.inner.busy.store(false, Ordering::SeqCst);
+        }
+    }
+
+    async fn run(&self, mut batch: Batch) {
+        // Conversions happen at other processes' startup: read the modes afresh. If that fails (a
+        // dead pooled connection after a restart, say), the last seen ones do; the job then fails
+        // or succeeds on its own, and is recorded either way.
+        let modes = match modes(&self.inner.pool).await {
+            Ok(modes) => {
+                *self.inner.modes.lock().expect("not poisoned") = modes;
+                modes
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the views' modes; using the last seen");
+                self.modes()
+            }
+        };
+        let asked = batch.views();
+        for view in in_mode(&modes, &asked, Mode::Refresh) {
+            let trigger = batch.trigger(view);
+            let refresh = async {
+                refresh_materialized_view(&self.inner.pool, view, trigger, &self.inner.settings)
+                    .await
+                    .map(|report| vec![report])
+            };
+            let outcome = self
+                .job(&[view], trigger, refresh)
+                .await
+                .map(|mut reports| reports.remove(0));
+            reply(std::mem::take(&mut batch.full[view]), outcome);
+        }
+        let rebuild = in_mode(&modes, &asked, Mode::Incremental);
+        if !rebuild.is_empty() || (batch.apply && modes.contains(&Some(Mode::Incremental))) {
+            self.incremental_round(&mut batch, &rebuild, &modes).await;
+        }
+        for view in ViewName::ALL {
+            let waiters = std::mem::take(&mut batch.full[view]);
+            reply(waiters, Err(format!("{view} is missing from the database")));
+        }
+    }
+
+    /// One round for every table-backed view: rebuilds `rebuild`, applies pending changes to the rest.
+    async fn incremental_round(&self, batch: &mut Batch, rebuild: &[ViewName], modes: &Modes) {
+        let trigger = rebuild
+            .first()
+            .map_or(RefreshTrigger::Incremental, |view| batch.trigger(*view));
+        let tables = in_mode(modes, &ViewName::ALL, Mode::Incremental);
+        let round = self
+            .job(
+                &tables,
+                trigger,
+                incremental::round(&self.inner.pool, trigger, rebuild, &self.inner.settings),
+            )
+            .await;
+        if rebuild.is_empty() {
+            self.note_apply_outcome(&round);
+        }
+        for view in rebuild {
+            let outcome = round.clone().and_then(|reports| {
+                reports
+                    .into_iter()
+                    .find(|report| report.view == *view)
+                    .ok_or_else(|| format!("{view} was not maintained"))
+            });
+            reply(std::mem::take(&mut batch.full[*view]), outcome);
+        }
+    }
+
+    /// Runs one job touching `views`: marks them running meanwhile, counts it finished, records metrics.
+    async fn job(
+        &self,
+        views: &[ViewName],
+        trigger: RefreshTrigger,
+        work: impl Future<Output = Result<Vec<RefreshReport>, sqlx::Error>>,
+    ) -> Result<Vec<RefreshReport>, String> {
+        for view in views {
+            self.inner.running[*view].store(true, Ordering::SeqCst);
+        }
+        let started = std::time::Instant::now();
+        let outcome = work.await;
+        for view in views {
+            self.inner.running[*view].store(false, Ordering::SeqCst);
+            self.inner.finished[*view].fetch_add(1, Ordering::SeqCst);
+        }
+        match outcome {
+            Ok(reports) => {
+                for report in &reports {
+                    self.observe(report, trigger, started.elapsed());
+                }
+                Ok(reports)
+            }
+            Err(error) => {
+                tracing::error!(?views, %error, "refresh could not be recorded: database unreachable");
+                for view in views {
+                    self.inner.metrics.record_refresh(RefreshObservation {
+                        view: *view,
+                        trigger: trigger.as_str(),
+                        status: RefreshStatus::Error.as_str(),
+                        took: started.elapsed(),
+                        rows_changed: None,
+                    });
+                }
+                Err(error.to_string())
+            }
+        }
+    }
+
+    fn observe(&self, report: &RefreshReport, trigger: RefreshTrigger, took: Duration) {
+        self.inner.metrics.record_refresh(RefreshObservation {
+            view: report.view,
+            trigger: trigger.as_str(),
+            status: report.status.as_str(),
+            took,
+            rows_changed: report.rows_changed,
+        });
+        if report.view == ViewName::ALL[0]
+            && let Some(companies) = report.companies_changed
+        {
+            self.inner.metrics.record_apply(companies);
+        }
+    }
+
+    /// Backs applies off after a failure, and resets the back-off after a success.
+    fn note_apply_outcome(&self, round: &Result<Vec<RefreshReport>, String>) {
+        let failed = match round {
+            Ok(reports) => reports.iter().any(|r| r.status == RefreshStatus::Error),
+            Err(_) => true,
+        };
+        let mut queue = self.queue();
+        queue.apply_backoff = if failed {
+            queue.apply = true;
+            let wait = queue
+                .apply_backoff
+                .map_or(FIRST_APPLY_BACKOFF, |(_, wait)| {
+                    (wait * 2).min(MAX_APPLY_BACKOFF)
+                });
+            Some((Instant::now() + wait, wait))
+        } else {
+            None
+        };
+    }
 }
 
-/// Records a failed attempt (after its transaction rolled back) in the log and the error table.
-pub(super) async fn record_failure(
-    pool: &PgPool,
-    view: ViewName,
-    trigger: RefreshTrigger,
-    attempt_started: DateTime<Utc>,
-    message: &str,
-) -> Result<RefreshReport, sqlx::Error> {
-    let logged = sqlx::query!(
-        r#"SELECT id AS "id!", duration_ms FROM record_refresh_failure($1, $2, $3, $4)"#,
-        view.as_str(),
-        trigger.as_str(),
-        attempt_started,
-        message,
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(RefreshReport {
-        view,
-        status: RefreshStatus::Error,
-        method: None,
-        started_at: attempt_started,
-        duration_ms: logged.duration_ms,
-        rows: None,
-        rows_changed: None,
-        companies_changed: None,
-        error: Some(message.to_owned()),
-        log_id: Some(logged.id),
-    })
+fn reply(waiters: Vec<Waiter>, outcome: RefreshOutcome) {
+    for waiter in waiters {
+        let _ = waiter.reply.send(outcome.clone());
+    }
 }
 
-/// The database's own message for a database error (what an admin needs), else sqlx's description.
-pub(super) fn database_message(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db) => db.message().to_owned(),
-        other => other.to_string(),
+/// Waits up to `grace` for the worker to finish the job at hand, then stops it; a job stopped mid-way
+/// rolls back with its transaction, so no log row claims it.
+pub async fn stop_worker(worker: JoinHandle<()>, grace: Duration) {
+    let abort = worker.abort_handle();
+    if tokio::time::timeout(grace, worker).await.is_err() {
+        abort.abort();
     }
 }

@@ -13,52 +13,14 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::coordinator::Refresher;
-use super::refresher::RefreshTrigger;
+use super::refresher::Refresher;
+use super::report::RefreshTrigger;
 use super::{sleep_until_optional, stopped};
-use crate::config::DatabaseUrl;
+use crate::config::{DatabaseUrl, Schedule};
 use crate::metrics::Metrics;
 use crate::views::{Mode, ViewName};
 
 pub const CHANNEL: &str = "refresh_views";
-
-/// When full refreshes run (REFRESH_SCHEDULE or REFRESH_INTERVAL).
-#[derive(Debug, Clone)]
-pub enum Schedule {
-    Off,
-    Every(Duration),
-    /// At the times of a cron expression, in UTC.
-    Cron(Box<croner::Cron>),
-}
-
-impl Schedule {
-    /// The longest wait between two runs (over the next few dozen of a cron schedule).
-    pub fn longest_gap(&self) -> Option<Duration> {
-        match self {
-            Schedule::Off => None,
-            Schedule::Every(interval) => Some(*interval),
-            Schedule::Cron(cron) => {
-                let runs: Vec<_> = cron.iter_after(chrono::Utc::now()).take(64).collect();
-                runs.windows(2)
-                    .filter_map(|pair| (pair[1] - pair[0]).to_std().ok())
-                    .max()
-            }
-        }
-    }
-
-    /// How long from now until the next run; `None`: never.
-    fn until_next(&self) -> Option<Duration> {
-        match self {
-            Schedule::Off => None,
-            Schedule::Every(interval) => Some(*interval),
-            Schedule::Cron(cron) => {
-                let now = chrono::Utc::now();
-                let next = cron.find_next_occurrence(&now, false).ok()?;
-                Some((next - now).to_std().unwrap_or_default())
-            }
-        }
-    }
-}
 
 /// Requests a full refresh of every view on `schedule` until shutdown. In incremental mode that is a
 /// rebuild: it repairs whatever the triggers could not see (writes made with

@@ -8,11 +8,11 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::metrics::{ViewCacheCounts, ViewFreshness};
-use crate::views::Mode;
+use crate::views::{Mode, ViewName};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ViewStatus {
-    pub view: String,
+    pub view: ViewName,
     /// How it is kept fresh now: `refresh` (a materialized view) or `incremental` (a table).
     pub mode: Option<Mode>,
     pub populated: bool,
@@ -82,31 +82,33 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| ViewStatus {
-            view: r.view,
-            mode: r.mode.and_then(|mode| mode.parse().ok()),
-            populated: r.populated,
-            row_count: r.row_count,
-            total_bytes: r.total_bytes,
-            last_refresh: match (r.ok_started_at, r.ok_trigger) {
-                (Some(started_at), Some(trigger)) => Some(LastSuccess {
-                    started_at,
-                    duration_ms: r.ok_duration_ms,
-                    trigger,
-                    method: r.ok_method,
-                }),
-                _ => None,
-            },
-            last_error: match (r.error_message, r.error_at) {
-                (Some(message), Some(occurred_at)) => Some(LastError {
-                    message,
-                    occurred_at,
-                }),
-                _ => None,
-            },
-            data_age_seconds: r.age_seconds,
-            refreshing: r.refreshing,
-            response_cache: None,
+        .filter_map(|r| {
+            Some(ViewStatus {
+                view: r.view.parse().ok()?,
+                mode: r.mode.and_then(|mode| mode.parse().ok()),
+                populated: r.populated,
+                row_count: r.row_count,
+                total_bytes: r.total_bytes,
+                last_refresh: match (r.ok_started_at, r.ok_trigger) {
+                    (Some(started_at), Some(trigger)) => Some(LastSuccess {
+                        started_at,
+                        duration_ms: r.ok_duration_ms,
+                        trigger,
+                        method: r.ok_method,
+                    }),
+                    _ => None,
+                },
+                last_error: match (r.error_message, r.error_at) {
+                    (Some(message), Some(occurred_at)) => Some(LastError {
+                        message,
+                        occurred_at,
+                    }),
+                    _ => None,
+                },
+                data_age_seconds: r.age_seconds,
+                refreshing: r.refreshing,
+                response_cache: None,
+            })
         })
         .collect())
 }
@@ -158,11 +160,13 @@ pub async fn freshness_for_metrics(pool: &PgPool) -> Result<Vec<ViewFreshness>, 
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| ViewFreshness {
-            view: r.view,
-            mode: r.mode,
-            last_success_unix: r.last_success,
-            age_seconds: r.age,
+        .filter_map(|r| {
+            Some(ViewFreshness {
+                view: r.view.parse().ok()?,
+                mode: r.mode.and_then(|mode| mode.parse().ok()),
+                last_success_unix: r.last_success,
+                age_seconds: r.age,
+            })
         })
         .collect())
 }

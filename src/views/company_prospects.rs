@@ -1,22 +1,30 @@
-//! Queries on `company_prospect_view`: `GET /prospects`, `/prospects/{id}` and
+//! `company_prospect_view`'s prospects: `GET /prospects`, `/prospects/{id}`, `/prospects/facets` and
 //! `/companies/{id}/prospects`.
 //!
-//! Adding a filter: a field in `ProspectFilters` (its name, type and doc comment are the parameter,
-//! its parsing and its OpenAPI entry), its condition and bind in `prospect_query!`, and an index.
-//! Every condition is `($n IS NULL OR condition)`; the read pool runs with
+//! Three statement shapes, each written whole below: a page in one order (`page!`), the counts of a
+//! facet or of all matching rows (`counts!`), and the planner's estimate (`estimate!`). Every filter
+//! is a `($n IS NULL OR condition)` line in each; the read pool runs with
 //! `plan_cache_mode = force_custom_plan`, so each execution is planned with its values: the unused
 //! filters fold away (so does the CASE that turns a one-value list into an equality) and the indexes
-//! of migration 0002 can deliver a sorted first page in either direction.
+//! of the view can deliver a sorted first page in either direction.
+//!
+//! Adding a filter: a field in `ProspectFilters` (its name, type and doc comment are the parameter,
+//! its parsing and its OpenAPI entry), its line and bind in each shape, and an index.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::query::{Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
+use super::filters::{any_of, contains_pattern, filters};
+use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
+use super::{Api, IdPath, ReadModel, ViewName, estimated_rows};
+
+/// The prospects of `company_prospect_view` (a company without prospects has a row there too, which
+/// no statement here returns).
+pub struct CompanyProspects;
 
 /// One prospect with its company, as the API returns it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -66,9 +74,9 @@ pub struct ProspectRow {
     pub company_updated_at: DateTime<Utc>,
 }
 
-super::query::filters! {
+filters! {
     /// The filters of `GET /prospects` and `GET /companies/{id}/prospects`; all optional, all
-    /// combined with AND. Each is bound once in `prospect_query!`, with its condition.
+    /// combined with AND.
     pub struct ProspectFilters {
         /// Company industry; repeat for any of several (`industry=A&industry=B`).
         pub industry: Vec<String>,
@@ -105,32 +113,7 @@ super::query::filters! {
     }
 }
 
-impl ProspectFilters {
-    fn job_title_pattern(&self) -> Option<String> {
-        self.job_title
-            .as_deref()
-            .map(|t| format!("%{}%", escape_like(t)))
-    }
-}
-
-/// Makes `%`, `_` and `\` match themselves in a LIKE pattern.
-pub fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-/// A repeatable filter's values for binding: NULL when none were given.
-pub fn any_of(values: &[String]) -> Option<&[String]> {
-    (!values.is_empty()).then_some(values)
-}
-
-/// The sort keys of prospects, each served in both directions by one index of migration 0002.
+/// The sort keys of prospects, each served in both directions by one index of the view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProspectSortKey {
     /// Company name, last name, first name, prospect id (the default).
@@ -155,165 +138,6 @@ impl SortKey for ProspectSortKey {
 
 pub type ProspectSort = Sort<ProspectSortKey>;
 
-/// Matches the COALESCE in the revenue order index.
-const NO_REVENUE: i64 = i64::MIN;
-
-/// Where the next page starts: the sort key of `row` as the JSON array `page` reads back in its
-/// keyset condition (`$1->>0`, `$1->>1`, ...), the same values the ORDER BY compares.
-pub fn cursor_key(key: ProspectSortKey, row: &ProspectRow) -> serde_json::Value {
-    let id = &row.prospect_id;
-    match key {
-        ProspectSortKey::CompanyName => json!([
-            row.company_name,
-            row.last_name.as_deref().unwrap_or_default(),
-            row.first_name.as_deref().unwrap_or_default(),
-            id
-        ]),
-        ProspectSortKey::Revenue => json!([row.revenue.unwrap_or(NO_REVENUE), id]),
-        ProspectSortKey::UpdatedAt => json!([
-            row.prospect_updated_at
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            id
-        ]),
-    }
-}
-
-/// The statements over the prospect rows of `company_prospect_view`. Parameters: $1 the keyset
-/// cursor (a JSON array, or NULL), $2 the number of rows, then one per filter from $3 on, written
-/// once here with its condition. Counts leave $1 and $2 NULL.
-/// - `rows: <rest>` selects `ProspectRow`s; `rest` (string literals joined by `+`) continues the
-///   WHERE clause with the keyset condition, the order and the limit;
-/// - `total:` counts the matching rows; `estimate:` asks the planner (EXPLAIN) how many match.
-macro_rules! prospect_query {
-    (rows($($args:expr),+): $($rest:tt)+) => {
-        prospect_query!(@run query_as [ProspectRow,] ($($args),+) ($($rest)+)
-            ("SELECT prospect_id AS \"prospect_id!\", salutation, first_name, last_name, full_name, email,
-                    job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
-                    prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
-                    prospect_created_at AS \"prospect_created_at!\", prospect_updated_at AS \"prospect_updated_at!\",
-                    company_id AS \"company_id!\", domain, company_name AS \"company_name!\", industry,
-                    min_employee_size, max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\",
-                    company_address, company_city, company_state, company_country, company_zip_code, company_phone,
-                    company_mobile_phone, company_created_at AS \"company_created_at!\",
-                    company_updated_at AS \"company_updated_at!\""))
-    };
-    (facet($filters:expr, $column:literal)) => {
-        prospect_query!(@run query_as [FacetCount,] ($filters, None, Some(MAX_FACET_VALUES))
-            ("AND " + $column + " IS NOT NULL GROUP BY " + $column + " ORDER BY count(*) DESC, " + $column + " LIMIT $2")
-            ("SELECT " + $column + " AS \"value!\", count(*) AS \"count!\""))
-    };
-    (total($filters:expr)) => {
-        prospect_query!(@run query_scalar [] ($filters, None, None) ("") ("SELECT count(*) AS \"total!\""))
-    };
-    (estimate($filters:expr)) => {
-        prospect_query!(@run query_scalar [] ($filters, None, None) ("") ("EXPLAIN (FORMAT JSON) SELECT 1"))
-    };
-    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) ($($select:tt)+)) => {{
-            let f: &ProspectFilters = $filters;
-            let after: Option<&serde_json::Value> = $after;
-            let rows: Option<i64> = $rows;
-            let job_title_pattern = f.job_title_pattern();
-            sqlx::$kind!(
-                $($head)*
-                $($select)+
-                    + " FROM company_prospect_view
-                    WHERE prospect_id IS NOT NULL AND ($1::jsonb IS NULL OR $1 IS NOT NULL)
-                      AND ($2::bigint IS NULL OR $2 IS NOT NULL)
-                      AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
-                                                       ELSE industry = ANY($3) END)
-                      AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
-                                                       ELSE department = ANY($4) END)
-                      AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
-                                                       ELSE job_title_level = ANY($5) END)
-                      AND ($6::text IS NULL OR company_country = $6)
-                      AND ($7::text IS NULL OR company_state = $7)
-                      AND ($8::text IS NULL OR company_city = $8)
-                      AND ($9::text IS NULL OR prospect_country = $9)
-                      AND ($10::text IS NULL OR company_id = $10)
-                      AND ($11::text IS NULL OR domain = $11)
-                      AND ($12::text IS NULL OR lower(email) = lower($12))
-                      AND ($13::text IS NULL OR job_title ILIKE $13)
-                      AND ($14::bigint IS NULL OR revenue >= $14)
-                      AND ($15::bigint IS NULL OR revenue <= $15)
-                      AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
-                                                 AND COALESCE(max_employee_size, 2147483647) >= $16))
-                      AND ($17::int IS NULL OR min_employee_size <= $17)
-                      AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18) "
-                    + $($rest)+,
-                after,
-                rows,
-                any_of(&f.industry),
-                any_of(&f.department),
-                any_of(&f.job_title_level),
-                f.company_country.as_deref(),
-                f.company_state.as_deref(),
-                f.company_city.as_deref(),
-                f.prospect_country.as_deref(),
-                f.company_id.as_deref(),
-                f.domain.as_deref(),
-                f.email.as_deref(),
-                job_title_pattern.as_deref(),
-                f.revenue_min,
-                f.revenue_max,
-                f.employees_min,
-                f.employees_max,
-                f.updated_since,
-            )
-    }};
-}
-
-/// One sort key's page statement in both directions: `columns` are the ORDER BY expressions before
-/// the prospect id, `cursor` the same values read back from $1 (see `cursor_key`).
-macro_rules! sorted_rows {
-    ($pool:expr, $sort:expr, $args:tt, columns: [$($column:literal),+], cursor: $cursor:literal) => {
-        if $sort.descending {
-            prospect_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "prospect_id) < " + $cursor + ")
-                                   ORDER BY " $(+ $column + " DESC, ")+ + "prospect_id DESC LIMIT $2")
-                .fetch($pool)
-        } else {
-            prospect_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "prospect_id) > " + $cursor + ")
-                                   ORDER BY " $(+ $column + ", ")+ + "prospect_id LIMIT $2")
-                .fetch($pool)
-        }
-    };
-}
-
-/// One page in `sort` order, after the row whose `cursor_key` is `after` when given. Fetches one
-/// row more than `limit` so the caller knows whether another page follows.
-#[tracing::instrument(skip(pool, filters, after))]
-pub async fn page(
-    pool: &PgPool,
-    filters: &ProspectFilters,
-    sort: ProspectSort,
-    after: Option<&serde_json::Value>,
-    limit: i64,
-) -> Result<Vec<ProspectRow>, sqlx::Error> {
-    rows(pool, filters, sort, after, limit + 1)
-        .try_collect()
-        .await
-}
-
-/// At most `limit` rows in `sort` order after `after`, as they arrive (CSV streams them).
-pub fn rows<'a>(
-    pool: &'a PgPool,
-    filters: &'a ProspectFilters,
-    sort: ProspectSort,
-    after: Option<&'a serde_json::Value>,
-    limit: i64,
-) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
-    match sort.key {
-        ProspectSortKey::CompanyName => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["COALESCE(company_name, '')", "COALESCE(last_name, '')", "COALESCE(first_name, '')"],
-            cursor: "($1->>0, $1->>1, $1->>2, $1->>3)"),
-        ProspectSortKey::Revenue => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["COALESCE(revenue, '-9223372036854775808'::bigint)"],
-            cursor: "(($1->>0)::bigint, $1->>1)"),
-        ProspectSortKey::UpdatedAt => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["prospect_updated_at"],
-            cursor: "(($1->>0)::timestamptz, $1->>1)"),
-    }
-}
-
 /// The facets of prospects: each a filter whose values are counted, under all the other filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProspectFacet {
@@ -332,69 +156,296 @@ impl Facet for ProspectFacet {
     ];
 }
 
-/// The most frequent values of `facet` among the prospects matching `filters` except the facet's
-/// own filter (a shop's sidebar: choosing one industry still shows the others), most frequent first.
-#[tracing::instrument(skip(pool, filters))]
-pub async fn facet_counts(
-    pool: &PgPool,
-    filters: &ProspectFilters,
-    facet: ProspectFacet,
-) -> Result<Vec<FacetCount>, sqlx::Error> {
-    let filters = &filters.without(facet.name());
-    match facet {
-        ProspectFacet::Industry => {
-            prospect_query!(facet(filters, "industry"))
-                .fetch_all(pool)
-                .await
+/// Matches the COALESCE in the revenue order index.
+const NO_REVENUE: i64 = i64::MIN;
+
+/// The page statement: the matching prospects in one order, after the keyset cursor $1 (the sort
+/// key of the previous page's last row, as `cursor_key` writes it, or NULL for the first page), at
+/// most $2 of them; the filters are $3 to $18, and $19 picks one prospect by id. Each order gives
+/// its `keyset` condition (the sort key compared with $1) and its `order`.
+macro_rules! page {
+    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
+     keyset: $keyset:literal, order: $order:literal) => {{
+        let f: &ProspectFilters = $filters;
+        sqlx::$kind!(
+            $($head)*
+            $explain
+                + r#"SELECT prospect_id AS "prospect_id!", salutation, first_name, last_name, full_name, email,
+                      job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
+                      prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
+                      prospect_created_at AS "prospect_created_at!", prospect_updated_at AS "prospect_updated_at!",
+                      company_id AS "company_id!", domain, company_name AS "company_name!", industry,
+                      min_employee_size, max_employee_size, revenue, formatted_revenue AS "formatted_revenue!",
+                      company_address, company_city, company_state, company_country, company_zip_code,
+                      company_phone, company_mobile_phone, company_created_at AS "company_created_at!",
+                      company_updated_at AS "company_updated_at!"
+               FROM company_prospect_view
+               WHERE prospect_id IS NOT NULL
+                 AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                  ELSE industry = ANY($3) END)
+                 AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
+                                                  ELSE department = ANY($4) END)
+                 AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
+                                                  ELSE job_title_level = ANY($5) END)
+                 AND ($6::text IS NULL OR company_country = $6)
+                 AND ($7::text IS NULL OR company_state = $7)
+                 AND ($8::text IS NULL OR company_city = $8)
+                 AND ($9::text IS NULL OR prospect_country = $9)
+                 AND ($10::text IS NULL OR company_id = $10)
+                 AND ($11::text IS NULL OR domain = $11)
+                 AND ($12::text IS NULL OR lower(email) = lower($12))
+                 AND ($13::text IS NULL OR job_title ILIKE $13)
+                 AND ($14::bigint IS NULL OR revenue >= $14)
+                 AND ($15::bigint IS NULL OR revenue <= $15)
+                 AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
+                                            AND COALESCE(max_employee_size, 2147483647) >= $16))
+                 AND ($17::int IS NULL OR min_employee_size <= $17)
+                 AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18)
+                 AND ($19::text IS NULL OR prospect_id = $19)
+                 AND ($1::jsonb IS NULL OR "#
+                + $keyset
+                + ") ORDER BY "
+                + $order
+                + " LIMIT $2",
+            $after,
+            $rows,
+            any_of(&f.industry),
+            any_of(&f.department),
+            any_of(&f.job_title_level),
+            f.company_country.as_deref(),
+            f.company_state.as_deref(),
+            f.company_city.as_deref(),
+            f.prospect_country.as_deref(),
+            f.company_id.as_deref(),
+            f.domain.as_deref(),
+            f.email.as_deref(),
+            contains_pattern(f.job_title.as_deref()),
+            f.revenue_min,
+            f.revenue_max,
+            f.employees_min,
+            f.employees_max,
+            f.updated_since,
+            $one,
+        )
+    }};
+}
+
+/// The counting statement: how many matching prospects have each value of the facet $1 (its
+/// column, chosen by the CASE, which the custom plan folds to that column), most frequent first, at
+/// most $2 values; the filters are $3 to $18. With $1 NULL every matching row falls in one group:
+/// the total.
+macro_rules! counts {
+    ($filters:expr, $facet:expr, $values:expr) => {{
+        let f: &ProspectFilters = $filters;
+        sqlx::query_as!(
+            Counted,
+            r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'department' THEN department
+                                    WHEN 'job_title_level' THEN job_title_level
+                                    WHEN 'company_country' THEN company_country END AS value,
+                      count(*) AS "count!"
+               FROM company_prospect_view
+               WHERE prospect_id IS NOT NULL
+                 AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                  ELSE industry = ANY($3) END)
+                 AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
+                                                  ELSE department = ANY($4) END)
+                 AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
+                                                  ELSE job_title_level = ANY($5) END)
+                 AND ($6::text IS NULL OR company_country = $6)
+                 AND ($7::text IS NULL OR company_state = $7)
+                 AND ($8::text IS NULL OR company_city = $8)
+                 AND ($9::text IS NULL OR prospect_country = $9)
+                 AND ($10::text IS NULL OR company_id = $10)
+                 AND ($11::text IS NULL OR domain = $11)
+                 AND ($12::text IS NULL OR lower(email) = lower($12))
+                 AND ($13::text IS NULL OR job_title ILIKE $13)
+                 AND ($14::bigint IS NULL OR revenue >= $14)
+                 AND ($15::bigint IS NULL OR revenue <= $15)
+                 AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
+                                            AND COALESCE(max_employee_size, 2147483647) >= $16))
+                 AND ($17::int IS NULL OR min_employee_size <= $17)
+                 AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18)
+                 AND ($1 IS NULL OR CASE $1 WHEN 'industry' THEN industry WHEN 'department' THEN department
+                                            WHEN 'job_title_level' THEN job_title_level
+                                            WHEN 'company_country' THEN company_country END IS NOT NULL)
+               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#,
+            $facet,
+            $values,
+            any_of(&f.industry),
+            any_of(&f.department),
+            any_of(&f.job_title_level),
+            f.company_country.as_deref(),
+            f.company_state.as_deref(),
+            f.company_city.as_deref(),
+            f.prospect_country.as_deref(),
+            f.company_id.as_deref(),
+            f.domain.as_deref(),
+            f.email.as_deref(),
+            contains_pattern(f.job_title.as_deref()),
+            f.revenue_min,
+            f.revenue_max,
+            f.employees_min,
+            f.employees_max,
+            f.updated_since,
+        )
+    }};
+}
+
+impl ReadModel for CompanyProspects {
+    const VIEW: ViewName = ViewName::CompanyProspectView;
+    const API: Api = Api {
+        tag: "prospects",
+        path: "/prospects",
+        list: (
+            "list_prospects",
+            "Prospects with their company, filtered, sorted and paged.",
+        ),
+        rows: "prospects",
+        sort_doc: "`company_name` (company name, last name, first name, id), `revenue` \
+                   (unknown revenue lowest) or `updated_at`.",
+        one: Some(IdPath {
+            path: "/prospects/{prospect_id}",
+            param: "prospect_id",
+            tag: "prospects",
+            operation: "get_prospect",
+            summary: "One prospect with its company.",
+            noun: "prospect",
+        }),
+        facets: Some("prospect_facets"),
+        scoped: Some(IdPath {
+            path: "/companies/{company_id}/prospects",
+            param: "company_id",
+            tag: "companies",
+            operation: "list_company_prospects",
+            summary: "The prospects of one company (the same filters as `/prospects`, without \
+                      `company_id`).",
+            noun: "company",
+        }),
+    };
+    type Row = ProspectRow;
+    type Filters = ProspectFilters;
+    type Sort = ProspectSortKey;
+    type Facet = ProspectFacet;
+    const ROW_BYTES: usize = 1200;
+
+    fn rows<'a>(
+        pool: &'a PgPool,
+        filters: &'a ProspectFilters,
+        sort: ProspectSort,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
+        sorted_rows(pool, filters, None, sort, after, limit)
+    }
+
+    async fn count(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
+        let total = counts!(filters, None::<&str>, 1_i64)
+            .fetch_optional(pool)
+            .await?;
+        Ok(Counted::total(total))
+    }
+
+    async fn estimate(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
+        let plan = page!(query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64),
+            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
+                     > ($1->>0, $1->>1, $1->>2, $1->>3)",
+            order: "COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id")
+        .fetch_one(pool)
+        .await?;
+        Ok(estimated_rows(plan.as_ref()))
+    }
+
+    async fn facet(
+        pool: &PgPool,
+        filters: &ProspectFilters,
+        facet: ProspectFacet,
+    ) -> Result<Vec<FacetCount>, sqlx::Error> {
+        let groups = counts!(filters, Some(facet.name()), MAX_FACET_VALUES)
+            .fetch_all(pool)
+            .await?;
+        Ok(Counted::facet_counts(groups))
+    }
+
+    async fn one(pool: &PgPool, prospect_id: &str) -> Result<Option<ProspectRow>, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let filters = ProspectFilters::default();
+        let mut rows = sorted_rows(
+            pool,
+            &filters,
+            Some(prospect_id),
+            ProspectSortKey::DEFAULT,
+            None,
+            1,
+        );
+        rows.try_next().await
+    }
+
+    fn cursor_key(sort: ProspectSort, row: &ProspectRow) -> Value {
+        let id = &row.prospect_id;
+        match sort.key {
+            ProspectSortKey::CompanyName => json!([
+                row.company_name,
+                row.last_name.as_deref().unwrap_or_default(),
+                row.first_name.as_deref().unwrap_or_default(),
+                id
+            ]),
+            ProspectSortKey::Revenue => json!([row.revenue.unwrap_or(NO_REVENUE), id]),
+            ProspectSortKey::UpdatedAt => json!([
+                row.prospect_updated_at
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                id
+            ]),
         }
-        ProspectFacet::Department => {
-            prospect_query!(facet(filters, "department"))
-                .fetch_all(pool)
-                .await
-        }
-        ProspectFacet::JobTitleLevel => {
-            prospect_query!(facet(filters, "job_title_level"))
-                .fetch_all(pool)
-                .await
-        }
-        ProspectFacet::CompanyCountry => {
-            prospect_query!(facet(filters, "company_country"))
-                .fetch_all(pool)
-                .await
-        }
+    }
+
+    async fn parent_exists(pool: &PgPool, company_id: &str) -> Result<bool, sqlx::Error> {
+        // The view has a row for every company, with or without prospects.
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM company_prospect_view WHERE company_id = $1) AS "exists!""#,
+            company_id
+        )
+        .fetch_one(pool)
+        .await
     }
 }
 
-/// How many prospects match (all pages).
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_exact(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
-    prospect_query!(total(filters)).fetch_one(pool).await
-}
-
-/// The planner's estimate of how many prospects match: instant, but only as good as the statistics.
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_estimate(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
-    let plan = prospect_query!(estimate(filters)).fetch_one(pool).await?;
-    Ok(plan.as_ref().map_or(0, super::planned_rows))
-}
-
-/// One prospect by id.
-#[tracing::instrument(skip(pool))]
-pub async fn by_id(pool: &PgPool, prospect_id: &str) -> Result<Option<ProspectRow>, sqlx::Error> {
-    let filters = ProspectFilters::default();
-    let key = json!([prospect_id]);
-    prospect_query!(rows(&filters, Some(&key), None): "AND prospect_id = $1->>0")
-        .fetch_optional(pool)
-        .await
-}
-
-/// Whether a company exists (it has a row here even without prospects).
-#[tracing::instrument(skip(pool))]
-pub async fn company_exists(pool: &PgPool, company_id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM company_prospect_view WHERE company_id = $1) AS "exists!""#,
-        company_id
-    )
-    .fetch_one(pool)
-    .await
+/// The page statement in `sort`'s order; `one` restricts it to one prospect.
+fn sorted_rows<'a>(
+    pool: &'a PgPool,
+    filters: &'a ProspectFilters,
+    one: Option<&'a str>,
+    sort: ProspectSort,
+    after: Option<&'a Value>,
+    limit: i64,
+) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
+    let rows = Some(limit);
+    match (sort.key, sort.descending) {
+        (ProspectSortKey::CompanyName, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
+                     > ($1->>0, $1->>1, $1->>2, $1->>3)",
+            order: "COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id")
+            .fetch(pool),
+        (ProspectSortKey::CompanyName, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
+                     < ($1->>0, $1->>1, $1->>2, $1->>3)",
+            order: "COALESCE(company_name, '') DESC, COALESCE(last_name, '') DESC, COALESCE(first_name, '') DESC,
+                    prospect_id DESC")
+            .fetch(pool),
+        (ProspectSortKey::Revenue, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id) > (($1->>0)::bigint, $1->>1)",
+            order: "COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id")
+            .fetch(pool),
+        (ProspectSortKey::Revenue, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id) < (($1->>0)::bigint, $1->>1)",
+            order: "COALESCE(revenue, '-9223372036854775808'::bigint) DESC, prospect_id DESC")
+            .fetch(pool),
+        (ProspectSortKey::UpdatedAt, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(prospect_updated_at, prospect_id) > (($1->>0)::timestamptz, $1->>1)",
+            order: "prospect_updated_at, prospect_id")
+            .fetch(pool),
+        (ProspectSortKey::UpdatedAt, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
+            keyset: "(prospect_updated_at, prospect_id) < (($1->>0)::timestamptz, $1->>1)",
+            order: "prospect_updated_at DESC, prospect_id DESC")
+            .fetch(pool),
+    }
 }

@@ -1,14 +1,20 @@
-//! Queries on `company_summary_view`: `GET /companies` and `/companies/{id}`.
+//! `company_summary_view`: `GET /companies`, `/companies/{id}` and `/companies/facets`.
+//!
+//! The same three statement shapes as `company_prospects` (a page, the counts, the estimate), each
+//! written whole; see there for how the optional filters fold away.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::query::{Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
+use super::filters::{any_of, filters};
+use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
+use super::{Api, IdPath, ReadModel, ViewName, estimated_rows};
+
+pub struct CompanySummaries;
 
 /// One company with counts over its prospects.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -34,9 +40,8 @@ pub struct CompanyRow {
     pub last_prospect_update: Option<DateTime<Utc>>,
 }
 
-super::query::filters! {
-    /// The filters of `GET /companies`; all optional, all combined with AND. Each is bound once in
-    /// `company_query!`, with its condition.
+filters! {
+    /// The filters of `GET /companies`; all optional, all combined with AND.
     pub struct CompanyFilters {
         /// Industry; repeat for any of several (`industry=A&industry=B`).
         pub industry: Vec<String>,
@@ -61,7 +66,7 @@ super::query::filters! {
     }
 }
 
-/// The sort keys of companies, each served in both directions by one index of migration 0002.
+/// The sort keys of companies, each served in both directions by one index of the view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompanySortKey {
     Name,
@@ -87,138 +92,6 @@ impl SortKey for CompanySortKey {
 
 pub type CompanySort = Sort<CompanySortKey>;
 
-/// Where the next page starts: `row`'s sort key as the JSON array `page` reads back (`$1->>0`, ...).
-pub fn cursor_key(key: CompanySortKey, row: &CompanyRow) -> serde_json::Value {
-    let id = &row.company_id;
-    match key {
-        CompanySortKey::Name => json!([row.name, id]),
-        CompanySortKey::Revenue => json!([row.revenue.unwrap_or(i64::MIN), id]),
-        CompanySortKey::ProspectCount => json!([row.prospect_count, id]),
-        CompanySortKey::LastProspectUpdate => {
-            let at = row.last_prospect_update.map_or_else(
-                || "-infinity".to_owned(),
-                |at| at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            );
-            json!([at, id])
-        }
-    }
-}
-
-/// The statements over `company_summary_view`, parameters as in `prospect_query!`: $1 the keyset
-/// cursor, $2 the number of rows, then one per filter from $3 on, written once here.
-macro_rules! company_query {
-    (rows($($args:expr),+): $($rest:tt)+) => {
-        company_query!(@run query_as [CompanyRow,] ($($args),+) ($($rest)+)
-            ("SELECT company_id AS \"company_id!\", domain, name AS \"name!\", industry, min_employee_size,
-                    max_employee_size, revenue, formatted_revenue AS \"formatted_revenue!\", address, city, state, country,
-                    prospect_count AS \"prospect_count!\", department_count AS \"department_count!\",
-                    job_level_count AS \"job_level_count!\", last_prospect_update"))
-    };
-    (facet($filters:expr, $column:literal)) => {
-        company_query!(@run query_as [FacetCount,] ($filters, None, Some(MAX_FACET_VALUES))
-            ("AND " + $column + " IS NOT NULL GROUP BY " + $column + " ORDER BY count(*) DESC, " + $column + " LIMIT $2")
-            ("SELECT " + $column + " AS \"value!\", count(*) AS \"count!\""))
-    };
-    (total($filters:expr)) => {
-        company_query!(@run query_scalar [] ($filters, None, None) ("") ("SELECT count(*) AS \"total!\""))
-    };
-    (estimate($filters:expr)) => {
-        company_query!(@run query_scalar [] ($filters, None, None) ("") ("EXPLAIN (FORMAT JSON) SELECT 1"))
-    };
-    (@run $kind:ident [$($head:tt)*] ($filters:expr, $after:expr, $rows:expr) ($($rest:tt)+) ($($select:tt)+)) => {{
-        let f: &CompanyFilters = $filters;
-        let after: Option<&serde_json::Value> = $after;
-        let rows: Option<i64> = $rows;
-        sqlx::$kind!(
-            $($head)*
-            $($select)+
-                + " FROM company_summary_view
-                WHERE ($1::jsonb IS NULL OR $1 IS NOT NULL) AND ($2::bigint IS NULL OR $2 IS NOT NULL)
-                  AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
-                                                   ELSE industry = ANY($3) END)
-                  AND ($4::text IS NULL OR country = $4)
-                  AND ($5::text IS NULL OR state = $5)
-                  AND ($6::text IS NULL OR city = $6)
-                  AND ($7::text IS NULL OR domain = $7)
-                  AND ($8::bigint IS NULL OR revenue >= $8)
-                  AND ($9::bigint IS NULL OR revenue <= $9)
-                  AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
-                                             AND COALESCE(max_employee_size, 2147483647) >= $10))
-                  AND ($11::int IS NULL OR min_employee_size <= $11)
-                  AND ($12::bigint IS NULL OR prospect_count >= $12) "
-                + $($rest)+,
-            after,
-            rows,
-            super::company_prospects::any_of(&f.industry),
-            f.country.as_deref(),
-            f.state.as_deref(),
-            f.city.as_deref(),
-            f.domain.as_deref(),
-            f.revenue_min,
-            f.revenue_max,
-            f.employees_min,
-            f.employees_max,
-            f.min_prospects,
-        )
-    }};
-}
-
-/// One sort key's page statement in both directions (see `company_prospects::sorted_rows!`).
-macro_rules! sorted_rows {
-    ($pool:expr, $sort:expr, $args:tt, columns: [$($column:literal),+], cursor: $cursor:literal) => {
-        if $sort.descending {
-            company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) < " + $cursor + ")
-                                   ORDER BY " $(+ $column + " DESC, ")+ + "company_id DESC LIMIT $2")
-                .fetch($pool)
-        } else {
-            company_query!(rows $args: "AND ($1::jsonb IS NULL OR (" $(+ $column + ", ")+ + "company_id) > " + $cursor + ")
-                                   ORDER BY " $(+ $column + ", ")+ + "company_id LIMIT $2")
-                .fetch($pool)
-        }
-    };
-}
-
-/// One page in `sort` order, after the row whose `cursor_key` is `after` when given. Fetches one
-/// row more than `limit` so the caller knows whether another page follows.
-#[tracing::instrument(skip(pool, filters, after))]
-pub async fn page(
-    pool: &PgPool,
-    filters: &CompanyFilters,
-    sort: CompanySort,
-    after: Option<&serde_json::Value>,
-    limit: i64,
-) -> Result<Vec<CompanyRow>, sqlx::Error> {
-    rows(pool, filters, sort, after, limit + 1)
-        .try_collect()
-        .await
-}
-
-/// At most `limit` rows in `sort` order after `after`, as they arrive (CSV streams them).
-pub fn rows<'a>(
-    pool: &'a PgPool,
-    filters: &'a CompanyFilters,
-    sort: CompanySort,
-    after: Option<&'a serde_json::Value>,
-    limit: i64,
-) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
-    match sort.key {
-        CompanySortKey::Name => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["COALESCE(name, '')"],
-            cursor: "($1->>0, $1->>1)"),
-        CompanySortKey::Revenue => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["COALESCE(revenue, '-9223372036854775808'::bigint)"],
-            cursor: "(($1->>0)::bigint, $1->>1)"),
-        CompanySortKey::ProspectCount => sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["prospect_count"],
-            cursor: "(($1->>0)::bigint, $1->>1)"),
-        CompanySortKey::LastProspectUpdate => {
-            sorted_rows!(pool, sort, (filters, after, Some(limit)),
-            columns: ["COALESCE(last_prospect_update, '-infinity'::timestamptz)"],
-            cursor: "(($1->>0)::timestamptz, $1->>1)")
-        }
-    }
-}
-
 /// The facets of companies (see `company_prospects::ProspectFacet`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompanyFacet {
@@ -233,44 +106,235 @@ impl Facet for CompanyFacet {
     ];
 }
 
-/// The most frequent values of `facet` among the companies matching `filters` except its own.
-#[tracing::instrument(skip(pool, filters))]
-pub async fn facet_counts(
-    pool: &PgPool,
-    filters: &CompanyFilters,
-    facet: CompanyFacet,
-) -> Result<Vec<FacetCount>, sqlx::Error> {
-    let filters = &filters.without(facet.name());
-    match facet {
-        CompanyFacet::Industry => {
-            company_query!(facet(filters, "industry"))
-                .fetch_all(pool)
-                .await
-        }
-        CompanyFacet::Country => {
-            company_query!(facet(filters, "country"))
-                .fetch_all(pool)
-                .await
+/// The page statement: the matching companies in one order, after the keyset cursor $1, at most
+/// $2 of them; the filters are $3 to $12, and $13 picks one company by id. Each order gives its
+/// `keyset` condition and its `order` (see `company_prospects::page!`).
+macro_rules! page {
+    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
+     keyset: $keyset:literal, order: $order:literal) => {{
+        let f: &CompanyFilters = $filters;
+        sqlx::$kind!(
+            $($head)*
+            $explain
+                + r#"SELECT company_id AS "company_id!", domain, name AS "name!", industry, min_employee_size,
+                      max_employee_size, revenue, formatted_revenue AS "formatted_revenue!", address, city,
+                      state, country, prospect_count AS "prospect_count!",
+                      department_count AS "department_count!", job_level_count AS "job_level_count!",
+                      last_prospect_update
+               FROM company_summary_view
+               WHERE ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                  ELSE industry = ANY($3) END)
+                 AND ($4::text IS NULL OR country = $4)
+                 AND ($5::text IS NULL OR state = $5)
+                 AND ($6::text IS NULL OR city = $6)
+                 AND ($7::text IS NULL OR domain = $7)
+                 AND ($8::bigint IS NULL OR revenue >= $8)
+                 AND ($9::bigint IS NULL OR revenue <= $9)
+                 AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
+                                            AND COALESCE(max_employee_size, 2147483647) >= $10))
+                 AND ($11::int IS NULL OR min_employee_size <= $11)
+                 AND ($12::bigint IS NULL OR prospect_count >= $12)
+                 AND ($13::text IS NULL OR company_id = $13)
+                 AND ($1::jsonb IS NULL OR "#
+                + $keyset
+                + ") ORDER BY "
+                + $order
+                + " LIMIT $2",
+            $after,
+            $rows,
+            any_of(&f.industry),
+            f.country.as_deref(),
+            f.state.as_deref(),
+            f.city.as_deref(),
+            f.domain.as_deref(),
+            f.revenue_min,
+            f.revenue_max,
+            f.employees_min,
+            f.employees_max,
+            f.min_prospects,
+            $one,
+        )
+    }};
+}
+
+/// The counting statement: how many matching companies have each value of the facet $1, most
+/// frequent first, at most $2 values; the filters are $3 to $12. With $1 NULL: the total, in one
+/// group (see `company_prospects::counts!`).
+macro_rules! counts {
+    ($filters:expr, $facet:expr, $values:expr) => {{
+        let f: &CompanyFilters = $filters;
+        sqlx::query_as!(
+            Counted,
+            r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'country' THEN country END AS value,
+                      count(*) AS "count!"
+               FROM company_summary_view
+               WHERE ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                  ELSE industry = ANY($3) END)
+                 AND ($4::text IS NULL OR country = $4)
+                 AND ($5::text IS NULL OR state = $5)
+                 AND ($6::text IS NULL OR city = $6)
+                 AND ($7::text IS NULL OR domain = $7)
+                 AND ($8::bigint IS NULL OR revenue >= $8)
+                 AND ($9::bigint IS NULL OR revenue <= $9)
+                 AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
+                                            AND COALESCE(max_employee_size, 2147483647) >= $10))
+                 AND ($11::int IS NULL OR min_employee_size <= $11)
+                 AND ($12::bigint IS NULL OR prospect_count >= $12)
+                 AND ($1 IS NULL OR CASE $1 WHEN 'industry' THEN industry WHEN 'country' THEN country END
+                                    IS NOT NULL)
+               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#,
+            $facet,
+            $values,
+            any_of(&f.industry),
+            f.country.as_deref(),
+            f.state.as_deref(),
+            f.city.as_deref(),
+            f.domain.as_deref(),
+            f.revenue_min,
+            f.revenue_max,
+            f.employees_min,
+            f.employees_max,
+            f.min_prospects,
+        )
+    }};
+}
+
+impl ReadModel for CompanySummaries {
+    const VIEW: ViewName = ViewName::CompanySummaryView;
+    const API: Api = Api {
+        tag: "companies",
+        path: "/companies",
+        list: (
+            "list_companies",
+            "Companies with their prospect counts, filtered, sorted and paged.",
+        ),
+        rows: "companies",
+        sort_doc: "`name`, `revenue` (unknown revenue lowest), `prospect_count` or \
+                   `last_prospect_update` (companies without prospects oldest).",
+        one: Some(IdPath {
+            path: "/companies/{company_id}",
+            param: "company_id",
+            tag: "companies",
+            operation: "get_company",
+            summary: "One company with its prospect counts.",
+            noun: "company",
+        }),
+        facets: Some("company_facets"),
+        scoped: None,
+    };
+    type Row = CompanyRow;
+    type Filters = CompanyFilters;
+    type Sort = CompanySortKey;
+    type Facet = CompanyFacet;
+    const ROW_BYTES: usize = 450;
+
+    fn rows<'a>(
+        pool: &'a PgPool,
+        filters: &'a CompanyFilters,
+        sort: CompanySort,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
+        sorted_rows(pool, filters, None, sort, after, limit)
+    }
+
+    async fn count(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
+        let total = counts!(filters, None::<&str>, 1_i64)
+            .fetch_optional(pool)
+            .await?;
+        Ok(Counted::total(total))
+    }
+
+    async fn estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
+        let plan = page!(query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64),
+            keyset: "(COALESCE(name, ''), company_id) > ($1->>0, $1->>1)",
+            order: "COALESCE(name, ''), company_id")
+        .fetch_one(pool)
+        .await?;
+        Ok(estimated_rows(plan.as_ref()))
+    }
+
+    async fn facet(
+        pool: &PgPool,
+        filters: &CompanyFilters,
+        facet: CompanyFacet,
+    ) -> Result<Vec<FacetCount>, sqlx::Error> {
+        let groups = counts!(filters, Some(facet.name()), MAX_FACET_VALUES)
+            .fetch_all(pool)
+            .await?;
+        Ok(Counted::facet_counts(groups))
+    }
+
+    async fn one(pool: &PgPool, company_id: &str) -> Result<Option<CompanyRow>, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let filters = CompanyFilters::default();
+        let sort = CompanySortKey::DEFAULT;
+        sorted_rows(pool, &filters, Some(company_id), sort, None, 1)
+            .try_next()
+            .await
+    }
+
+    fn cursor_key(sort: CompanySort, row: &CompanyRow) -> Value {
+        let id = &row.company_id;
+        match sort.key {
+            CompanySortKey::Name => json!([row.name, id]),
+            CompanySortKey::Revenue => json!([row.revenue.unwrap_or(i64::MIN), id]),
+            CompanySortKey::ProspectCount => json!([row.prospect_count, id]),
+            CompanySortKey::LastProspectUpdate => {
+                let at = row.last_prospect_update.map_or_else(
+                    || "-infinity".to_owned(),
+                    |at| at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                );
+                json!([at, id])
+            }
         }
     }
 }
 
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_exact(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-    company_query!(total(filters)).fetch_one(pool).await
-}
-
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-    let plan = company_query!(estimate(filters)).fetch_one(pool).await?;
-    Ok(plan.as_ref().map_or(0, super::planned_rows))
-}
-
-#[tracing::instrument(skip(pool))]
-pub async fn by_id(pool: &PgPool, company_id: &str) -> Result<Option<CompanyRow>, sqlx::Error> {
-    let filters = CompanyFilters::default();
-    let key = json!([company_id]);
-    company_query!(rows(&filters, Some(&key), None): "AND company_id = $1->>0")
-        .fetch_optional(pool)
-        .await
+/// The page statement in `sort`'s order; `one` restricts it to one company.
+fn sorted_rows<'a>(
+    pool: &'a PgPool,
+    filters: &'a CompanyFilters,
+    one: Option<&'a str>,
+    sort: CompanySort,
+    after: Option<&'a Value>,
+    limit: i64,
+) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
+    let rows = Some(limit);
+    match (sort.key, sort.descending) {
+        (CompanySortKey::Name, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(name, ''), company_id) > ($1->>0, $1->>1)",
+            order: "COALESCE(name, ''), company_id")
+            .fetch(pool),
+        (CompanySortKey::Name, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(name, ''), company_id) < ($1->>0, $1->>1)",
+            order: "COALESCE(name, '') DESC, company_id DESC")
+            .fetch(pool),
+        (CompanySortKey::Revenue, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), company_id) > (($1->>0)::bigint, $1->>1)",
+            order: "COALESCE(revenue, '-9223372036854775808'::bigint), company_id")
+            .fetch(pool),
+        (CompanySortKey::Revenue, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), company_id) < (($1->>0)::bigint, $1->>1)",
+            order: "COALESCE(revenue, '-9223372036854775808'::bigint) DESC, company_id DESC")
+            .fetch(pool),
+        (CompanySortKey::ProspectCount, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(prospect_count, company_id) > (($1->>0)::bigint, $1->>1)",
+            order: "prospect_count, company_id")
+            .fetch(pool),
+        (CompanySortKey::ProspectCount, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(prospect_count, company_id) < (($1->>0)::bigint, $1->>1)",
+            order: "prospect_count DESC, company_id DESC")
+            .fetch(pool),
+        (CompanySortKey::LastProspectUpdate, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id)
+                     > (($1->>0)::timestamptz, $1->>1)",
+            order: "COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id")
+            .fetch(pool),
+        (CompanySortKey::LastProspectUpdate, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
+            keyset: "(COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id)
+                     < (($1->>0)::timestamptz, $1->>1)",
+            order: "COALESCE(last_prospect_update, '-infinity'::timestamptz) DESC, company_id DESC")
+            .fetch(pool),
+    }
 }

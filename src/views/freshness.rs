@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::ViewName;
+use super::{PerView, ViewName};
 
 #[derive(Debug, Clone)]
 pub struct Freshness {
@@ -65,7 +65,7 @@ pub async fn read(pool: &PgPool, view: ViewName) -> Result<Freshness, sqlx::Erro
 /// itself keeps counting on the monotonic clock from the moment of the read.
 pub struct FreshnessCache {
     ttl: Duration,
-    entries: [Mutex<Option<Entry>>; ViewName::ALL.len()],
+    entries: PerView<Mutex<Option<Entry>>>,
 }
 
 struct Entry {
@@ -122,6 +122,6 @@ impl FreshnessCache {
     }
 
     fn entry(&self, view: ViewName) -> std::sync::MutexGuard<'_, Option<Entry>> {
-        self.entries[view.index()].lock().expect("never poisoned")
+        self.entries[view].lock().expect("never poisoned")
     }
 }

@@ -1,20 +1,22 @@
 //! Substring search on `prospect_search_view`: `GET /search`.
 //!
 //! Every term must occur in `search_text`; each becomes `search_text LIKE '%term%'` with `%`, `_` and
-//! `\` escaped, which the trigram index answers. Up to `MAX_TERMS` terms, each a fixed parameter slot
-//! (an unused slot is NULL and folds away in the custom plan).
+//! `\` escaped, which the trigram index answers. Up to `Terms::MAX` terms, each a fixed parameter slot
+//! (an unused slot is NULL and folds away in the custom plan). Results come in company name, last
+//! name, first name, id order.
 
 use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::company_prospects::escape_like;
+use super::filters::{Terms, any_of, escape_like, filters};
+use super::order::{FacetCount, NoFacets, Sort, SortKey};
+use super::{Api, ReadModel, ViewName, estimated_rows};
 
-pub const MAX_TERMS: usize = 5;
-/// Shorter terms have no trigram, so the index could not narrow the search.
-pub const MIN_TERM_CHARS: usize = 3;
+pub struct ProspectSearch;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchRow {
@@ -37,9 +39,13 @@ pub struct SearchRow {
     pub company_country: Option<String>,
 }
 
-super::query::filters! {
-    /// The filters of `GET /search` besides its terms; each bound once in `search_query!`.
+filters! {
+    /// What `GET /search` asks for: its terms and its filters.
     pub struct SearchFilters {
+        /// Whitespace-separated terms; every term must occur, case-insensitively, in the prospect's
+        /// name, email, job title, company name or industry. `%`, `_` and `\` are ordinary
+        /// characters.
+        pub q: Terms,
         /// Company industry; repeat for any of several (`industry=A&industry=B`).
         pub industry: Vec<String>,
         /// Company country.
@@ -49,84 +55,74 @@ super::query::filters! {
     }
 }
 
-/// A search: its terms and its filters.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Search {
-    /// 1 to MAX_TERMS terms, each at least MIN_TERM_CHARS characters (checked by the HTTP layer).
-    pub terms: Vec<String>,
-    pub filters: SearchFilters,
-}
-
-impl Search {
-    /// The LIKE pattern for slot `i` (lower-cased in SQL, as `search_text` is).
-    fn pattern(&self, i: usize) -> Option<String> {
-        self.terms
-            .get(i)
-            .map(|term| format!("%{}%", escape_like(term)))
+impl SearchFilters {
+    /// The LIKE pattern of each term slot (lower-cased in SQL, as `search_text` is).
+    fn patterns(&self) -> [Option<String>; Terms::MAX] {
+        std::array::from_fn(|i| {
+            self.q
+                .0
+                .get(i)
+                .map(|term| format!("%{}%", escape_like(term)))
+        })
     }
 }
 
-/// Where the next page starts (results are in company name, last name, first name, id order).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchKey {
-    pub company: String,
-    pub last: String,
-    pub first: String,
-    pub id: String,
+/// The one order of results: company name, last name, first name, id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrder {
+    CompanyName,
 }
 
-impl SearchKey {
-    /// The key's values as the statements bind them ($10 to $13), NULL without a key.
-    fn bound(key: Option<&SearchKey>) -> [Option<&str>; 4] {
-        match key {
-            Some(key) => [&key.company, &key.last, &key.first, &key.id].map(|v| Some(v.as_str())),
-            None => [None; 4],
-        }
-    }
-
-    pub fn of(row: &SearchRow) -> SearchKey {
-        SearchKey {
-            company: row.company_name.clone(),
-            last: row.last_name.clone().unwrap_or_default(),
-            first: row.first_name.clone().unwrap_or_default(),
-            id: row.prospect_id.clone(),
-        }
-    }
+impl SortKey for SearchOrder {
+    const ALL: &'static [(&'static str, Self)] = &[("company_name", SearchOrder::CompanyName)];
+    const DEFAULT: Sort<Self> = Sort {
+        key: SearchOrder::CompanyName,
+        descending: false,
+    };
+    const CHOSEN_BY_CLIENT: bool = false;
 }
 
-/// The search filters, written once: `$before` ends where the conditions go (after a WHERE), `$after`
-/// goes on from them. Parameters $1 to $9 are the filters; the callers' own start at $10.
-macro_rules! search_query {
-    ($kind:ident [$($head:tt)*] $before:literal, $after:literal, $filters:expr $(, $extra:expr)* $(,)?) => {{
-        let search: &Search = $filters;
-        let patterns: Vec<Option<String>> = (0..MAX_TERMS).map(|i| search.pattern(i)).collect();
-        let f = &search.filters;
-        let industry = (f.industry.len() == 1).then(|| f.industry[0].as_str());
-        let industries = (f.industry.len() > 1).then_some(f.industry.as_slice());
-        let departments = (!f.department.is_empty()).then_some(f.department.as_slice());
+/// The matches statement: every match after the keyset cursor $1 (at most $2), found through the
+/// trigram index and sorted into result order; the terms' patterns are $3 to $7, the filters $8 to
+/// $10. OFFSET 0 keeps the conditions inside the subquery, planned without an order to deliver: the
+/// trigram index for a rare term.
+macro_rules! matches_statement {
+    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $after:expr, $limit:expr) => {{
+        let f: &SearchFilters = $filters;
+        let [p1, p2, p3, p4, p5] = f.patterns();
         sqlx::$kind!(
             $($head)*
-            $before
-                + " search_text LIKE lower($1)
-                  AND ($2::text IS NULL OR search_text LIKE lower($2))
-                  AND ($3::text IS NULL OR search_text LIKE lower($3))
-                  AND ($4::text IS NULL OR search_text LIKE lower($4))
-                  AND ($5::text IS NULL OR search_text LIKE lower($5))
-                  AND ($6::text IS NULL OR industry = $6)
-                  AND ($7::text[] IS NULL OR industry = ANY($7))
-                  AND ($8::text IS NULL OR company_country = $8)
-                  AND ($9::text[] IS NULL OR department = ANY($9)) "
-                + $after,
-            patterns[0].as_deref(),
-            patterns[1].as_deref(),
-            patterns[2].as_deref(),
-            patterns[3].as_deref(),
-            patterns[4].as_deref(),
-            industry,
-            industries,
+            $explain
+                + r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
+                      job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
+                      domain, company_name AS "company_name!", industry, revenue, company_city, company_country
+               FROM (SELECT * FROM prospect_search_view
+                     WHERE search_text LIKE lower($3)
+                       AND ($4::text IS NULL OR search_text LIKE lower($4))
+                       AND ($5::text IS NULL OR search_text LIKE lower($5))
+                       AND ($6::text IS NULL OR search_text LIKE lower($6))
+                       AND ($7::text IS NULL OR search_text LIKE lower($7))
+                       AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
+                                                        ELSE industry = ANY($8) END)
+                       AND ($9::text IS NULL OR company_country = $9)
+                       AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
+                                                         ELSE department = ANY($10) END)
+                       AND ($1::jsonb IS NULL
+                            OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
+                                prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
+                     OFFSET 0) AS matches
+               ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
+               LIMIT $2"#,
+            $after,
+            $limit,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            any_of(&f.industry),
             f.company_country.as_deref(),
-            departments,
-            $($extra),*
+            any_of(&f.department),
         )
     }};
 }
@@ -134,92 +130,158 @@ macro_rules! search_query {
 /// How many rows, in result order, the first step of `page` reads looking for a page of matches.
 const ORDERED_SCAN_ROWS: i64 = 5_000;
 
-/// One page of matches, in two steps, because neither plan PostgreSQL can choose is safe alone:
-///
-/// 1. read the next `ORDERED_SCAN_ROWS` rows in result order (the name-order index) and keep the
-///    matches: a term matching many rows (`director`, `sales`) fills a page within a few hundred;
-/// 2. only if that window held less than a page: let the trigram index find every match after the
-///    cursor and sort them. The planner would walk the name-order index for these too when it
-///    expects enough matches, and a term whose matches cluster late in that order (a company name
-///    starting with V) then read most of the view: 1 s at 1M rows, timeouts under load
-///    (bench/README.md). Here the sort only ever covers a term that is rare where the cursor stands.
-#[tracing::instrument(skip(pool, filters, after))]
-pub async fn page(
-    pool: &PgPool,
-    filters: &Search,
-    after: Option<&SearchKey>,
-    limit: i64,
-) -> Result<Vec<SearchRow>, sqlx::Error> {
-    let [company, last, first, id] = SearchKey::bound(after);
-    let in_window = search_query!(
-        query_as[SearchRow,]
-        "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
-                job_title_level, department, prospect_city, prospect_country, company_id AS \"company_id!\",
-                domain, company_name AS \"company_name!\", industry, revenue, company_city, company_country
-         FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
-                      COALESCE(first_name, '') AS order_first
-               FROM prospect_search_view
-               WHERE ($10::text IS NULL OR (COALESCE(company_name, ''), COALESCE(last_name, ''),
-                                            COALESCE(first_name, ''), prospect_id)
-                                           > ($10, $11::text, $12::text, $13::text))
-               ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
-               LIMIT $15) AS window_rows
-         WHERE",
-        // Ordering by the window's own output columns lets PostgreSQL see that the rows arrive
-        // sorted: it stops at the page's last match instead of reading and sorting the whole window.
-        "ORDER BY order_company, order_last, order_first, prospect_id
-         LIMIT $14",
-        filters, company, last, first, id, limit + 1, ORDERED_SCAN_ROWS
-    )
-    .fetch_all(pool)
-    .await?;
-    if in_window.len() as i64 > limit {
-        return Ok(in_window);
+impl ReadModel for ProspectSearch {
+    const VIEW: ViewName = ViewName::ProspectSearchView;
+    const API: Api = Api {
+        tag: "search",
+        path: "/search",
+        list: (
+            "search",
+            "Substring search over prospects; results in company name, last name, first name order.",
+        ),
+        rows: "matches",
+        sort_doc: "",
+        one: None,
+        facets: None,
+        scoped: None,
+    };
+    type Row = SearchRow;
+    type Filters = SearchFilters;
+    type Sort = SearchOrder;
+    type Facet = NoFacets;
+    const ROW_BYTES: usize = 600;
+
+    /// Every match after `after` (at most `limit`), in result order (`matches_statement!`): the second step
+    /// of `page`, and a CSV export (which counts the matches first).
+    fn rows<'a>(
+        pool: &'a PgPool,
+        f: &'a SearchFilters,
+        _: Sort<SearchOrder>,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
+        matches_statement!(query_as [SearchRow,] "", f, after, limit).fetch(pool)
     }
-    matches_after(pool, filters, after, limit + 1)
-        .try_collect()
-        .await
-}
 
-/// Every match after `after` (at most `limit`), in result order, found through the trigram index
-/// and sorted: the second step of `page`, and a CSV export (which counts the matches first).
-pub fn matches_after<'a>(
-    pool: &'a PgPool,
-    filters: &'a Search,
-    after: Option<&'a SearchKey>,
-    limit: i64,
-) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-    let [company, last, first, id] = SearchKey::bound(after);
-    // OFFSET 0 keeps the conditions inside the subquery, planned without an order to deliver: the
-    // trigram index for a rare term.
-    search_query!(
-        query_as[SearchRow,]
-        "SELECT prospect_id AS \"prospect_id!\", email, first_name, last_name, full_name, job_title,
-                job_title_level, department, prospect_city, prospect_country, company_id AS \"company_id!\",
-                domain, company_name AS \"company_name!\", industry, revenue, company_city, company_country
-         FROM (SELECT * FROM prospect_search_view WHERE",
-        "AND ($10::text IS NULL OR (COALESCE(company_name, ''), COALESCE(last_name, ''),
-                                   COALESCE(first_name, ''), prospect_id)
-                                  > ($10, $11::text, $12::text, $13::text))
-               OFFSET 0) AS matches
-         ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
-         LIMIT $14",
-        filters, company, last, first, id, limit
-    )
-    .fetch(pool)
-}
-
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_exact(pool: &PgPool, filters: &Search) -> Result<i64, sqlx::Error> {
-    search_query!(query_scalar[] "SELECT count(*) AS \"total!\" FROM prospect_search_view WHERE", "", filters)
-        .fetch_one(pool)
-        .await
-}
-
-#[tracing::instrument(skip(pool, filters))]
-pub async fn count_estimate(pool: &PgPool, filters: &Search) -> Result<i64, sqlx::Error> {
-    let plan = search_query!(query_scalar[] "EXPLAIN (FORMAT JSON) SELECT 1 FROM prospect_search_view WHERE", "", filters)
-        .fetch_one(pool)
+    /// One page of matches, in two steps, because neither plan PostgreSQL can choose is safe alone:
+    ///
+    /// 1. read the next `ORDERED_SCAN_ROWS` rows in result order (the name-order index) and keep the
+    ///    matches: a term matching many rows (`director`, `sales`) fills a page within a few hundred;
+    /// 2. only if that window held less than a page: let the trigram index find every match after
+    ///    the cursor and sort them (`rows`). The planner would walk the name-order index for these
+    ///    too when it expects enough matches, and a term whose matches cluster late in that order (a
+    ///    company name starting with V) then read most of the view: 1 s at 1M rows, timeouts under
+    ///    load (bench/README.md). Here the sort only ever covers a term that is rare where the
+    ///    cursor stands.
+    async fn page(
+        pool: &PgPool,
+        f: &SearchFilters,
+        sort: Sort<SearchOrder>,
+        after: Option<&Value>,
+        limit: i64,
+    ) -> Result<Vec<SearchRow>, sqlx::Error> {
+        let [p1, p2, p3, p4, p5] = f.patterns();
+        let in_window = sqlx::query_as!(
+            SearchRow,
+            r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
+                      job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
+                      domain, company_name AS "company_name!", industry, revenue, company_city, company_country
+               FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
+                            COALESCE(first_name, '') AS order_first
+                     FROM prospect_search_view
+                     WHERE ($1::jsonb IS NULL
+                            OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
+                                prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
+                     ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
+                              prospect_id
+                     LIMIT $11) AS window_rows
+               WHERE search_text LIKE lower($3)
+                 AND ($4::text IS NULL OR search_text LIKE lower($4))
+                 AND ($5::text IS NULL OR search_text LIKE lower($5))
+                 AND ($6::text IS NULL OR search_text LIKE lower($6))
+                 AND ($7::text IS NULL OR search_text LIKE lower($7))
+                 AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
+                                                  ELSE industry = ANY($8) END)
+                 AND ($9::text IS NULL OR company_country = $9)
+                 AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
+                                                   ELSE department = ANY($10) END)
+               -- Ordering by the window's own output columns lets PostgreSQL see that the rows arrive
+               -- sorted: it stops at the page's last match instead of reading and sorting the window.
+               ORDER BY order_company, order_last, order_first, prospect_id
+               LIMIT $2"#,
+            after,
+            limit,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            any_of(&f.industry),
+            f.company_country.as_deref(),
+            any_of(&f.department),
+            ORDERED_SCAN_ROWS,
+        )
+        .fetch_all(pool)
         .await?;
-    Ok(plan.as_ref().map_or(0, super::planned_rows))
+        if in_window.len() as i64 >= limit {
+            return Ok(in_window);
+        }
+        Self::rows(pool, f, sort, after, limit).try_collect().await
+    }
+
+    async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
+        let [p1, p2, p3, p4, p5] = f.patterns();
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "total!" FROM prospect_search_view
+               WHERE search_text LIKE lower($1)
+                 AND ($2::text IS NULL OR search_text LIKE lower($2))
+                 AND ($3::text IS NULL OR search_text LIKE lower($3))
+                 AND ($4::text IS NULL OR search_text LIKE lower($4))
+                 AND ($5::text IS NULL OR search_text LIKE lower($5))
+                 AND ($6::text[] IS NULL OR CASE WHEN cardinality($6) = 1 THEN industry = $6[1]
+                                                  ELSE industry = ANY($6) END)
+                 AND ($7::text IS NULL OR company_country = $7)
+                 AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN department = $8[1]
+                                                  ELSE department = ANY($8) END)"#,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            any_of(&f.industry),
+            f.company_country.as_deref(),
+            any_of(&f.department),
+        )
+        .fetch_one(pool)
+        .await
+    }
+
+    async fn estimate(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
+        let plan =
+            matches_statement!(query_scalar [] "EXPLAIN (FORMAT JSON) ", f, None::<&Value>, 1_i64)
+                .fetch_one(pool)
+                .await?;
+        Ok(estimated_rows(plan.as_ref()))
+    }
+
+    async fn facet(
+        _: &PgPool,
+        _: &SearchFilters,
+        facet: NoFacets,
+    ) -> Result<Vec<FacetCount>, sqlx::Error> {
+        match facet {}
+    }
+
+    async fn one(_: &PgPool, _: &str) -> Result<Option<SearchRow>, sqlx::Error> {
+        Ok(None)
+    }
+
+    fn cursor_key(_: Sort<SearchOrder>, row: &SearchRow) -> Value {
+        json!([
+            row.company_name,
+            row.last_name.as_deref().unwrap_or_default(),
+            row.first_name.as_deref().unwrap_or_default(),
+            row.prospect_id
+        ])
+    }
 }

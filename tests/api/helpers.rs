@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use prospect_api::config::{
     DatabaseConfig, DatabaseUrl, MaintenanceConfig, RefreshSettings, ServeConfig,
 };
+use prospect_api::http::ReadModels;
 use prospect_api::startup::Application;
 use prospect_api::views::Mode;
 use sqlx::migrate::MigrateDatabase;
@@ -257,7 +258,12 @@ pub async fn lock_summary_view(connection: &mut PgConnection) -> sqlx::Transacti
 
 /// Starts the server over `db` with `config` (see `serve_config`), without waiting for readiness.
 pub async fn spawn_app_with(db: TestDb, config: ServeConfig) -> TestApp {
-    let mut server = spawn_instance(config).await;
+    spawn_app_with_models(db, config, ReadModels::all()).await
+}
+
+/// The same, serving `models`.
+pub async fn spawn_app_with_models(db: TestDb, config: ServeConfig, models: ReadModels) -> TestApp {
+    let mut server = spawn_instance_with(config, models).await;
     TestApp {
         address: server.address.clone(),
         db,
@@ -282,7 +288,11 @@ impl Drop for Instance {
 
 /// Starts one more server with `config`, on its own port.
 pub async fn spawn_instance(config: ServeConfig) -> Instance {
-    let app = Application::build(&config)
+    spawn_instance_with(config, ReadModels::all()).await
+}
+
+async fn spawn_instance_with(config: ServeConfig, models: ReadModels) -> Instance {
+    let app = Application::build_with(&config, models)
         .await
         .expect("the application builds");
     let address = format!("http://{}", app.address());
@@ -414,10 +424,12 @@ pub async fn rejected_params(response: reqwest::Response) -> Vec<String> {
 
 /// A value for a declared filter that most rows of the test data fail (the extreme of its range, a
 /// value no row holds): a filter that is parsed but never reaches the SQL returns every row.
-pub fn value_excluding_most_rows(spec: &prospect_api::views::query::FilterSpec) -> String {
-    use prospect_api::views::query::FilterKind;
+pub fn value_excluding_most_rows(spec: &prospect_api::views::filters::FilterSpec) -> String {
+    use prospect_api::views::filters::FilterKind;
     match spec.kind {
-        FilterKind::Text | FilterKind::AnyOf => "no-such-value".to_owned(),
+        FilterKind::Text | FilterKind::AnyOf | FilterKind::Terms { .. } => {
+            "no-such-value".to_owned()
+        }
         FilterKind::WholeNumber { min, .. } if spec.name.ends_with("_max") => min.to_string(),
         FilterKind::WholeNumber { max, .. } => max.to_string(),
         FilterKind::Timestamp => "9999-01-01T00:00:00Z".to_owned(),

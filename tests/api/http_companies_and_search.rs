@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use prospect_api::views::company_summaries::{CompanyFilters, CompanySortKey};
-use prospect_api::views::query::Sort;
+use prospect_api::views::order::Sort;
 use serde_json::Value;
 
 use crate::helpers::{

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use prospect_api::views::company_prospects::{ProspectFilters, ProspectSortKey};
-use prospect_api::views::query::Sort;
+use prospect_api::views::order::Sort;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, json, rejected_params, spawn_app, value_excluding_most_rows};

@@ -1,7 +1,7 @@
 //! The files a newcomer reads stay true: the README's configuration table and curl examples, the
 //! compose file and the Dockerfile, the CLI's help.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -131,6 +131,90 @@ fn the_readme_configuration_table_lists_exactly_the_settings_the_code_reads() {
     assert!(
         direct.is_empty(),
         "src/ reads environment variables outside the configuration: {direct:?}"
+    );
+}
+
+/// Each setting's default, as clap declares it: what the README's table must say.
+fn defaults_declared_by_the_code() -> BTreeSet<(String, Option<String>)> {
+    fn collect(command: &clap::Command, found: &mut BTreeSet<(String, Option<String>)>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                let default = arg.get_default_values().first();
+                let default = default.map(|value| value.to_string_lossy().into_owned());
+                found.insert((env.to_string_lossy().into_owned(), default));
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, found);
+        }
+    }
+    let mut found = BTreeSet::new();
+    collect(&Cli::command(), &mut found);
+    let log_filter = prospect_api::telemetry::DEFAULT_LOG_FILTER.to_owned();
+    found.insert(("RUST_LOG".to_owned(), Some(log_filter)));
+    found
+}
+
+#[test]
+fn the_readme_configuration_table_gives_each_default_as_the_code_declares_it() {
+    let readme = repository_file("README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let cells: BTreeMap<String, String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .map(|rest| {
+            let mut columns = rest.split(" | ");
+            let name = columns.next().unwrap().trim_end_matches('`').to_owned();
+            (name, columns.next().unwrap_or_default().trim().to_owned())
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for (name, default) in defaults_declared_by_the_code() {
+        let cell = &cells[&name];
+        let says_a_value = cell.starts_with('`');
+        let right = match &default {
+            Some(value) => cell.starts_with(&format!("`{value}`")),
+            None => !says_a_value,
+        };
+        if !right {
+            wrong.push(format!(
+                "{name}: the README says {cell}, the code's default is {default:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// What the product never holds: exports, screenshots, logs and profiles are made by running it.
+const GENERATED_OUTPUT: &[&str] = &[".csv", ".png", ".jpg", ".log", ".svg", "perf.data"];
+
+#[test]
+fn the_repository_holds_no_generated_output() {
+    let listed = Command::new("git")
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    assert!(listed.status.success(), "git ls-files failed");
+    let files: Vec<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(files.iter().any(|f| f == "Cargo.toml"), "{files:?}");
+    let generated: Vec<&String> = files
+        .iter()
+        .filter(|file| GENERATED_OUTPUT.iter().any(|kind| file.ends_with(kind)))
+        .collect();
+    assert!(
+        generated.is_empty(),
+        "generated output in the repository (delete it; .gitignore keeps it out): {generated:?}"
     );
 }
 
@@ -375,9 +459,11 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
         // The server runs on this test's runtime: run curl on a blocking thread, not on it.
         let script = format!("{command} -w '\\n%{{http_code}}'");
         let output = tokio::task::spawn_blocking(move || {
+            // In a scratch folder: an example may write a file (`-o software.csv`).
             Command::new("sh")
                 .arg("-c")
                 .arg(script)
+                .current_dir(std::env::temp_dir())
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
                 .output()
                 .expect("sh runs")

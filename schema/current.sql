@@ -1,0 +1,921 @@
+-- The current definition of every database object prospect-api relies on, whole, in one place: what
+-- the migrations (migrations/, applied in order, never edited once landed) leave behind, read
+-- without replaying them. `tests/api/schema_definitions.rs` builds a database from this file and one
+-- from the migrations and proves them equal (tables, columns, constraints, indexes, views,
+-- functions, triggers, the catalog's rows). A change to the schema is a new migration and the same
+-- change here; the test fails until both say the same.
+--
+-- It is not applied by the service; `psql -f schema/current.sql` on an empty database gives the
+-- schema of a fresh `prospect-api migrate` (read models as materialized views, not yet populated).
+
+-- ===================================================================================================
+-- Base tables, as the Prisma app that writes them creates them (0001).
+-- ===================================================================================================
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+CREATE TABLE IF NOT EXISTS "Company" (
+    "id"              TEXT         NOT NULL,
+    "domain"          TEXT,
+    "name"            TEXT         NOT NULL,
+    "industry"        TEXT,
+    "minEmployeeSize" INTEGER,
+    "maxEmployeeSize" INTEGER,
+    "revenue"         BIGINT,                -- whole currency units
+    "address"         TEXT,
+    "city"            TEXT,
+    "state"           TEXT,
+    "country"         TEXT,
+    "zipCode"         TEXT,
+    "phone"           TEXT,
+    "mobilePhone"     TEXT,
+    -- Prisma's @default(now()) / @updatedAt hold UTC; the defaults say so explicitly so that a session
+    -- with another TimeZone setting cannot write local time into them.
+    "createdAt"       TIMESTAMP(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    "updatedAt"       TIMESTAMP(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    CONSTRAINT "Company_pkey" PRIMARY KEY ("id")
+);
+
+CREATE TABLE IF NOT EXISTS "Prospect" (
+    "id"            TEXT         NOT NULL,
+    "companyId"     TEXT         NOT NULL,
+    "salutation"    TEXT,
+    "firstName"     TEXT,
+    "lastName"      TEXT,
+    "email"         TEXT,
+    "jobTitle"      TEXT,
+    "jobTitleLevel" TEXT,
+    "department"    TEXT,
+    "jobTitleLink"  TEXT,
+    "address"       TEXT,
+    "city"          TEXT,
+    "state"         TEXT,
+    "country"       TEXT,
+    "zipCode"       TEXT,
+    "phone"         TEXT,
+    "mobilePhone"   TEXT,
+    "createdAt"     TIMESTAMP(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    "updatedAt"     TIMESTAMP(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    CONSTRAINT "Prospect_pkey" PRIMARY KEY ("id"),
+    -- Prisma's default for a required relation.
+    CONSTRAINT "Prospect_companyId_fkey" FOREIGN KEY ("companyId")
+        REFERENCES "Company" ("id") ON DELETE RESTRICT ON UPDATE CASCADE
+);
+
+-- The JOIN behind every view goes through it, and so do deletes of companies (the foreign key check).
+CREATE INDEX IF NOT EXISTS "Prospect_companyId_idx" ON "Prospect" ("companyId");
+
+-- ===================================================================================================
+-- Formatting, inlined into the definitions (0002).
+-- ===================================================================================================
+-- Revenue for display: NULL or <= 0 -> 'NA'; >= 1e9 -> '1.5B'; >= 1e6 -> 'M'; >= 1e3 -> 'K'; else '$999'.
+-- Computed in whole tenths with BIGINT arithmetic: exact (no float rounding), and the decimal is
+-- truncated, not rounded, so 999,999 reads '999.9K' rather than the contradictory '1000.0K'. (Dividing
+-- the revenue itself by 1e9 would truncate 1.5B to 1; dividing by 1e8 keeps the tenth.)
+-- Only immutable operators are used so that PostgreSQL inlines the function into the views; to_char()
+-- and concat_ws() are merely STABLE and would turn it into a per-row function call (measured: 3 s of
+-- a 1M-row refresh).
+CREATE OR REPLACE FUNCTION format_revenue(revenue BIGINT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN revenue IS NULL OR revenue <= 0 THEN 'NA'
+        WHEN revenue >= 1000000000 THEN (revenue / 1000000000)::text || '.' || (revenue / 100000000 % 10)::text || 'B'
+        WHEN revenue >= 1000000    THEN (revenue / 1000000)::text    || '.' || (revenue / 100000 % 10)::text    || 'M'
+        WHEN revenue >= 1000       THEN (revenue / 1000)::text       || '.' || (revenue / 100 % 10)::text       || 'K'
+        ELSE '$' || revenue::text
+    END
+$$;
+
+-- "first last" when both exist, else whichever exists, else NULL. Empty strings count as missing.
+-- (CASE and || rather than concat_ws(), for the inlining reason above.)
+CREATE OR REPLACE FUNCTION full_name(first_name TEXT, last_name TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN first_name <> '' AND last_name <> '' THEN first_name || ' ' || last_name
+        ELSE COALESCE(NULLIF(first_name, ''), NULLIF(last_name, ''))
+    END
+$$;
+
+-- ===================================================================================================
+-- The read models: one SELECT each (the definition views), the catalog of their facts, and their
+-- relations with the indexes that serve the API's statements (0002, 0006, 0007).
+-- ===================================================================================================
+CREATE OR REPLACE VIEW company_prospect_view_definition AS
+SELECT
+    c."id"                             AS company_id,
+    c."domain"                         AS domain,
+    c."name"                           AS company_name,
+    c."industry"                       AS industry,
+    c."minEmployeeSize"                AS min_employee_size,
+    c."maxEmployeeSize"                AS max_employee_size,
+    c."revenue"                        AS revenue,
+    c."address"                        AS company_address,
+    c."city"                           AS company_city,
+    c."state"                          AS company_state,
+    c."country"                        AS company_country,
+    c."zipCode"                        AS company_zip_code,
+    c."phone"                          AS company_phone,
+    c."mobilePhone"                    AS company_mobile_phone,
+    c."createdAt" AT TIME ZONE 'UTC'   AS company_created_at,
+    c."updatedAt" AT TIME ZONE 'UTC'   AS company_updated_at,
+    p."id"                             AS prospect_id,
+    p."salutation"                     AS salutation,
+    p."firstName"                      AS first_name,
+    p."lastName"                       AS last_name,
+    p."email"                          AS email,
+    p."jobTitle"                       AS job_title,
+    p."jobTitleLevel"                  AS job_title_level,
+    p."department"                     AS department,
+    p."jobTitleLink"                   AS job_title_link,
+    p."address"                        AS prospect_address,
+    p."city"                           AS prospect_city,
+    p."state"                          AS prospect_state,
+    p."country"                        AS prospect_country,
+    p."zipCode"                        AS prospect_zip_code,
+    p."phone"                          AS prospect_phone,
+    p."mobilePhone"                    AS prospect_mobile_phone,
+    p."createdAt" AT TIME ZONE 'UTC'   AS prospect_created_at,
+    p."updatedAt" AT TIME ZONE 'UTC'   AS prospect_updated_at,
+    full_name(p."firstName", p."lastName") AS full_name,
+    format_revenue(c."revenue")        AS formatted_revenue,
+    COALESCE(p."id", '')               AS prospect_key,
+    NULL::boolean                      AS refresh_no_dup_check
+FROM "Company" c
+LEFT JOIN "Prospect" p ON p."companyId" = c."id";
+
+CREATE OR REPLACE VIEW company_summary_view_definition AS
+SELECT
+    c."id"                               AS company_id,
+    c."domain"                           AS domain,
+    c."name"                             AS name,
+    c."industry"                         AS industry,
+    c."minEmployeeSize"                  AS min_employee_size,
+    c."maxEmployeeSize"                  AS max_employee_size,
+    c."revenue"                          AS revenue,
+    format_revenue(c."revenue")          AS formatted_revenue,
+    c."address"                          AS address,
+    c."city"                             AS city,
+    c."state"                            AS state,
+    c."country"                          AS country,
+    count(p."id")                        AS prospect_count,
+    count(DISTINCT p."department")       AS department_count,
+    count(DISTINCT p."jobTitleLevel")    AS job_level_count,
+    max(p."updatedAt") AT TIME ZONE 'UTC' AS last_prospect_update,
+    NULL::boolean                        AS refresh_no_dup_check
+FROM "Company" c
+LEFT JOIN "Prospect" p ON p."companyId" = c."id"
+GROUP BY c."id";
+
+CREATE OR REPLACE VIEW prospect_search_view_definition AS
+SELECT
+    p."id"              AS prospect_id,
+    p."email"           AS email,
+    p."firstName"       AS first_name,
+    p."lastName"        AS last_name,
+    full_name(p."firstName", p."lastName") AS full_name,
+    p."jobTitle"        AS job_title,
+    p."jobTitleLevel"   AS job_title_level,
+    p."department"      AS department,
+    p."city"            AS prospect_city,
+    p."country"         AS prospect_country,
+    c."id"              AS company_id,
+    c."domain"          AS domain,
+    c."name"            AS company_name,
+    c."industry"        AS industry,
+    c."revenue"         AS revenue,
+    c."city"            AS company_city,
+    c."country"         AS company_country,
+    lower(concat_ws(' ',
+        COALESCE(p."firstName", ''), COALESCE(p."lastName", ''), COALESCE(p."email", ''),
+        COALESCE(p."jobTitle", ''), COALESCE(c."name", ''), COALESCE(c."industry", '')
+    ))                  AS search_text,
+    NULL::boolean       AS refresh_no_dup_check
+FROM "Prospect" p
+JOIN "Company" c ON c."id" = p."companyId";
+
+CREATE TABLE read_model_catalog (
+    name        TEXT     PRIMARY KEY,
+    -- The one order in which every path maintains them: different orders in different processes
+    -- could deadlock on their locks.
+    position    SMALLINT NOT NULL UNIQUE,
+    -- The plain view holding the SELECT.
+    definition  TEXT     NOT NULL UNIQUE,
+    -- The unique key (NULL-free: built from the base tables' primary keys).
+    key_columns TEXT[]   NOT NULL CHECK (cardinality(key_columns) > 0)
+);
+
+INSERT INTO read_model_catalog (name, position, definition, key_columns) VALUES
+    ('company_prospect_view', 1, 'company_prospect_view_definition', ARRAY['company_id', 'prospect_key']),
+    ('company_summary_view',  2, 'company_summary_view_definition',  ARRAY['company_id']),
+    ('prospect_search_view',  3, 'prospect_search_view_definition',  ARRAY['prospect_id'])
+ON CONFLICT (name) DO NOTHING;
+
+-- The advisory lock key that makes one process at a time refresh a given view. Every refresh path
+-- takes it inside the refresh's own transaction (pg_*_advisory_xact_lock), so it is released at
+-- commit or rollback and can never be left behind on a pooled connection.
+CREATE OR REPLACE FUNCTION view_refresh_lock_key(view_name TEXT) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('x' || left(md5('prospect_api.refresh:' || view_name), 16))::bit(64)::bigint
+$$;
+
+-- Every read model with its mode: 'refresh' while it is a materialized view, 'incremental' while it is
+-- a table, NULL if it is missing.
+CREATE OR REPLACE VIEW read_models AS
+SELECT m.name, m.position, m.definition, m.key_columns,
+       CASE r.relkind WHEN 'm' THEN 'refresh' WHEN 'r' THEN 'incremental' END AS mode,
+       COALESCE(r.relispopulated, false) AS populated,
+       view_refresh_lock_key(m.name) AS lock_key
+FROM read_model_catalog m
+LEFT JOIN pg_class r ON r.oid = to_regclass(m.name);
+
+CREATE MATERIALIZED VIEW company_prospect_view AS SELECT * FROM company_prospect_view_definition WITH NO DATA;
+CREATE MATERIALIZED VIEW company_summary_view AS SELECT * FROM company_summary_view_definition WITH NO DATA;
+CREATE MATERIALIZED VIEW prospect_search_view AS SELECT * FROM prospect_search_view_definition WITH NO DATA;
+
+CREATE UNIQUE INDEX company_prospect_view_key
+    ON company_prospect_view (company_id, prospect_key);
+CREATE INDEX company_prospect_view_name_order
+    ON company_prospect_view (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
+    WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_industry_name_order
+    ON company_prospect_view (industry, COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
+    WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_revenue_order
+    ON company_prospect_view (COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id)
+    WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_updated_order
+    ON company_prospect_view (prospect_updated_at, prospect_id)
+    WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_prospect_id
+    ON company_prospect_view (prospect_id) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_email
+    ON company_prospect_view (lower(email)) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_domain
+    ON company_prospect_view (domain) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_company_country
+    ON company_prospect_view (company_country) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_company_city
+    ON company_prospect_view (company_city) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_department
+    ON company_prospect_view (department) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_job_title_level
+    ON company_prospect_view (job_title_level) WHERE prospect_id IS NOT NULL;
+CREATE UNIQUE INDEX company_summary_view_key
+    ON company_summary_view (company_id);
+CREATE INDEX company_summary_view_name_order
+    ON company_summary_view (COALESCE(name, ''), company_id);
+CREATE INDEX company_summary_view_industry_name_order
+    ON company_summary_view (industry, COALESCE(name, ''), company_id);
+CREATE INDEX company_summary_view_country_name_order
+    ON company_summary_view (country, COALESCE(name, ''), company_id);
+CREATE INDEX company_summary_view_prospect_count_order
+    ON company_summary_view (prospect_count, company_id);
+CREATE INDEX company_summary_view_country_prospect_count_order
+    ON company_summary_view (country, prospect_count, company_id);
+CREATE INDEX company_summary_view_revenue_order
+    ON company_summary_view (COALESCE(revenue, '-9223372036854775808'::bigint), company_id);
+CREATE INDEX company_summary_view_last_update_order
+    ON company_summary_view (COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id);
+CREATE INDEX company_summary_view_domain
+    ON company_summary_view (domain);
+CREATE INDEX company_summary_view_city
+    ON company_summary_view (city);
+CREATE UNIQUE INDEX prospect_search_view_key
+    ON prospect_search_view (prospect_id);
+CREATE INDEX prospect_search_view_search_text
+    ON prospect_search_view USING gin (search_text gin_trgm_ops);
+CREATE INDEX prospect_search_view_name_order
+    ON prospect_search_view (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id);
+CREATE INDEX prospect_search_view_company ON prospect_search_view (company_id);
+
+-- ===================================================================================================
+-- The refresh log (every freshness header is read from it), the error record, and the change record
+-- (0003, 0006, 0007, 0008).
+-- ===================================================================================================
+
+-- One row per view for every refresh, incremental round, rebuild and conversion.
+CREATE TABLE materialized_view_log (
+    id            BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    view_name     TEXT        NOT NULL REFERENCES read_model_catalog (name),
+    -- What asked for it: the app's scheduler, a NOTIFY, polling, an admin, startup population, the
+    -- CLI, a catch-up after missed changes, SQL (refresh_materialized_views()), the applier, a
+    -- conversion between modes.
+    trigger       TEXT        NOT NULL
+        CONSTRAINT materialized_view_log_trigger_check
+        CHECK (trigger IN ('schedule', 'notify', 'poll', 'manual', 'startup', 'cli', 'catchup', 'sql',
+                           'incremental', 'migrate')),
+    status        TEXT        NOT NULL CHECK (status IN ('ok', 'error')),
+    -- For 'ok': the snapshot time the data reflects (taken just before the work began, so it never
+    -- claims data fresher than it is). For 'error': when the attempt began.
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ NOT NULL,
+    duration_ms   BIGINT      GENERATED ALWAYS AS
+        ((extract(epoch FROM (finished_at - started_at)) * 1000)::bigint) STORED,
+    row_count     BIGINT,
+    error_message TEXT,
+    -- Which transactions the data can see (taken with started_at, so again a lower bound). Compared
+    -- with base_table_changes to tell whether the base tables changed since.
+    snapshot      pg_snapshot,
+    -- 'refresh' (REFRESH MATERIALIZED VIEW), 'apply' (the rows of the changed companies recomputed),
+    -- 'rebuild' (a table diffed against its whole definition), 'build' (built anew by a conversion).
+    method        TEXT        CHECK (method IN ('refresh', 'apply', 'rebuild', 'build')),
+    -- For an apply: the companies recomputed. For an apply or rebuild: rows deleted plus inserted.
+    companies_changed BIGINT,
+    rows_changed  BIGINT,
+    CHECK ((status = 'ok') = (error_message IS NULL))
+);
+-- "Last successful refresh of view X": read on every freshness lookup.
+CREATE INDEX materialized_view_log_last_ok
+    ON materialized_view_log (view_name, started_at DESC) WHERE status = 'ok';
+CREATE INDEX materialized_view_log_recent
+    ON materialized_view_log (started_at DESC);
+-- Each view's last error, kept by retention.
+CREATE INDEX materialized_view_log_last_error
+    ON materialized_view_log (view_name, id DESC) WHERE status = 'error';
+
+CREATE TABLE materialized_view_errors (
+    id            BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    view_name     TEXT        NOT NULL REFERENCES read_model_catalog (name),
+    error_message TEXT        NOT NULL,
+    occurred_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX materialized_view_errors_recent
+    ON materialized_view_errors (view_name, occurred_at DESC);
+
+-- The change record: a row per written row of the base tables, append-only (concurrent writers never
+-- wait for each other here), with the writing transaction and the companies the row touched (NULL:
+-- every company may have changed, as after a TRUNCATE). A change is newer than a view's data when
+-- its transaction is not visible in the snapshot the view's log row recorded. Rows every view has
+-- seen are pruned after each refresh or round. It is a queue, so it is vacuumed after every 1,000
+-- dead rows, unthrottled (and by the service every minute).
+CREATE TABLE base_table_changes (
+    xid         XID8        NOT NULL DEFAULT pg_current_xact_id(),
+    table_name  TEXT        NOT NULL,
+    changed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    company_ids TEXT[]
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_cost_delay = 0);
+
+-- Secrets the API instances share, so that any instance accepts what another one issued.
+-- cursor_hmac signs pagination cursors (two gen_random_uuid() give 244 random bits).
+CREATE TABLE api_secrets (
+    name  TEXT  PRIMARY KEY,
+    value BYTEA NOT NULL CHECK (length(value) >= 16)
+);
+INSERT INTO api_secrets (name, value)
+VALUES ('cursor_hmac', decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'))
+ON CONFLICT (name) DO NOTHING;
+
+-- The last successful refresh (or apply, or rebuild) of each read model, in catalog order: what its
+-- data reflects. The one statement of it that every reader of the log uses: freshness headers, the
+-- admin status, metrics, and the change watcher. The newest snapshot wins; every path that writes a
+-- read model holds its lock while it takes the snapshot, so they are logged in snapshot order.
+CREATE OR REPLACE FUNCTION last_successful_refreshes()
+RETURNS TABLE (view_name TEXT, log_id BIGINT, started_at TIMESTAMPTZ, duration_ms BIGINT,
+               row_count BIGINT, trigger TEXT, snapshot pg_snapshot)
+LANGUAGE sql STABLE AS $$
+    SELECT m.name, l.id, l.started_at, l.duration_ms, l.row_count, l.trigger, l.snapshot
+    FROM read_model_catalog m
+    LEFT JOIN LATERAL (
+        SELECT id, started_at, duration_ms, row_count, trigger, snapshot FROM materialized_view_log
+        WHERE materialized_view_log.view_name = m.name AND status = 'ok'
+        ORDER BY materialized_view_log.started_at DESC, id DESC LIMIT 1
+    ) l ON true
+    ORDER BY m.position
+$$;
+
+-- The read models whose base data changed since their last successful refresh, or that were never
+-- refreshed, with their mode (the change watcher polls it).
+CREATE OR REPLACE FUNCTION read_models_behind() RETURNS TABLE (view_name TEXT, mode TEXT)
+LANGUAGE sql STABLE AS $$
+    SELECT s.view_name, m.mode
+    FROM last_successful_refreshes() s JOIN read_models m ON m.name = s.view_name
+    WHERE s.snapshot IS NULL
+       OR EXISTS (SELECT 1 FROM base_table_changes c WHERE NOT pg_visible_in_snapshot(c.xid, s.snapshot))
+    ORDER BY m.position
+$$;
+
+-- The names alone.
+CREATE OR REPLACE FUNCTION views_needing_refresh() RETURNS SETOF TEXT
+LANGUAGE sql STABLE AS $$
+    SELECT view_name FROM read_models_behind()
+$$;
+
+-- Forgets the changes every view's last refresh already includes.
+CREATE OR REPLACE FUNCTION prune_base_table_changes() RETURNS VOID
+LANGUAGE sql AS $$
+    WITH seen AS MATERIALIZED (SELECT snapshot FROM last_successful_refreshes())
+    DELETE FROM base_table_changes c
+    WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.snapshot IS NULL OR NOT pg_visible_in_snapshot(c.xid, s.snapshot))
+$$;
+
+-- Records a failed attempt (after the caller rolled the attempt back) in the log and the error table.
+CREATE OR REPLACE FUNCTION record_refresh_failure(p_view TEXT, p_trigger TEXT, p_started_at TIMESTAMPTZ, p_error TEXT)
+RETURNS SETOF materialized_view_log
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO materialized_view_errors (view_name, error_message) VALUES (p_view, p_error);
+    RETURN QUERY
+        INSERT INTO materialized_view_log (view_name, trigger, status, started_at, finished_at, error_message)
+        VALUES (p_view, p_trigger, 'error', p_started_at, clock_timestamp(), p_error)
+        RETURNING *;
+END
+$$;
+
+-- Deletes log and error rows older than p_keep, except each read model's last successful row (what
+-- its freshness is read from) and its last error.
+CREATE OR REPLACE FUNCTION prune_refresh_log(p_keep INTERVAL, OUT log_rows BIGINT, OUT error_rows BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM materialized_view_log l
+    WHERE l.finished_at < clock_timestamp() - p_keep
+      AND l.id NOT IN (SELECT s.log_id FROM last_successful_refreshes() s WHERE s.log_id IS NOT NULL)
+      AND l.id NOT IN (SELECT max(e.id) FROM materialized_view_log e WHERE e.status = 'error' GROUP BY e.view_name);
+    GET DIAGNOSTICS log_rows = ROW_COUNT;
+    DELETE FROM materialized_view_errors e
+    WHERE e.occurred_at < clock_timestamp() - p_keep
+      AND e.id NOT IN (SELECT DISTINCT ON (x.view_name) x.id FROM materialized_view_errors x
+                       ORDER BY x.view_name, x.occurred_at DESC, x.id DESC);
+    GET DIAGNOSTICS error_rows = ROW_COUNT;
+END
+$$;
+
+-- ===================================================================================================
+-- Change capture (0005, 0007).
+-- ===================================================================================================
+
+-- Records, for every written row, the writing transaction and the companies the row touched: a
+-- prospect's old and new "companyId", a company's old and new "id". Row-level: measured cheaper per
+-- single-row write than statement triggers reading transition tables (bench/README.md); a bulk load
+-- can skip the triggers (session_replication_role = replica) and ask for a rebuild. TRUNCATE has no
+-- rows: its statement trigger records "every company" (NULL). Notifies listeners only when the
+-- database-level setting prospect_api.notify is 'on' (REFRESH_NOTIFY: notifying writers commit one
+-- at a time).
+CREATE OR REPLACE FUNCTION record_base_table_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched TEXT[];
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        touched := NULL;
+    ELSIF TG_TABLE_NAME = 'Prospect' THEN
+        IF TG_OP = 'INSERT' THEN
+            touched := ARRAY[NEW."companyId"];
+        ELSIF TG_OP = 'DELETE' THEN
+            touched := ARRAY[OLD."companyId"];
+        ELSIF OLD."companyId" = NEW."companyId" THEN
+            touched := ARRAY[NEW."companyId"];
+        ELSE
+            touched := ARRAY[OLD."companyId", NEW."companyId"];
+        END IF;
+    ELSE
+        IF TG_OP = 'INSERT' THEN
+            touched := ARRAY[NEW."id"];
+        ELSIF TG_OP = 'DELETE' THEN
+            touched := ARRAY[OLD."id"];
+        ELSIF OLD."id" = NEW."id" THEN
+            touched := ARRAY[NEW."id"];
+        ELSE
+            touched := ARRAY[OLD."id", NEW."id"];
+        END IF;
+    END IF;
+    INSERT INTO base_table_changes (table_name, company_ids) VALUES (TG_TABLE_NAME, touched);
+    IF current_setting('prospect_api.notify', true) = 'on' THEN
+        PERFORM pg_notify('refresh_views', json_build_object('table', TG_TABLE_NAME, 'operation', TG_OP)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER prospect_changed AFTER INSERT OR UPDATE OR DELETE ON "Prospect"
+    FOR EACH ROW EXECUTE FUNCTION record_base_table_change();
+CREATE TRIGGER prospect_truncated AFTER TRUNCATE ON "Prospect"
+    FOR EACH STATEMENT EXECUTE FUNCTION record_base_table_change();
+CREATE TRIGGER company_changed AFTER INSERT OR UPDATE OR DELETE ON "Company"
+    FOR EACH ROW EXECUTE FUNCTION record_base_table_change();
+CREATE TRIGGER company_truncated AFTER TRUNCATE ON "Company"
+    FOR EACH STATEMENT EXECUTE FUNCTION record_base_table_change();
+
+-- Turns the triggers' notifications on or off for new sessions of this database.
+CREATE OR REPLACE FUNCTION set_change_notifications(enabled BOOLEAN) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET prospect_api.notify = %L',
+                   current_database(), CASE WHEN enabled THEN 'on' ELSE 'off' END);
+END
+$$;
+
+-- ===================================================================================================
+-- Refreshing the materialized views (mode refresh; 0003, 0007).
+-- ===================================================================================================
+
+-- As in 0003 (the caller owns the transaction, its timeouts and the advisory lock), for a read model
+-- that is a materialized view; the log says how it was done.
+CREATE OR REPLACE FUNCTION refresh_view_logged(p_view TEXT, p_trigger TEXT)
+RETURNS SETOF materialized_view_log
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_models;
+    snapshot_time TIMESTAMPTZ;
+    snapshot_xids pg_snapshot;
+    rows BIGINT;
+BEGIN
+    SELECT * INTO model FROM read_models WHERE name = p_view;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown materialized view: %', p_view USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF model.mode IS DISTINCT FROM 'refresh' THEN
+        RAISE EXCEPTION '% is maintained incrementally (it is a table); maintain_incremental_read_models() rebuilds it', p_view
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    snapshot_time := clock_timestamp();
+    snapshot_xids := pg_current_snapshot();
+    IF model.populated THEN
+        EXECUTE format('REFRESH MATERIALIZED VIEW CONCURRENTLY %I', p_view);
+    ELSE
+        EXECUTE format('REFRESH MATERIALIZED VIEW %I', p_view);
+        -- First population: give the planner statistics now rather than whenever autovacuum comes by.
+        EXECUTE format('ANALYZE %I', p_view);
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %I', p_view) INTO rows;
+    RETURN QUERY
+        INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at, row_count, snapshot)
+        VALUES (p_view, p_trigger, 'ok', 'refresh', snapshot_time, clock_timestamp(), rows, snapshot_xids)
+        RETURNING *;
+    PERFORM prune_base_table_changes();
+END
+$$;
+
+-- For DBAs and pg_cron, in both modes: each materialized view is refreshed as in 0003, then every
+-- table-backed read model is rebuilt (diffed against its definition) in one block; a failure is logged
+-- and recorded in materialized_view_errors and the rest still runs. It runs as ONE transaction (see
+-- 0003 for what that means for locks) and must run in READ COMMITTED, the default.
+CREATE OR REPLACE FUNCTION refresh_materialized_views(p_trigger TEXT DEFAULT 'sql')
+RETURNS SETOF materialized_view_log
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_models;
+    attempt_started TIMESTAMPTZ;
+    incremental TEXT[];
+    message TEXT;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'refresh_materialized_views() must run in a READ COMMITTED transaction'
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    FOR model IN SELECT * FROM read_models ORDER BY position LOOP
+        IF model.mode = 'incremental' THEN
+            incremental := array_append(incremental, model.name);
+            CONTINUE;
+        END IF;
+        attempt_started := clock_timestamp();
+        BEGIN
+            PERFORM pg_advisory_xact_lock(model.lock_key);
+            RETURN QUERY SELECT * FROM refresh_view_logged(model.name, p_trigger);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
+            RETURN QUERY SELECT * FROM record_refresh_failure(model.name, p_trigger, attempt_started, message);
+        END;
+    END LOOP;
+    IF incremental IS NOT NULL THEN
+        attempt_started := clock_timestamp();
+        BEGIN
+            LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE;
+            RETURN QUERY SELECT * FROM maintain_incremental_read_models(p_trigger, incremental);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
+            FOR i IN 1 .. cardinality(incremental) LOOP
+                RETURN QUERY SELECT * FROM record_refresh_failure(incremental[i], p_trigger, attempt_started, message);
+            END LOOP;
+        END;
+    END IF;
+END
+$$;
+
+-- ===================================================================================================
+-- Maintaining the table-backed read models (mode incremental; 0007).
+-- ===================================================================================================
+
+-- Makes a table-backed read model equal to its definition for the given companies (NULL: all of
+-- them), writing only rows that differ, as REFRESH ... CONCURRENTLY does for a whole view: first the
+-- rows whose exact image the definition no longer has are deleted, then the definition's rows whose
+-- key is now missing are inserted. Readers are never blocked. Returns how many rows of each.
+CREATE OR REPLACE FUNCTION sync_read_model(p_view TEXT, p_companies TEXT[], OUT removed BIGINT, OUT added BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_model_catalog;
+    same_key TEXT;
+    fresh TEXT;
+    table_scope TEXT := '';
+BEGIN
+    SELECT * INTO STRICT model FROM read_model_catalog WHERE name = p_view;
+    SELECT string_agg(format('d.%1$I = t.%1$I', k), ' AND ') INTO same_key FROM unnest(model.key_columns) k;
+    IF p_companies IS NULL THEN
+        fresh := format('%I', model.definition);
+    ELSE
+        -- The companies' rows are computed first, once: joined to the table inside one plan, the
+        -- planner expects the anti-join to find almost nothing and nests a scan of the companies in
+        -- it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
+        fresh := 'fresh';
+        table_scope := 'AND t.company_id = ANY ($1)';
+    END IF;
+    -- ROW(...) IS NOT DISTINCT FROM ROW(...) compares every column, NULLs equal: the row image.
+    EXECUTE format(
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
+         DELETE FROM %1$I t WHERE true %3$s AND NOT EXISTS (
+             SELECT FROM %4$s d WHERE %5$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
+        p_view, model.definition, table_scope, fresh, same_key)
+        USING p_companies;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    EXECUTE format(
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
+         INSERT INTO %1$I SELECT d.* FROM %3$s d WHERE NOT EXISTS (SELECT FROM %1$I t WHERE %4$s)',
+        p_view, model.definition, fresh, same_key)
+        USING p_companies;
+    GET DIAGNOSTICS added = ROW_COUNT;
+END
+$$;
+
+-- One round of incremental maintenance, in the caller's transaction: every table-backed read model
+-- recomputes the rows of the companies changed by transactions that its last snapshot does not see
+-- (or, for the models in p_rebuild, when the change record cannot say which companies, or when more
+-- than p_rebuild_share of all companies changed, diffs its whole definition), all in this one
+-- transaction, and logs
+-- this transaction's snapshot for each. Changes this snapshot cannot see (transactions still running)
+-- stay in the change record for the next round. Returns one log row per table-backed read model, or
+-- none when there was nothing to do.
+--
+-- One process at a time: the caller holds `LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE`.
+-- In REPEATABLE READ (the applier) the lock must come before the transaction's snapshot (LOCK takes
+-- none; a SELECT would), so the snapshot sees every earlier round; then every model reflects exactly
+-- that snapshot, and all agree. In READ COMMITTED (refresh_materialized_views()) each statement sees a
+-- newer snapshot than the one logged, which only makes data newer than its log says: the changes
+-- behind it are not visible in the logged snapshot, so the next round recomputes them anyway.
+CREATE OR REPLACE FUNCTION maintain_incremental_read_models(
+    p_trigger TEXT, p_rebuild TEXT[] DEFAULT '{}', p_rebuild_share DOUBLE PRECISION DEFAULT 1)
+RETURNS SETOF materialized_view_log
+LANGUAGE plpgsql AS $$
+DECLARE
+    models TEXT[];
+    snapshot_time TIMESTAMPTZ;
+    snapshot_xids pg_snapshot;
+    pending BIGINT;
+    unknown BOOLEAN;
+    never_synced BOOLEAN;
+    companies TEXT[];
+    rebuild_all BOOLEAN;
+    all_companies DOUBLE PRECISION;
+    v TEXT;
+    how TEXT;
+    removed BIGINT;
+    added BIGINT;
+    rows BIGINT;
+BEGIN
+    -- The snapshot's time, never later than the snapshot: in REPEATABLE READ the transaction began
+    -- before its snapshot was taken; in READ COMMITTED the next statement takes a newer one.
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        snapshot_time := clock_timestamp();
+    ELSE
+        snapshot_time := transaction_timestamp();
+    END IF;
+    SELECT pg_current_snapshot() INTO snapshot_xids;
+
+    SELECT array_agg(name ORDER BY position) INTO models FROM read_models WHERE mode = 'incremental';
+    IF models IS NULL THEN
+        RETURN;
+    END IF;
+
+    WITH seen AS MATERIALIZED (
+        SELECT snapshot FROM last_successful_refreshes()
+        WHERE view_name = ANY (models) AND snapshot IS NOT NULL
+    ), unseen AS (
+        SELECT c.company_ids FROM base_table_changes c
+        WHERE EXISTS (SELECT 1 FROM seen s WHERE NOT pg_visible_in_snapshot(c.xid, s.snapshot))
+    )
+    SELECT (SELECT count(*) FROM unseen),
+           (SELECT COALESCE(bool_or(company_ids IS NULL), false) FROM unseen),
+           (SELECT COALESCE(array_agg(DISTINCT id), '{}') FROM unseen, unnest(company_ids) id)
+    INTO pending, unknown, companies;
+    SELECT EXISTS (SELECT 1 FROM last_successful_refreshes()
+                   WHERE view_name = ANY (models) AND snapshot IS NULL)
+    INTO never_synced;
+
+    IF pending = 0 AND NOT never_synced AND cardinality(p_rebuild) = 0 THEN
+        RETURN;
+    END IF;
+    -- Past this share of all companies, diffing the whole definitions costs less than recomputing
+    -- company by company (measured: bench/README.md). The planner's estimate of the company count is
+    -- enough here; a table never analyzed has none, and is counted.
+    SELECT reltuples INTO all_companies FROM pg_class WHERE oid = '"Company"'::regclass;
+    IF all_companies < 0 THEN
+        SELECT count(*) INTO all_companies FROM "Company";
+    END IF;
+    rebuild_all := unknown OR never_synced
+        OR cardinality(companies) > p_rebuild_share * GREATEST(all_companies, 1);
+
+    FOREACH v IN ARRAY models LOOP
+        IF rebuild_all OR v = ANY (p_rebuild) THEN
+            how := 'rebuild';
+            SELECT s.removed, s.added INTO removed, added FROM sync_read_model(v, NULL) s;
+            EXECUTE format('SELECT count(*) FROM %I', v) INTO rows;
+        ELSE
+            how := 'apply';
+            SELECT s.removed, s.added INTO removed, added FROM sync_read_model(v, companies) s;
+            SELECT l.row_count + added - removed INTO rows FROM last_successful_refreshes() l WHERE l.view_name = v;
+        END IF;
+        RETURN QUERY
+            INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at,
+                                               row_count, snapshot, companies_changed, rows_changed)
+            VALUES (v, p_trigger, 'ok', how, snapshot_time, clock_timestamp(), rows, snapshot_xids,
+                    CASE how WHEN 'apply' THEN cardinality(companies) END, removed + added)
+            RETURNING *;
+    END LOOP;
+    PERFORM prune_base_table_changes();
+END
+$$;
+
+-- ===================================================================================================
+-- Converting between the modes (0007, 0009): the new relation is built in prospect_api_staging,
+-- beside the one readers use, and moved into place when complete.
+-- ===================================================================================================
+
+CREATE SCHEMA prospect_api_staging;
+
+-- A relation's columns with their types, in order.
+CREATE OR REPLACE FUNCTION relation_columns(p_relation REGCLASS) RETURNS TEXT[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(format('%I %s', attname, format_type(atttypid, atttypmod)) ORDER BY attnum)
+    FROM pg_attribute WHERE attrelid = p_relation AND attnum > 0 AND NOT attisdropped
+$$;
+
+-- Whether a read model is already what p_mode asks for and built from its definition: a materialized
+-- view selecting from the definition view (those of 0002 hold their own copy of the SELECT), or a
+-- table with the definition's columns.
+CREATE OR REPLACE FUNCTION read_model_is_current(p_view TEXT, p_mode TEXT) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT m.mode = p_mode
+       AND relation_columns(to_regclass(m.name)) = relation_columns(to_regclass(m.definition))
+       AND (m.mode = 'incremental' OR EXISTS (
+               SELECT 1 FROM pg_rewrite r
+               JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+               WHERE r.ev_class = to_regclass(m.name) AND d.refobjid = to_regclass(m.definition)))
+    FROM read_models m WHERE m.name = p_view
+$$;
+
+-- Builds read model p_view anew as p_mode ('refresh': a materialized view; 'incremental': a table)
+-- in prospect_api_staging, from its definition, with the indexes of the relation in place (so they
+-- are declared once, in the migrations), its grants and owner, and analyzed. Returns its row count,
+-- or NULL when it is built without data (a materialized view never populated stays so).
+CREATE OR REPLACE FUNCTION stage_read_model(p_view TEXT, p_mode TEXT, p_with_data BOOLEAN)
+RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_models;
+    target REGCLASS := to_regclass(p_view);
+    owner NAME;
+    index RECORD;
+    grant_row RECORD;
+    rows BIGINT;
+BEGIN
+    SELECT * INTO STRICT model FROM read_models WHERE name = p_view;
+    SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = target;
+    IF p_mode = 'incremental' THEN
+        EXECUTE format('CREATE TABLE prospect_api_staging.%I AS SELECT * FROM %I', p_view, model.definition);
+    ELSE
+        EXECUTE format('CREATE MATERIALIZED VIEW prospect_api_staging.%I AS SELECT * FROM %I WITH %s',
+                       p_view, model.definition, CASE WHEN p_with_data THEN 'DATA' ELSE 'NO DATA' END);
+    END IF;
+    -- pg_get_indexdef() gives 'CREATE [UNIQUE] INDEX name ON schema.relation USING ...': everything
+    -- from ' USING ' on (method, columns, expressions, WHERE) names no relation.
+    FOR index IN
+        SELECT i.relname, x.indisunique, pg_get_indexdef(x.indexrelid) AS definition
+        FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+        WHERE x.indrelid = target ORDER BY i.relname
+    LOOP
+        EXECUTE format('CREATE %sINDEX %I ON prospect_api_staging.%I%s',
+                       CASE WHEN index.indisunique THEN 'UNIQUE ' ELSE '' END, index.relname, p_view,
+                       substring(index.definition FROM position(' USING ' IN index.definition)));
+    END LOOP;
+    FOR grant_row IN
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee,
+               a.privilege_type, a.is_grantable
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = target AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT %s ON prospect_api_staging.%I TO %s%s', grant_row.privilege_type, p_view,
+                       grant_row.grantee, CASE WHEN grant_row.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    IF owner <> current_user THEN
+        EXECUTE format('ALTER %s prospect_api_staging.%I OWNER TO %I',
+                       CASE p_mode WHEN 'refresh' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, p_view, owner);
+    END IF;
+    IF p_with_data THEN
+        EXECUTE format('ANALYZE prospect_api_staging.%I', p_view);
+        EXECUTE format('SELECT count(*) FROM prospect_api_staging.%I', p_view) INTO rows;
+    END IF;
+    RETURN rows;
+END
+$$;
+
+-- Replaces read model p_view (a relation of mode p_from) with the one stage_read_model() built as
+-- p_to. Readers queue behind a waiting ACCESS EXCLUSIVE request, so each wait for their locks is at
+-- most p_lock_timeout, retried up to p_attempts times; once it has the lock it takes milliseconds.
+-- Returns when the swap began its last attempt, and how many attempts it took.
+CREATE OR REPLACE FUNCTION swap_read_model(
+    p_view TEXT, p_from TEXT, p_to TEXT, p_lock_timeout TEXT, p_attempts INT,
+    OUT swap_started TIMESTAMPTZ, OUT attempts INT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    home NAME;
+BEGIN
+    SELECT n.nspname INTO home
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(p_view);
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+    attempts := 0;
+    LOOP
+        attempts := attempts + 1;
+        swap_started := clock_timestamp();
+        BEGIN
+            -- DROP takes the ACCESS EXCLUSIVE lock (LOCK TABLE refuses materialized views).
+            EXECUTE format('DROP %s %I.%I',
+                           CASE p_from WHEN 'refresh' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, home, p_view);
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempts >= p_attempts THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.1);
+        END;
+    END LOOP;
+    EXECUTE format('ALTER %s prospect_api_staging.%I SET SCHEMA %I',
+                   CASE p_to WHEN 'refresh' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, p_view, home);
+END
+$$;
+
+-- As in 0007: converts one read model to p_mode, or rebuilds it from its definition when it is not
+-- built from it; does nothing when it is current. The new relation is built beside the old one,
+-- which keeps serving (stage_read_model), and then swapped in (swap_read_model).
+--
+-- Run it in its own READ COMMITTED transaction. It holds the read model's refresh lock and the
+-- incremental maintenance lock throughout, so no refresh or apply runs meanwhile; the snapshot it logs
+-- is taken after both, and the build's own snapshot is newer still. A materialized view that was never
+-- populated is rebuilt unpopulated (the first refresh populates it), and logs nothing.
+CREATE OR REPLACE FUNCTION convert_read_model(
+    p_view TEXT, p_mode TEXT, p_swap_lock_timeout TEXT DEFAULT '500ms', p_swap_attempts INT DEFAULT 20)
+RETURNS TABLE (view_name TEXT, from_mode TEXT, to_mode TEXT, row_count BIGINT, build_ms BIGINT,
+               swap_ms BIGINT, swap_attempts INT, log_id BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_models;
+    with_data BOOLEAN;
+    snapshot_time TIMESTAMPTZ;
+    snapshot_xids pg_snapshot;
+    build_started TIMESTAMPTZ;
+    rows BIGINT;
+    swap RECORD;
+    logged BIGINT;
+BEGIN
+    IF p_mode NOT IN ('refresh', 'incremental') THEN
+        RAISE EXCEPTION 'unknown maintenance mode: % (expected refresh or incremental)', p_mode
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'convert_read_model() must run in a READ COMMITTED transaction'
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    SELECT * INTO model FROM read_models WHERE name = p_view;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown read model: %', p_view USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF model.mode IS NULL THEN
+        RAISE EXCEPTION 'read model % is missing: it is neither a materialized view nor a table', p_view
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    IF read_model_is_current(p_view, p_mode) THEN
+        RETURN;
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(model.lock_key);
+    LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE;
+    -- Another process may have converted it while we waited.
+    IF read_model_is_current(p_view, p_mode) THEN
+        RETURN;
+    END IF;
+    SELECT * INTO model FROM read_models WHERE name = p_view;
+    with_data := p_mode = 'incremental' OR model.populated;
+
+    build_started := clock_timestamp();
+    snapshot_time := clock_timestamp();
+    snapshot_xids := pg_current_snapshot();
+    rows := stage_read_model(p_view, p_mode, with_data);
+    SELECT * INTO swap FROM swap_read_model(p_view, model.mode, p_mode, p_swap_lock_timeout, p_swap_attempts);
+    IF with_data THEN
+        INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at, row_count, snapshot)
+        VALUES (p_view, 'migrate', 'ok', 'build', snapshot_time, clock_timestamp(), rows, snapshot_xids)
+        RETURNING id INTO logged;
+    END IF;
+    RETURN QUERY SELECT p_view, model.mode, p_mode, rows,
+        (extract(epoch FROM swap.swap_started - build_started) * 1000)::bigint,
+        (extract(epoch FROM clock_timestamp() - swap.swap_started) * 1000)::bigint,
+        swap.attempts, logged;
+END
+$$;

@@ -1,0 +1,216 @@
+//! The OpenAPI document: the operations utoipa derives from the annotated handlers (health, admin),
+//! every read model's operations generated from its declarations (`read_model`), and what neither
+//! says by itself, so that a generated client types what the server sends: every key the server
+//! always writes is required (utoipa leaves `Option` fields optional, though serde writes them as
+//! `null`), every text parameter carries the rules the parser holds it to, public operations
+//! declare that they need no credentials, and the document names its server (relative: wherever it
+//! was fetched from).
+
+mod parameters;
+mod read_model;
+
+use serde_json::{Value, json};
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+
+pub use parameters::limit as limit_parameter;
+pub use read_model::Operations;
+
+use super::error::{InvalidParam, PROBLEM_JSON, Problem};
+use super::params::{MAX_REPEATS, MAX_VALUE_CHARS};
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "prospect-api",
+        description = "Company and prospect data served from PostgreSQL materialized views. Every data \
+                       response says how fresh it is: X-Data-Age (seconds since the snapshot), \
+                       X-Data-Refreshed-At, X-Data-Stale, and an ETag for conditional requests. Errors are \
+                       application/problem+json (RFC 9457) naming each invalid parameter."
+    ),
+    tags(
+        (name = "prospects", description = "Prospects with their company"),
+        (name = "companies", description = "Companies with prospect counts"),
+        (name = "search", description = "Substring search over prospects"),
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "admin", description = "Refreshing views and watching them (Authorization: Bearer <ADMIN_TOKEN>)"),
+    ),
+    components(schemas(Problem, InvalidParam)),
+    modifiers(&AdminTokenScheme)
+)]
+struct ApiDoc;
+
+/// The document's frame: its info, tags, shared schemas and security schemes.
+pub fn frame() -> OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Declares the bearer token the admin endpoints require.
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Keys serde leaves out when empty (`skip_serializing_if`): every other key is always written.
+const SOMETIMES_OMITTED: &[(&str, &str)] = &[
+    ("Page_", "total"),
+    ("Page_", "estimated_total"),
+    ("Problem", "invalid_params"),
+    ("Problem", "results"),
+];
+
+/// Schemas of request bodies: their optional keys may really be left out.
+const REQUEST_BODIES: &[&str] = &["RefreshRequest"];
+
+/// The whole document: `derived` (from the annotated handlers) with the read models' operations.
+pub fn complete(derived: OpenApi, read_models: Operations) -> OpenApi {
+    let mut document = serde_json::to_value(&derived).expect("the OpenAPI document serializes");
+    document["paths"]
+        .as_object_mut()
+        .expect("the document has paths")
+        .extend(read_models.paths);
+    document["components"]["schemas"]
+        .as_object_mut()
+        .expect("the document has schemas")
+        .extend(read_models.schemas);
+    sort_object(&mut document["paths"]);
+    sort_object(&mut document["components"]["schemas"]);
+    require_every_key_sent(&mut document);
+    declare_admin_refusals(&mut document);
+    declare_public_operations(&mut document);
+    document_value_rules(&mut document);
+    document["servers"] =
+        json!([{"url": "/", "description": "The server this document came from"}]);
+    serde_json::from_value(document).expect("the amended document is still an OpenAPI document")
+}
+
+/// Keys in name order, as utoipa writes its own maps.
+fn sort_object(value: &mut Value) {
+    if let Some(object) = value.as_object_mut() {
+        let mut entries: Vec<(String, Value)> = std::mem::take(object).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        object.extend(entries);
+    }
+}
+
+fn require_every_key_sent(document: &mut Value) {
+    let Some(schemas) = document["components"]["schemas"].as_object_mut() else {
+        return;
+    };
+    for (name, schema) in schemas.iter_mut() {
+        if REQUEST_BODIES.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(properties) = schema["properties"].as_object() else {
+            continue;
+        };
+        let required: Vec<&String> = properties
+            .keys()
+            .filter(|key| {
+                !SOMETIMES_OMITTED
+                    .iter()
+                    .any(|(prefix, omitted)| name.starts_with(prefix) && key == omitted)
+            })
+            .collect();
+        schema["required"] = json!(required);
+    }
+}
+
+/// Every operation, in document order.
+fn operations(document: &mut Value) -> impl Iterator<Item = &mut serde_json::Map<String, Value>> {
+    document["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(Value::as_object_mut)
+}
+
+/// Every admin operation may be refused by `admin_guard::require_admin`, the layer in front of it.
+fn declare_admin_refusals(document: &mut Value) {
+    let refusals = [
+        ("401", "Missing or wrong token"),
+        ("403", "Admin endpoints disabled (no ADMIN_TOKEN)"),
+        (
+            "429",
+            "Too many wrong tokens from this address; see Retry-After",
+        ),
+    ];
+    for operation in operations(document) {
+        let admin = operation
+            .get("security")
+            .and_then(Value::as_array)
+            .is_some_and(|schemes| schemes.iter().any(|s| s.get("admin_token").is_some()));
+        let Some(responses) = operation.get_mut("responses").filter(|_| admin) else {
+            continue;
+        };
+        for (status, description) in refusals {
+            responses[status] = json!({
+                "description": description,
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            });
+        }
+    }
+}
+
+/// An operation without `security` needs no credentials: say so (`security: []`).
+fn declare_public_operations(document: &mut Value) {
+    for operation in operations(document) {
+        operation.entry("security").or_insert_with(|| json!([]));
+    }
+}
+
+/// Writes into every query and path parameter the rules every text value is held to here (1 to
+/// MAX_VALUE_CHARS characters, no NUL; a repeatable parameter at most MAX_REPEATS times), once for
+/// all parameters as `QueryParams` applies them, so that clients, generated code and fuzzers see
+/// exactly what is accepted.
+fn document_value_rules(document: &mut Value) {
+    fn text_rules(schema: &mut Value) {
+        if schema["type"] != "string"
+            || schema.get("format").is_some()
+            || schema.get("enum").is_some()
+        {
+            return;
+        }
+        let defaults = [
+            ("minLength", json!(1)),
+            ("maxLength", json!(MAX_VALUE_CHARS)),
+            ("pattern", json!("^[^\\x00]*$")),
+        ];
+        for (rule, value) in defaults {
+            if schema.get(rule).is_none() {
+                schema[rule] = value;
+            }
+        }
+    }
+    for operation in operations(document) {
+        let Some(parameters) = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for schema in parameters.iter_mut().map(|p| &mut p["schema"]) {
+            if schema["type"] == "array" {
+                schema["maxItems"] = json!(MAX_REPEATS);
+                text_rules(&mut schema["items"]);
+            } else {
+                text_rules(schema);
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `GET {API.path}/facets`: how many rows have each value of a facet, under the list's filters,
+//! each facet counted without its own filter (as a shop's filter sidebar counts). The counts are a
+//! response like any other: freshness headers, ETag, and the response cache, so that the unfiltered
+//! counts are computed once per data generation, not per request.
+
+use axum::response::Response;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::super::error::ApiError;
+use super::super::fields::Fields;
+use super::super::params::{QueryParams, parse_facets};
+use super::request::Read;
+use super::respond::respond_with_one;
+use crate::views::ReadModel;
+use crate::views::filters::FilterSet;
+use crate::views::order::{Facet, FacetCount};
+
+/// The counted facets, in the order asked for: `{"industry": [{"value": …, "count": …}, …], …}`.
+struct Counted(Vec<(&'static str, Vec<FacetCount>)>);
+
+impl Serialize for Counted {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, counts) in &self.0 {
+            map.serialize_entry(name, counts)?;
+        }
+        map.end()
+    }
+}
+
+/// The query parameters of a facets request: the list's filters and `facet`.
+pub fn param_names<M: ReadModel>() -> Vec<&'static str> {
+    M::Filters::SPECS
+        .iter()
+        .map(|spec| spec.name)
+        .chain(["facet"])
+        .collect()
+}
+
+pub async fn facets<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
+    let mut params = QueryParams::parse(read.query())?;
+    let filters = M::Filters::read(&mut params, &[]);
+    let facets = parse_facets::<M::Facet>(&mut params);
+    params.finish(&param_names::<M>())?;
+    let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
+    let key = format!(
+        "{}/facets|{}|{}",
+        M::API.path,
+        serde_json::to_string(&filters).expect("filters serialize"),
+        names.join(",")
+    );
+    let count = async {
+        let mut counted = Vec::with_capacity(facets.len());
+        for facet in facets {
+            let own_filter_left_out = filters.without(facet.name());
+            let counts = M::facet(&read.db.pool, &own_filter_left_out, facet).await?;
+            counted.push((facet.name(), counts));
+        }
+        Ok(Counted(counted))
+    };
+    respond_with_one(&read, M::VIEW, &key, &Fields::default(), count).await
+}

@@ -1,0 +1,164 @@
+//! How a read model declares its orders and its facets: each sort key with its parameter name, each
+//! served in both directions, and the filters whose values can be counted.
+
+/// A read model's sort keys. Each sorts both ways: `name` ascending, `-name` descending, over the
+/// same B-tree index read forwards or backwards; ties are broken by the row's id in the same
+/// direction.
+pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
+    /// Every key with its parameter name.
+    const ALL: &'static [(&'static str, Self)];
+    /// The order without `sort`.
+    const DEFAULT: Sort<Self>;
+    /// Whether clients choose the order (`sort=`); when false, rows always come in `DEFAULT` order.
+    const CHOSEN_BY_CLIENT: bool = true;
+}
+
+/// A sort key and its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort<K> {
+    pub key: K,
+    pub descending: bool,
+}
+
+impl<K: SortKey> Sort<K> {
+    /// `name` or `-name`.
+    pub fn parse(text: &str) -> Option<Sort<K>> {
+        let (name, descending) = match text.strip_prefix('-') {
+            Some(name) => (name, true),
+            None => (text, false),
+        };
+        K::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, key)| Sort {
+                key: *key,
+                descending,
+            })
+    }
+
+    /// Every accepted value of `sort`: each key, then each key descending.
+    pub fn values() -> Vec<String> {
+        let names = K::ALL.iter().map(|(name, _)| name.to_string());
+        names
+            .clone()
+            .chain(names.map(|name| format!("-{name}")))
+            .collect()
+    }
+
+    pub fn name(&self) -> String {
+        let name = K::ALL
+            .iter()
+            .find(|(_, key)| *key == self.key)
+            .map_or("?", |(name, _)| name);
+        if self.descending {
+            format!("-{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+}
+
+/// A read model's facets: filters whose values can be counted (`GET /prospects/facets`). A facet
+/// has its filter's name.
+pub trait Facet: Copy + Eq + std::fmt::Debug + Send + Sync + 'static {
+    const ALL: &'static [(&'static str, Self)];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, facet)| *facet == self)
+            .map_or("?", |(name, _)| name)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, facet)| *facet)
+    }
+}
+
+/// The facets of a read model that has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoFacets {}
+
+impl Facet for NoFacets {
+    const ALL: &'static [(&'static str, Self)] = &[];
+}
+
+/// The most values one facet lists (an industry, country or department list is far shorter).
+pub const MAX_FACET_VALUES: i64 = 100;
+
+/// One group of a counting statement: a facet's value (NULL in the one group of all matching rows,
+/// when the statement counts no facet) and how many rows have it.
+pub struct Counted {
+    pub value: Option<String>,
+    pub count: i64,
+}
+
+impl Counted {
+    /// The count of the one group of all matching rows (none when no row matches).
+    pub fn total(group: Option<Counted>) -> i64 {
+        group.map_or(0, |group| group.count)
+    }
+
+    /// A facet's groups, which have values.
+    pub fn facet_counts(groups: Vec<Counted>) -> Vec<FacetCount> {
+        groups
+            .into_iter()
+            .filter_map(|group| {
+                Some(FacetCount {
+                    value: group.value?,
+                    count: group.count,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One value of a facet and how many rows have it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Key {
+        Name,
+        Revenue,
+    }
+
+    impl SortKey for Key {
+        const ALL: &'static [(&'static str, Self)] =
+            &[("name", Key::Name), ("revenue", Key::Revenue)];
+        const DEFAULT: Sort<Self> = Sort {
+            key: Key::Name,
+            descending: false,
+        };
+    }
+
+    #[test]
+    fn every_key_sorts_both_ways_and_names_itself_back() {
+        assert_eq!(
+            Sort::<Key>::values(),
+            ["name", "revenue", "-name", "-revenue"]
+        );
+        for value in Sort::<Key>::values() {
+            assert_eq!(Sort::<Key>::parse(&value).unwrap().name(), value);
+        }
+        assert_eq!(
+            Sort::<Key>::parse("-revenue"),
+            Some(Sort {
+                key: Key::Revenue,
+                descending: true
+            })
+        );
+        assert_eq!(Sort::<Key>::parse("--name"), None);
+        assert_eq!(Sort::<Key>::parse("bogus"), None);
+    }
+}

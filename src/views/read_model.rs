@@ -1,0 +1,146 @@
+//! The read model, the unit of the read side: one trait that each `views/<name>.rs` implements once,
+//! with its row, its filters, its orders, its facets and its statements, and the few words the HTTP
+//! layer needs to publish it. The HTTP layer serves every read model through one generic path (list,
+//! single row, facets, CSV), so a rule about reads (a column policy, an order, a cache rule) is
+//! written once for all of them.
+
+use std::future::Future;
+
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::ViewName;
+use super::filters::FilterSet;
+use super::order::{Facet, FacetCount, Sort, SortKey};
+
+pub trait ReadModel: Send + Sync + 'static {
+    /// The view it reads: its freshness, its generation in the response cache, its lock.
+    const VIEW: ViewName;
+    /// How the HTTP layer publishes it.
+    const API: Api;
+    /// One row as the API returns it.
+    type Row: Serialize + utoipa::ToSchema + Send + Sync + Unpin + 'static;
+    type Filters: FilterSet;
+    type Sort: SortKey;
+    /// `NoFacets` when it has none.
+    type Facet: Facet;
+    /// About the JSON size of one whole row, a little over: a page is written into one buffer of
+    /// about its final size rather than one grown by doubling from empty (case (a) at 1M: +2.7%
+    /// req/s, bench/RESULTS.md `miss`). The response cache counts the buffer's whole capacity.
+    const ROW_BYTES: usize;
+
+    /// At most `limit` rows matching `filters` in `sort` order, after the row whose `cursor_key`
+    /// is `after`, as they arrive (CSV exports stream them).
+    fn rows<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+        sort: Sort<Self::Sort>,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
+
+    /// One page of at most `limit` rows (`rows`, collected, unless the model knows better).
+    fn page<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+        sort: Sort<Self::Sort>,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'a {
+        Self::rows(pool, filters, sort, after, limit).try_collect()
+    }
+
+    /// How many rows match (all pages).
+    fn count<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'a;
+
+    /// The planner's estimate of how many rows match: instant, but only as good as the statistics.
+    fn estimate<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'a;
+
+    /// The most frequent values of `facet` among the rows matching `filters`, most frequent first,
+    /// at most `MAX_FACET_VALUES`. The caller leaves out the facet's own filter.
+    fn facet<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+        facet: Self::Facet,
+    ) -> impl Future<Output = Result<Vec<FacetCount>, sqlx::Error>> + Send + 'a;
+
+    /// The row with this id (for models with `API.one`).
+    fn one<'a>(
+        pool: &'a PgPool,
+        id: &'a str,
+    ) -> impl Future<Output = Result<Option<Self::Row>, sqlx::Error>> + Send + 'a;
+
+    /// Where the page after `row` starts: its sort key as the JSON array the statements read back
+    /// (`$1->>0`, `$1->>1`, ...), the same values the ORDER BY compares.
+    fn cursor_key(sort: Sort<Self::Sort>, row: &Self::Row) -> Value;
+
+    /// For a list scoped by its path (`API.scoped`): whether the parent named there exists.
+    fn parent_exists<'a>(
+        pool: &'a PgPool,
+        id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
+        let _ = (pool, id);
+        async { Ok(true) }
+    }
+}
+
+/// What the HTTP layer needs to publish a read model, besides its types: paths and the words of
+/// its documentation.
+#[derive(Debug, Clone, Copy)]
+pub struct Api {
+    /// The OpenAPI tag of its operations.
+    pub tag: &'static str,
+    /// The list: `GET {path}`.
+    pub path: &'static str,
+    /// The list's operation id and summary.
+    pub list: (&'static str, &'static str),
+    /// What its rows are, in the plural ("prospects"): in descriptions, and the CSV file's name.
+    pub rows: &'static str,
+    /// What the orders mean, for `sort`'s description.
+    pub sort_doc: &'static str,
+    pub one: Option<IdPath>,
+    /// `GET {path}/facets`: its operation id (when the model has facets).
+    pub facets: Option<&'static str>,
+    pub scoped: Option<IdPath>,
+}
+
+/// An endpoint whose path names one thing by its id: a row (`Api::one`, e.g.
+/// `/prospects/{prospect_id}`), or the parent of a list (`Api::scoped`, e.g.
+/// `/companies/{company_id}/prospects`, where the id is the filter of the same name and a parent that
+/// `ReadModel::parent_exists` denies is a 404).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath {
+    pub path: &'static str,
+    /// The id's path parameter.
+    pub param: &'static str,
+    pub tag: &'static str,
+    pub operation: &'static str,
+    pub summary: &'static str,
+    /// What the id names ("prospect", "company"), for its description and the 404.
+    pub noun: &'static str,
+}
+
+/// How many rows the planner expects to match, from the `EXPLAIN (FORMAT JSON)` plan of a page
+/// statement asked for one row: the rows of the plan under its `Limit` (for `LIMIT 1` the planner
+/// picks a plan that starts at once: an index scan, or a sort of every match, never a parallel one).
+pub fn estimated_rows(plan: Option<&Value>) -> i64 {
+    let Some(top) = plan.and_then(|plan| plan.pointer("/0/Plan")) else {
+        return 0;
+    };
+    let matching = match top["Node Type"].as_str() {
+        Some("Limit") => &top["Plans"][0],
+        _ => top,
+    };
+    matching["Plan Rows"]
+        .as_f64()
+        .map_or(0, |rows| rows.round() as i64)
+}
