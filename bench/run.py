@@ -155,10 +155,14 @@ WRK_SCRIPT = r"""
 local requests = {}
 local file = io.open(os.getenv("WRK_REQUESTS"))
 for line in file:lines() do
-  local path, header = line:match("^([^\t]*)\t?(.*)$")
+  local fields = {}
+  for field in line:gmatch("[^\t]+") do table.insert(fields, field) end
   local headers = {}
-  if header ~= "" then headers["If-None-Match"] = header end
-  table.insert(requests, wrk.format("GET", path, headers))
+  for i = 2, #fields do
+    local name, value = fields[i]:match("^([^:]+): (.*)$")
+    headers[name] = value
+  end
+  table.insert(requests, wrk.format("GET", fields[1], headers))
 end
 file:close()
 local statuses = {}
@@ -177,7 +181,7 @@ def run_wrk(requests, duration, workdir):
     listing = os.path.join(workdir, "requests.txt")
     with open(listing, "w") as f:
         for path, headers in requests:
-            f.write(f"{path}\t{headers.get('If-None-Match', '')}\n")
+            f.write("\t".join([path] + [f"{name}: {value}" for name, value in headers.items()]) + "\n")
     script = os.path.join(workdir, "requests.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
@@ -465,7 +469,7 @@ def write_section(name, text):
         for found in re.finditer(r"<!-- (\w+):begin -->\n(.*?)<!-- \1:end -->", current, re.S):
             sections[found.group(1)] = found.group(2)
     sections[name] = text.rstrip() + "\n"
-    order = ["suite", "freshness", "mixed", "miss", "sort_plans", "facets", "csv", "scale_out"]
+    order = ["suite", "freshness", "mixed", "miss", "ab", "sort_plans", "facets", "csv", "scale_out"]
     with open(RESULTS, "w") as f:
         for key in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)):
             f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")

@@ -32,7 +32,8 @@ def page_statements():
             query = json.load(f)["query"]
         view = re.search(r"FROM (company_prospect_view|company_summary_view)\b", query)
         order = re.search(r"ORDER BY (.*?) LIMIT \$2", query, re.S)
-        if view and order and "GROUP BY" not in query:  # facet counts are not pages
+        # Facet counts are not pages; an estimate is a page statement under EXPLAIN.
+        if view and order and "GROUP BY" not in query and not query.lstrip().startswith("EXPLAIN"):
             params = max(int(n) for n in re.findall(r"\$(\d+)", query))
             found.append((view.group(1), " ".join(order.group(1).split()), query, params))
     return found

@@ -1,15 +1,16 @@
 //! `company_prospect_view`'s prospects: `GET /prospects`, `/prospects/{id}`, `/prospects/facets` and
 //! `/companies/{id}/prospects`.
 //!
-//! Three statement shapes, each written whole below: a page in one order (`page!`), the counts of a
-//! facet or of all matching rows (`counts!`), and the planner's estimate (`estimate!`). Every filter
-//! is a `($n IS NULL OR condition)` line in each; the read pool runs with
+//! Two statement shapes, each written whole below: a page in one order (`page!`; under EXPLAIN it
+//! gives the planner's estimate of the matches), and the counts of a facet or of all matching rows
+//! (`counts!`). Every filter is a `($n IS NULL OR condition)` line in each; the read pool runs with
 //! `plan_cache_mode = force_custom_plan`, so each execution is planned with its values: the unused
 //! filters fold away (so does the CASE that turns a one-value list into an equality) and the indexes
 //! of the view can deliver a sorted first page in either direction.
 //!
 //! Adding a filter: a field in `ProspectFilters` (its name, type and doc comment are the parameter,
-//! its parsing and its OpenAPI entry), its line and bind in each shape, and an index.
+//! its parsing and its OpenAPI entry), its line and bind in both shapes, and an index.
+//! `tests/api/http_prospects.rs` checks that every declared filter reaches both.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;

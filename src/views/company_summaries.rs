@@ -1,7 +1,7 @@
 //! `company_summary_view`: `GET /companies`, `/companies/{id}` and `/companies/facets`.
 //!
-//! The same three statement shapes as `company_prospects` (a page, the counts, the estimate), each
-//! written whole; see there for how the optional filters fold away.
+//! The same two statement shapes as `company_prospects` (a page, the counts), each written whole;
+//! see there for how the optional filters fold away.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;

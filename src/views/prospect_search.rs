@@ -5,8 +5,8 @@
 //! (an unused slot is NULL and folds away in the custom plan). Results come in company name, last
 //! name, first name, id order.
 
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryFutureExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -151,8 +151,18 @@ impl ReadModel for ProspectSearch {
     type Facet = NoFacets;
     const ROW_BYTES: usize = 600;
 
-    /// Every match after `after` (at most `limit`), in result order (`matches_statement!`): the second step
-    /// of `page`, and a CSV export (which counts the matches first).
+    /// At most `limit` matches after `after`, in two steps, because neither plan PostgreSQL can
+    /// choose is safe alone:
+    ///
+    /// 1. read the next `ORDERED_SCAN_ROWS` rows in result order (the name-order index) and keep the
+    ///    matches (`in_window`): a term matching many rows (`director`, `sales`) fills a page
+    ///    within a few hundred;
+    /// 2. only if that window held fewer: let the trigram index find every match after the cursor
+    ///    and sort them (`matches_statement!`). The planner would walk the name-order index for
+    ///    these too when it expects enough matches, and a term whose matches cluster late in that
+    ///    order (a company name starting with V) then read most of the view: 1 s at 1M rows,
+    ///    timeouts under load (bench/README.md). Here the sort only ever covers a term that is rare
+    ///    where the cursor stands (or a CSV export, which counts its matches first).
     fn rows<'a>(
         pool: &'a PgPool,
         f: &'a SearchFilters,
@@ -160,73 +170,14 @@ impl ReadModel for ProspectSearch {
         after: Option<&'a Value>,
         limit: i64,
     ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-        matches_statement!(query_as [SearchRow,] "", f, after, limit).fetch(pool)
-    }
-
-    /// One page of matches, in two steps, because neither plan PostgreSQL can choose is safe alone:
-    ///
-    /// 1. read the next `ORDERED_SCAN_ROWS` rows in result order (the name-order index) and keep the
-    ///    matches: a term matching many rows (`director`, `sales`) fills a page within a few hundred;
-    /// 2. only if that window held less than a page: let the trigram index find every match after
-    ///    the cursor and sort them (`rows`). The planner would walk the name-order index for these
-    ///    too when it expects enough matches, and a term whose matches cluster late in that order (a
-    ///    company name starting with V) then read most of the view: 1 s at 1M rows, timeouts under
-    ///    load (bench/README.md). Here the sort only ever covers a term that is rare where the
-    ///    cursor stands.
-    async fn page(
-        pool: &PgPool,
-        f: &SearchFilters,
-        sort: Sort<SearchOrder>,
-        after: Option<&Value>,
-        limit: i64,
-    ) -> Result<Vec<SearchRow>, sqlx::Error> {
-        let [p1, p2, p3, p4, p5] = f.patterns();
-        let in_window = sqlx::query_as!(
-            SearchRow,
-            r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
-                      job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
-                      domain, company_name AS "company_name!", industry, revenue, company_city, company_country
-               FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
-                            COALESCE(first_name, '') AS order_first
-                     FROM prospect_search_view
-                     WHERE ($1::jsonb IS NULL
-                            OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
-                                prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
-                     ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
-                              prospect_id
-                     LIMIT $11) AS window_rows
-               WHERE search_text LIKE lower($3)
-                 AND ($4::text IS NULL OR search_text LIKE lower($4))
-                 AND ($5::text IS NULL OR search_text LIKE lower($5))
-                 AND ($6::text IS NULL OR search_text LIKE lower($6))
-                 AND ($7::text IS NULL OR search_text LIKE lower($7))
-                 AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
-                                                  ELSE industry = ANY($8) END)
-                 AND ($9::text IS NULL OR company_country = $9)
-                 AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
-                                                   ELSE department = ANY($10) END)
-               -- Ordering by the window's own output columns lets PostgreSQL see that the rows arrive
-               -- sorted: it stops at the page's last match instead of reading and sorting the window.
-               ORDER BY order_company, order_last, order_first, prospect_id
-               LIMIT $2"#,
-            after,
-            limit,
-            p1,
-            p2,
-            p3,
-            p4,
-            p5,
-            any_of(&f.industry),
-            f.company_country.as_deref(),
-            any_of(&f.department),
-            ORDERED_SCAN_ROWS,
-        )
-        .fetch_all(pool)
-        .await?;
-        if in_window.len() as i64 >= limit {
-            return Ok(in_window);
-        }
-        Self::rows(pool, f, sort, after, limit).try_collect().await
+        let two_steps = async move {
+            let in_window = in_window(pool, f, after, limit).await?;
+            if in_window.len() as i64 >= limit {
+                return Ok(futures_util::stream::iter(in_window.into_iter().map(Ok)).boxed());
+            }
+            Ok(matches_statement!(query_as [SearchRow,] "", f, after, limit).fetch(pool))
+        };
+        two_steps.try_flatten_stream().boxed()
     }
 
     async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
@@ -284,4 +235,57 @@ impl ReadModel for ProspectSearch {
             row.prospect_id
         ])
     }
+}
+
+/// The first step of a search: the matches among the next `ORDERED_SCAN_ROWS` rows in result
+/// order after `after`, at most `limit`.
+async fn in_window(
+    pool: &PgPool,
+    f: &SearchFilters,
+    after: Option<&Value>,
+    limit: i64,
+) -> Result<Vec<SearchRow>, sqlx::Error> {
+    let [p1, p2, p3, p4, p5] = f.patterns();
+    sqlx::query_as!(
+        SearchRow,
+        r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
+                  job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
+                  domain, company_name AS "company_name!", industry, revenue, company_city, company_country
+           FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
+                        COALESCE(first_name, '') AS order_first
+                 FROM prospect_search_view
+                 WHERE ($1::jsonb IS NULL
+                        OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
+                            prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
+                 ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
+                          prospect_id
+                 LIMIT $11) AS window_rows
+           WHERE search_text LIKE lower($3)
+             AND ($4::text IS NULL OR search_text LIKE lower($4))
+             AND ($5::text IS NULL OR search_text LIKE lower($5))
+             AND ($6::text IS NULL OR search_text LIKE lower($6))
+             AND ($7::text IS NULL OR search_text LIKE lower($7))
+             AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
+                                              ELSE industry = ANY($8) END)
+             AND ($9::text IS NULL OR company_country = $9)
+             AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
+                                               ELSE department = ANY($10) END)
+           -- Ordering by the window's own output columns lets PostgreSQL see that the rows arrive
+           -- sorted: it stops at the page's last match instead of reading and sorting the window.
+           ORDER BY order_company, order_last, order_first, prospect_id
+           LIMIT $2"#,
+        after,
+        limit,
+        p1,
+        p2,
+        p3,
+        p4,
+        p5,
+        any_of(&f.industry),
+        f.company_country.as_deref(),
+        any_of(&f.department),
+        ORDERED_SCAN_ROWS,
+    )
+    .fetch_all(pool)
+    .await
 }

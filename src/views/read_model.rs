@@ -6,7 +6,6 @@
 
 use std::future::Future;
 
-use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde_json::Value;
@@ -41,17 +40,6 @@ pub trait ReadModel: Send + Sync + 'static {
         after: Option<&'a Value>,
         limit: i64,
     ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
-
-    /// One page of at most `limit` rows (`rows`, collected, unless the model knows better).
-    fn page<'a>(
-        pool: &'a PgPool,
-        filters: &'a Self::Filters,
-        sort: Sort<Self::Sort>,
-        after: Option<&'a Value>,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'a {
-        Self::rows(pool, filters, sort, after, limit).try_collect()
-    }
 
     /// How many rows match (all pages).
     fn count<'a>(

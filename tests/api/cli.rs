@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use sqlx::migrate::MigrateDatabase;
 
-use crate::helpers::TestDb;
+use crate::helpers::{TestDb, scalar, succeeded};
 
 fn prospect_api(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prospect-api"))
@@ -26,11 +26,7 @@ async fn migrate_creates_the_database_when_it_is_missing() {
     sqlx::Postgres::force_drop_database(&db.url).await.unwrap();
 
     let output = prospect_api(&db.url, &["migrate"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     assert!(
         stdout(&output).contains("schema up to date"),
         "{}",
@@ -46,21 +42,17 @@ async fn seed_then_refresh_print_what_they_did() {
         &db.url,
         &["seed", "--companies", "50", "--prospects-per-company", "3"],
     );
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
-    );
+    succeeded(&seeded);
     assert!(
         stdout(&seeded).starts_with("seeded 50 companies and "),
         "{}",
         stdout(&seeded)
     );
-    let unpopulated =
-        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM read_models WHERE NOT populated"#)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let unpopulated = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM read_models WHERE NOT populated"#,
+    )
+    .await;
     assert_eq!(
         unpopulated, 0,
         "seed leaves the read models populated: serve answers at once"
@@ -72,11 +64,7 @@ async fn seed_then_refresh_print_what_they_did() {
     );
 
     let refreshed = prospect_api(&db.url, &["refresh"]);
-    assert!(
-        refreshed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&refreshed.stderr)
-    );
+    succeeded(&refreshed);
     let lines: Vec<String> = stdout(&refreshed).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     for (line, view) in lines.iter().zip([
@@ -90,10 +78,7 @@ async fn seed_then_refresh_print_what_they_did() {
     let one = prospect_api(&db.url, &["refresh", "--view", "company_summary_view"]);
     assert!(one.status.success());
     assert_eq!(stdout(&one).lines().count(), 1);
-    let logged = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'cli' AND status = 'ok'"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let logged = scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'cli' AND status = 'ok'"#).await;
     assert_eq!(
         logged, 7,
         "three refreshes by seed, three by refresh, one by refresh --view"
@@ -113,11 +98,7 @@ async fn migrate_converts_the_read_models_to_view_maintenance_and_says_what_it_d
             .env("VIEW_MAINTENANCE", mode)
             .output()
             .expect("the binary runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(&output);
         stdout(&output)
     };
     let converted = migrate("incremental");

@@ -73,12 +73,9 @@ async fn an_export_holds_every_matching_row_in_the_lists_order() {
     let mut paged = Vec::new();
     let mut cursor = String::new();
     loop {
-        let body = json(
-            app.get(&format!("/prospects?sort=-revenue&limit=100{cursor}"))
-                .await,
-            200,
-        )
-        .await;
+        let body = app
+            .get_json(&format!("/prospects?sort=-revenue&limit=100{cursor}"), 200)
+            .await;
         paged.extend(
             body["data"]
                 .as_array()
@@ -109,12 +106,8 @@ async fn an_export_holds_every_matching_row_in_the_lists_order() {
 
     // Accept: text/csv asks for the same export.
     let by_accept = app
-        .client
-        .get(format!("{}/prospects?sort=-revenue", app.address))
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/prospects?sort=-revenue", &[("accept", "text/csv")])
+        .await;
     assert_eq!(
         by_accept.headers()["content-type"],
         "text/csv; charset=utf-8"

@@ -3,12 +3,14 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, json, rejected_params, spawn_app};
+use crate::helpers::{TestApp, rejected_params, spawn_app};
 
 /// The facet as the list endpoint's rows say it should be: non-null values of `field`, most
 /// frequent first, ties by value.
 async fn counted_from_rows(app: &TestApp, list: &str, query: &str, field: &str) -> Value {
-    let body = json(app.get(&format!("{list}?{query}&limit=500")).await, 200).await;
+    let body = app
+        .get_json(&format!("{list}?{query}&limit=500"), 200)
+        .await;
     let mut counts: Vec<(String, i64)> = Vec::new();
     for row in body["data"].as_array().unwrap() {
         let Some(value) = row[field].as_str() else {
@@ -46,7 +48,9 @@ async fn each_facet_counts_the_list_under_every_filter_but_its_own() {
         ("job_title_level", "job_title_level"),
         ("company_country", "company_country"),
     ];
-    let software = json(app.get("/prospects?industry=Software&limit=1").await, 200).await;
+    let software = app
+        .get_json("/prospects?industry=Software&limit=1", 200)
+        .await;
     let department = software["data"][0]["department"]
         .as_str()
         .unwrap()
@@ -60,7 +64,9 @@ async fn each_facet_counts_the_list_under_every_filter_but_its_own() {
         ),
         "revenue_min=1000".to_owned(),
     ] {
-        let body = json(app.get(&format!("/prospects/facets?{query}")).await, 200).await;
+        let body = app
+            .get_json(&format!("/prospects/facets?{query}"), 200)
+            .await;
         assert_eq!(body.as_object().unwrap().len(), 4, "every facet by default");
         for (facet, field) in facets {
             let expected =
@@ -69,7 +75,9 @@ async fn each_facet_counts_the_list_under_every_filter_but_its_own() {
         }
     }
     // The industry facet under industry=Software still lists the other industries.
-    let body = json(app.get("/prospects/facets?industry=Software").await, 200).await;
+    let body = app
+        .get_json("/prospects/facets?industry=Software", 200)
+        .await;
     assert!(body["industry"].as_array().unwrap().len() > 1, "{body}");
 }
 
@@ -77,7 +85,9 @@ async fn each_facet_counts_the_list_under_every_filter_but_its_own() {
 async fn company_facets_count_companies() {
     let app = spawn_app().await;
     for query in ["", "country=Germany", "industry=Software&min_prospects=1"] {
-        let body = json(app.get(&format!("/companies/facets?{query}")).await, 200).await;
+        let body = app
+            .get_json(&format!("/companies/facets?{query}"), 200)
+            .await;
         for facet in ["industry", "country"] {
             let expected =
                 counted_from_rows(&app, "/companies", &without(query, facet), facet).await;
@@ -89,12 +99,12 @@ async fn company_facets_count_companies() {
 #[tokio::test]
 async fn facets_are_chosen_with_facet_and_bad_ones_are_named() {
     let app = spawn_app().await;
-    let body = json(
-        app.get("/prospects/facets?facet=department&facet=industry&facet=department")
-            .await,
-        200,
-    )
-    .await;
+    let body = app
+        .get_json(
+            "/prospects/facets?facet=department&facet=industry&facet=department",
+            200,
+        )
+        .await;
     let mut keys: Vec<&str> = body
         .as_object()
         .unwrap()

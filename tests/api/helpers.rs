@@ -199,6 +199,30 @@ pub fn quick_refresh_settings() -> RefreshSettings {
     }
 }
 
+/// Refreshes every view in full (as the CLI does) and asserts that each one succeeded.
+pub async fn refresh_all_ok(pool: &PgPool) -> Vec<prospect_api::refresh::RefreshReport> {
+    use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all};
+    let reports = refresh_all(pool, RefreshTrigger::Cli, &quick_refresh_settings())
+        .await
+        .unwrap();
+    assert!(
+        reports.iter().all(|r| r.status == RefreshStatus::Ok),
+        "{reports:?}"
+    );
+    reports
+}
+
+/// Refreshes one view in full with `trigger`, as the refresher would.
+pub async fn refresh_one(
+    pool: &PgPool,
+    view: prospect_api::views::ViewName,
+    trigger: prospect_api::refresh::RefreshTrigger,
+) -> prospect_api::refresh::RefreshReport {
+    prospect_api::refresh::refresh_view(pool, view, trigger, &quick_refresh_settings())
+        .await
+        .unwrap()
+}
+
 /// The real server, on a random port, over a test database.
 pub struct TestApp {
     pub address: String,
@@ -348,11 +372,27 @@ where
 
 impl TestApp {
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{}", self.address, path_and_query))
-            .send()
-            .await
-            .expect("request failed")
+        self.get_with(path_and_query, &[]).await
+    }
+
+    /// A GET with these headers.
+    pub async fn get_with(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .get(format!("{}{}", self.address, path_and_query));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    /// The JSON body of a GET, which must answer `status` (see `json`).
+    pub async fn get_json(&self, path_and_query: &str, status: u16) -> serde_json::Value {
+        json(self.get(path_and_query).await, status).await
     }
 
     /// A GET with the admin token.
@@ -374,6 +414,38 @@ impl TestApp {
         }
         panic!("the server did not become ready within 10 s");
     }
+}
+
+/// One value of the test database, for assertions on tables the API does not serve (the log, the
+/// catalogs): `SELECT count(*) FROM …` and the like, without parameters.
+pub async fn scalar<T>(pool: &PgPool, sql: &'static str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+}
+
+/// Asserts that a command succeeded, showing what it printed on stderr when it did not.
+#[track_caller]
+pub fn succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `key` of every object in the array `values`, as text.
+pub fn strings<'v>(values: &'v serde_json::Value, key: &str) -> Vec<&'v str> {
+    values
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|value| value[key].as_str().expect("a string"))
+        .collect()
 }
 
 /// A response header that must be there, as text.

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, json, spawn_admin_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, json, scalar, spawn_admin_app, strings};
 
 const PAYLOADS: &[&str] = &[
     "' OR '1'='1",
@@ -34,7 +34,7 @@ const PAYLOADS: &[&str] = &[
 /// ids the fixture holds, and its required parameters given valid values (so that the payload is
 /// what a rejection is about).
 async fn documented_get_endpoints(app: &TestApp) -> Vec<(String, Vec<String>)> {
-    let spec = json(app.get("/openapi.json").await, 200).await;
+    let spec = app.get_json("/openapi.json", 200).await;
     let mut endpoints = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         let Some(get) = item.get("get") else { continue };
@@ -111,12 +111,7 @@ async fn injection_payloads_in_every_parameter_are_a_200_or_a_4xx_naming_it_and_
                 );
                 let body = json(response, status).await;
                 if status == 400 {
-                    let named: Vec<&str> = body["invalid_params"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|p| p["name"].as_str().unwrap())
-                        .collect();
+                    let named: Vec<&str> = strings(&body["invalid_params"], "name");
                     assert!(
                         named.contains(&name.as_str()) || name == "cursor",
                         "{what}: {body}"
@@ -224,19 +219,13 @@ async fn payloads_stored_in_the_data_match_themselves_literally_and_nothing_else
         .await
         .unwrap();
     let found = json(search, 200).await;
-    let found: Vec<&str> = found["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["prospect_id"].as_str().unwrap())
-        .collect();
+    let found: Vec<&str> = strings(&found["data"], "prospect_id");
     assert_eq!(found, ["p_evil"]);
-    let tables = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM pg_tables WHERE tablename IN ('Company', 'Prospect')"#
+    let tables = scalar::<i64>(
+        &app.db.pool,
+        r#"SELECT count(*) AS "n!" FROM pg_tables WHERE tablename IN ('Company', 'Prospect')"#,
     )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(tables, 2);
 }
 
@@ -354,7 +343,7 @@ async fn headers_too_large_or_too_many_are_431s() {
         assert_eq!(status, 431);
     }
     // And the server still answers.
-    json(app.get("/prospects?limit=1").await, 200).await;
+    app.get_json("/prospects?limit=1", 200).await;
 }
 
 /// Found while fuzzing: a cursor carries the last row's sort key, so long names made a cursor longer
@@ -371,11 +360,11 @@ async fn pages_after_rows_with_very_long_names_are_reachable() {
     .await
     .unwrap();
     eventually(10, "the long names are served", || async {
-        let body = json(app.get("/prospects?limit=1").await, 200).await;
+        let body = app.get_json("/prospects?limit=1", 200).await;
         body["data"][0]["company_name"].as_str() == Some(long_name.as_str())
     })
     .await;
-    let first = json(app.get("/prospects?limit=1").await, 200).await;
+    let first = app.get_json("/prospects?limit=1", 200).await;
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
     assert!(cursor.len() > 200, "{}", cursor.len());
     let next = app

@@ -5,7 +5,8 @@ use serde_json::Value;
 use prospect_api::http::admin_guard::{MAX_WRONG_TOKENS, WINDOW};
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, json, lock_summary_view, rejected_params, spawn_admin_app, spawn_app,
+    ADMIN_TOKEN, TestApp, json, lock_summary_view, rejected_params, scalar, spawn_admin_app,
+    spawn_app, strings,
 };
 
 async fn post_refresh(
@@ -33,7 +34,7 @@ async fn without_an_admin_token_the_admin_endpoints_are_disabled_and_say_how_to_
     let app = spawn_app().await;
     let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 403).await;
     assert!(problem["detail"].as_str().unwrap().contains("ADMIN_TOKEN"));
-    json(app.get("/admin/views").await, 403).await;
+    app.get_json("/admin/views", 403).await;
 }
 
 #[tokio::test]
@@ -87,7 +88,7 @@ async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
     );
     json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 429).await;
     // The data endpoints are not affected.
-    json(app.get("/prospects").await, 200).await;
+    app.get_json("/prospects", 200).await;
 }
 
 #[tokio::test]
@@ -127,12 +128,11 @@ async fn the_right_token_refreshes_and_reports_each_view() {
     )
     .await;
     assert_eq!(one["results"].as_array().unwrap().len(), 1);
-    let manual = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#
+    let manual = scalar::<i64>(
+        &app.db.pool,
+        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#,
     )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(manual, 4);
 }
 
@@ -179,12 +179,11 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
         serde_json::json!(["prospect_search_view"])
     );
     crate::helpers::eventually(10, "the accepted refresh being logged", || async {
-        sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#
+        scalar::<i64>(
+            &app.db.pool,
+            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#,
         )
-        .fetch_one(&app.db.pool)
         .await
-        .unwrap()
             == 1
     })
     .await;
@@ -204,12 +203,7 @@ async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_a
         detail.contains("company_summary_view") && detail.contains("lock timeout"),
         "{detail}"
     );
-    let statuses: Vec<&str> = problem["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
+    let statuses: Vec<&str> = strings(&problem["results"], "status");
     assert_eq!(statuses, ["ok", "error", "ok"]);
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
@@ -226,7 +220,7 @@ async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_a
     );
 
     // Old data is still served, and the next trigger succeeds.
-    json(app.get("/companies").await, 200).await;
+    app.get_json("/companies", 200).await;
     json(
         post_refresh(
             &app,

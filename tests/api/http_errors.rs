@@ -5,7 +5,7 @@ use crate::helpers::{json, spawn_app};
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
     let app = spawn_app().await;
-    let missing = json(app.get("/nothing/here").await, 404).await;
+    let missing = app.get_json("/nothing/here", 404).await;
     assert_eq!(missing["status"], 404);
     let wrong = app
         .client
@@ -30,12 +30,8 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
 async fn the_request_id_is_echoed_or_generated() {
     let app = spawn_app().await;
     let given = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .header("x-request-id", "trace-me-42")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/healthz", &[("x-request-id", "trace-me-42")])
+        .await;
     assert_eq!(given.headers()["x-request-id"], "trace-me-42");
     let generated = app.get("/healthz").await;
     assert_eq!(generated.headers()["x-request-id"].len(), 36, "a UUID");
@@ -45,12 +41,8 @@ async fn the_request_id_is_echoed_or_generated() {
 async fn cors_stays_closed_unless_origins_are_configured() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .get(format!("{}/prospects", app.address))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/prospects", &[("origin", "https://evil.example")])
+        .await;
     assert!(
         !response
             .headers()
@@ -62,23 +54,15 @@ async fn cors_stays_closed_unless_origins_are_configured() {
     config.cors_origins = vec!["https://app.example".parse().unwrap()];
     let open = crate::helpers::spawn_app_with(db, config).await;
     let allowed = open
-        .client
-        .get(format!("{}/healthz", open.address))
-        .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/healthz", &[("origin", "https://app.example")])
+        .await;
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
         "https://app.example"
     );
     let other = open
-        .client
-        .get(format!("{}/healthz", open.address))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/healthz", &[("origin", "https://evil.example")])
+        .await;
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 
     let preflight = open
@@ -128,7 +112,7 @@ async fn the_docs_page_and_the_spec_are_served() {
         assert_eq!(response.status(), 200, "{asset}");
         assert!(response.bytes().await.unwrap().len() > 100, "{asset}");
     }
-    let spec = json(app.get("/openapi.json").await, 200).await;
+    let spec = app.get_json("/openapi.json", 200).await;
     for path in [
         "/prospects",
         "/prospects/{prospect_id}",
@@ -230,7 +214,7 @@ async fn the_spec_types_exactly_what_the_server_sends() {
     let app = crate::helpers::spawn_app().await;
     let spec = serde_json::to_value(prospect_api::http::openapi_spec()).unwrap();
     let schemas = &spec["components"]["schemas"];
-    let first = crate::helpers::json(app.get("/prospects?limit=1").await, 200).await;
+    let first = app.get_json("/prospects?limit=1", 200).await;
     let term = first["data"][0]["company_name"]
         .as_str()
         .unwrap()
@@ -255,7 +239,7 @@ async fn the_spec_types_exactly_what_the_server_sends() {
             properties.values().filter(|p| !allows_null(p)).count() >= 2,
             "{schema}: the ids and NOT NULL columns are not nullable"
         );
-        let page = crate::helpers::json(app.get(&request).await, 200).await;
+        let page = app.get_json(&request, 200).await;
         let rows = page["data"].as_array().unwrap();
         assert!(!rows.is_empty(), "{request}");
         for row in rows {

@@ -2,27 +2,25 @@
 
 use std::time::Duration;
 
-use prospect_api::refresh::{RefreshReport, RefreshTrigger, refresh_view};
+use prospect_api::refresh::{RefreshReport, RefreshTrigger};
 use prospect_api::views::ViewName;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, serve_config,
-    spawn_app, spawn_app_with, spawn_configured_app,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, refresh_one, serve_config, spawn_app,
+    spawn_app_with, spawn_configured_app,
 };
 
 /// Refreshes `company_prospect_view` through a pool of its own, as another instance or a cron job
 /// would: the server under test learns of it only from the refresh log.
 async fn refresh_from_another_process(app: &TestApp) -> RefreshReport {
     let other = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-    refresh_view(
+    refresh_one(
         &other,
         ViewName::CompanyProspectView,
         RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
     )
     .await
-    .unwrap()
 }
 
 #[tokio::test]
@@ -96,12 +94,8 @@ async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
     );
 
     let revalidated = app
-        .client
-        .get(format!("{}/prospects?industry=Software", app.address))
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/prospects?industry=Software", &[("if-none-match", &*etag)])
+        .await;
     assert_eq!(revalidated.status(), 304);
     assert_eq!(header(&revalidated, "etag"), etag);
     assert!(revalidated.headers().contains_key("x-data-age"));
@@ -118,12 +112,8 @@ async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
         .unwrap();
     json(refreshed, 200).await;
     let after_refresh = app
-        .client
-        .get(format!("{}/prospects?industry=Software", app.address))
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/prospects?industry=Software", &[("if-none-match", &*etag)])
+        .await;
     assert_eq!(after_refresh.status(), 200);
     assert_ne!(header(&after_refresh, "etag"), etag);
 }
@@ -196,10 +186,10 @@ async fn a_view_never_populated_answers_503_with_retry_after_until_it_is() {
         problem["type"],
         "urn:prospect-api:problem:view-not-populated"
     );
-    json(app.get("/readyz").await, 503).await;
+    app.get_json("/readyz", 503).await;
 
     holder.close().await.unwrap();
     app.wait_until_ready().await;
-    json(app.get("/prospects").await, 200).await;
+    app.get_json("/prospects", 200).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

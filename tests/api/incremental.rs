@@ -11,8 +11,8 @@ use prospect_api::views::{Mode, ViewName};
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, serve_config,
-    spawn_app_with, spawn_configured_app, spawn_instance,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, scalar,
+    serve_config, spawn_app_with, spawn_configured_app, spawn_instance,
 };
 
 async fn spawn_incremental_app() -> TestApp {
@@ -96,12 +96,8 @@ async fn in_incremental_mode_a_write_is_applied_to_its_company_and_served_with_f
     assert_eq!(company["prospect_count"], 3);
     assert_eq!(company["department_count"], 2);
     let stale = app
-        .client
-        .get(format!("{}/companies/c_0", app.address))
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/companies/c_0", &[("if-none-match", &*etag)])
+        .await;
     assert_eq!(stale.status(), 200, "the old ETag no longer matches");
 
     for view in ViewName::ALL {
@@ -232,7 +228,7 @@ async fn converting_between_the_modes_keeps_serving_and_keeps_every_index_grant_
         .unwrap()
     };
     let before = indexes().await;
-    let page = json(app.get("/prospects?limit=100").await, 200).await;
+    let page = app.get_json("/prospects?limit=100", 200).await;
 
     let (stop, readers) = start_readers(&app);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -269,7 +265,7 @@ async fn converting_between_the_modes_keeps_serving_and_keeps_every_index_grant_
         "the same indexes, by the same names"
     );
     assert!(granted().await, "the grant survived both conversions");
-    assert_eq!(json(app.get("/prospects?limit=100").await, 200).await, page);
+    assert_eq!(app.get_json("/prospects?limit=100", 200).await, page);
     let converted = sqlx::query!(
         "SELECT view_name, trigger, method FROM materialized_view_log WHERE trigger = 'migrate' ORDER BY id"
     )
@@ -445,7 +441,7 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let name = || async {
-        json(app.get("/companies/c_1000").await, 200).await["name"]
+        app.get_json("/companies/c_1000", 200).await["name"]
             .as_str()
             .unwrap()
             .to_owned()
@@ -651,7 +647,7 @@ async fn two_instances_in_incremental_mode_apply_one_at_a_time_and_serve_the_sam
             "overlapping rounds"
         );
     }
-    let from_first = json(app.get("/companies/c_2500").await, 200).await;
+    let from_first = app.get_json("/companies/c_2500", 200).await;
     let from_second = app
         .client
         .get(format!("{}/companies/c_2500", second.address))
@@ -713,10 +709,11 @@ async fn retention_prunes_old_log_rows_but_keeps_each_views_last_success_and_las
         kept_after, kept_before,
         "freshness still reads the same rows"
     );
-    let errors = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM materialized_view_errors"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let errors = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM materialized_view_errors"#,
+    )
+    .await;
     assert_eq!(errors, 3);
 }
 
@@ -738,12 +735,7 @@ async fn the_server_applies_retention_from_its_setting() {
     let app = spawn_app_with(db, config).await;
     app.wait_until_ready().await;
     eventually(10, "the old rows pruned", || async {
-        sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE finished_at < now() - interval '1 hour'"#
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+        scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE finished_at < now() - interval '1 hour'"#).await
             == 3
     })
     .await;

@@ -3,6 +3,7 @@
 mod cli;
 mod csv_export;
 mod differential;
+mod every_read_model;
 mod facets;
 mod fourth_read_model;
 mod helpers;

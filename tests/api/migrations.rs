@@ -1,8 +1,6 @@
 //! Migrations: repeatable, and safe on a database whose app already owns the base tables.
 
-use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all};
-
-use crate::helpers::{TestDb, quick_refresh_settings};
+use crate::helpers::{TestDb, refresh_all_ok, scalar};
 
 /// Every column of every relation in the public schema, plus functions and triggers: what a migration
 /// run could change.
@@ -26,16 +24,12 @@ async fn schema_fingerprint(db: &TestDb) -> Vec<String> {
 async fn applying_the_migrations_twice_changes_nothing() {
     let db = TestDb::new().await;
     let before = schema_fingerprint(&db).await;
-    let applied_before = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let applied_before =
+        scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#).await;
     prospect_api::db::migrate(&db.pool).await.unwrap();
     assert_eq!(schema_fingerprint(&db).await, before);
-    let applied_after = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let applied_after =
+        scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#).await;
     assert_eq!(applied_before, applied_after);
     assert_eq!(
         applied_after as usize,
@@ -50,13 +44,7 @@ async fn the_migrations_adopt_base_tables_an_app_already_created_and_keep_their_
         .await;
     prospect_api::db::migrate(&db.pool).await.unwrap();
 
-    let reports = refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
-    assert!(
-        reports.iter().all(|r| r.status == RefreshStatus::Ok),
-        "{reports:?}"
-    );
+    refresh_all_ok(&db.pool).await;
     let row = sqlx::query!(
         "SELECT full_name, formatted_revenue, prospect_updated_at FROM company_prospect_view WHERE prospect_id = 'app_p1'"
     )
@@ -74,9 +62,10 @@ async fn the_migrations_adopt_base_tables_an_app_already_created_and_keep_their_
     // The app's own writes now notify and are recorded.
     db.execute(r#"UPDATE "Prospect" SET "lastName" = 'Persona'"#)
         .await;
-    let changed = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let changed = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#,
+    )
+    .await;
     assert_eq!(changed, 3);
 }

@@ -4,7 +4,7 @@ use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all, refresh_
 use prospect_api::views::ViewName;
 use sqlx::Connection;
 
-use crate::helpers::{TestDb, lock_summary_view, quick_refresh_settings};
+use crate::helpers::{TestDb, lock_summary_view, quick_refresh_settings, refresh_one, scalar};
 
 async fn db_with_fixture() -> TestDb {
     let db = TestDb::new().await;
@@ -24,14 +24,7 @@ async fn clock(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
 async fn a_refresh_logs_a_snapshot_time_that_covers_everything_committed_before_it() {
     let db = db_with_fixture().await;
     let committed_at = clock(&db).await;
-    let report = refresh_view(
-        &db.pool,
-        ViewName::CompanyProspectView,
-        RefreshTrigger::Cli,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    let report = refresh_one(&db.pool, ViewName::CompanyProspectView, RefreshTrigger::Cli).await;
     let after = clock(&db).await;
 
     assert_eq!(report.status, RefreshStatus::Ok);
@@ -53,10 +46,11 @@ async fn a_refresh_logs_a_snapshot_time_that_covers_everything_committed_before_
     );
     assert!(log.started_at <= log.finished_at && log.finished_at <= after);
     assert_eq!(report.started_at, log.started_at);
-    let rows = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM company_prospect_view"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let rows = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM company_prospect_view"#,
+    )
+    .await;
     assert_eq!(log.row_count, Some(rows));
     assert_eq!(rows, 13, "12 prospects plus the company without prospects");
     assert!(log.duration_ms.unwrap() >= 0);
@@ -77,14 +71,12 @@ async fn the_first_refresh_populates_and_later_ones_do_not_block_readers() {
         !populated().await,
         "migrations create the views WITH NO DATA"
     );
-    let first = refresh_view(
+    let first = refresh_one(
         &db.pool,
         ViewName::CompanySummaryView,
         RefreshTrigger::Startup,
-        &quick_refresh_settings(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(first.status, RefreshStatus::Ok);
     assert!(populated().await);
 
@@ -96,14 +88,12 @@ async fn the_first_refresh_populates_and_later_ones_do_not_block_readers() {
         .fetch_one(&mut *reading)
         .await
         .unwrap();
-    let second = refresh_view(
+    let second = refresh_one(
         &db.pool,
         ViewName::CompanySummaryView,
         RefreshTrigger::Manual,
-        &quick_refresh_settings(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(second.status, RefreshStatus::Ok, "{second:?}");
     reading.rollback().await.unwrap();
 }
@@ -167,29 +157,25 @@ async fn a_failed_refresh_is_recorded_keeps_the_old_data_and_the_other_views_sti
     assert_eq!(logged.no_snapshot, Some(true));
 
     // The failed view still serves its previous contents; the refreshed one has the new company.
-    let in_summary = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_new'"#
+    let in_summary = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_new'"#,
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let in_company_prospects = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM company_prospect_view WHERE company_id = 'c_new'"#
+    .await;
+    let in_company_prospects = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM company_prospect_view WHERE company_id = 'c_new'"#,
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!((in_summary, in_company_prospects), (0, 1));
 
     // The next attempt succeeds.
-    let retry = refresh_view(
+    let retry = refresh_one(
         &db.pool,
         ViewName::CompanySummaryView,
         RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(retry.status, RefreshStatus::Ok);
 }
 
@@ -259,10 +245,7 @@ async fn the_sql_function_records_a_failing_view_and_carries_on_with_the_next() 
             .unwrap()
             .contains("lock timeout")
     );
-    let errors = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM materialized_view_errors WHERE view_name = 'company_prospect_view'"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let errors = scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_errors WHERE view_name = 'company_prospect_view'"#).await;
     assert_eq!(errors, 1);
 }
 

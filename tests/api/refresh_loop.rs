@@ -2,18 +2,17 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, eventually, spawn_app, spawn_configured_app};
+use crate::helpers::{TestApp, eventually, scalar, spawn_app, spawn_configured_app};
 
 /// Refreshes of company_prospect_view that a base-table change caused (noticed by polling or by
 /// notification).
 async fn notify_refreshes(app: &TestApp) -> i64 {
-    sqlx::query_scalar!(
+    scalar::<i64>(
+        &app.db.pool,
         r#"SELECT count(*) AS "n!" FROM materialized_view_log
-           WHERE view_name = 'company_prospect_view' AND trigger IN ('notify', 'poll')"#
+           WHERE view_name = 'company_prospect_view' AND trigger IN ('notify', 'poll')"#,
     )
-    .fetch_one(&app.db.pool)
     .await
-    .unwrap()
 }
 
 async fn visible(app: &TestApp, prospect_id: &str) -> bool {
@@ -139,12 +138,7 @@ async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_o
         visible(&app, "p_unheard")
     })
     .await;
-    let catchups = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'catchup' AND status = 'ok'"#
-    )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    let catchups = scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'catchup' AND status = 'ok'"#).await;
     assert!(catchups >= 1);
     assert_ne!(listener_pid().await, Some(pid), "a new listener connection");
 }
@@ -176,12 +170,7 @@ async fn a_cron_schedule_refreshes_every_view_at_its_times() {
     let app = crate::helpers::spawn_app_with(db, config).await;
     app.wait_until_ready().await;
     crate::helpers::eventually(10, "two scheduled refreshes of every view", || async {
-        let scheduled = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'"#
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        let scheduled = scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'"#).await;
         scheduled >= 6
     })
     .await;

@@ -152,7 +152,7 @@ async fn a_query_past_statement_timeout_is_a_503_query_timeout_and_the_next_one_
         started.elapsed()
     );
     blocking.rollback().await.unwrap();
-    json(app.get("/companies").await, 200).await;
+    app.get_json("/companies", 200).await;
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn an_exhausted_pool_answers_503_within_the_request_timeout_while_healthz_
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let health = Instant::now();
-    json(app.get("/healthz").await, 200).await;
+    app.get_json("/healthz", 200).await;
     assert!(health.elapsed() < Duration::from_millis(500));
 
     let mut kinds = Vec::new();
@@ -207,7 +207,7 @@ async fn an_exhausted_pool_answers_503_within_the_request_timeout_while_healthz_
         );
     }
     blocking.rollback().await.unwrap();
-    json(app.get("/companies?country=Germany").await, 200).await;
+    app.get_json("/companies?country=Germany", 200).await;
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use sqlx::Connection;
 
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, eventually, header, json, lock_summary_view, serve_config,
-    spawn_configured_app, spawn_instance,
+    spawn_configured_app, spawn_instance, strings,
 };
 
 async fn spawn_cached_app(adjust: impl FnOnce(&mut prospect_api::config::ServeConfig)) -> TestApp {
@@ -60,7 +60,7 @@ async fn refresh(app: &TestApp, address: &str) {
 }
 
 async fn company_name(app: &TestApp) -> String {
-    json(app.get("/companies/c_0").await, 200).await["name"]
+    app.get_json("/companies/c_0", 200).await["name"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -69,8 +69,8 @@ async fn company_name(app: &TestApp) -> String {
 #[tokio::test]
 async fn a_cached_response_changes_with_the_refresh_that_changes_its_data() {
     let app = spawn_cached_app(|_| {}).await;
-    let first = json(app.get("/companies?industry=Software").await, 200).await;
-    let again = json(app.get("/companies?industry=Software").await, 200).await;
+    let first = app.get_json("/companies?industry=Software", 200).await;
+    let again = app.get_json("/companies?industry=Software", 200).await;
     assert_eq!(first, again);
     assert_eq!(counts(&app, "company_summary_view").await, (1, 1, 0));
 
@@ -78,13 +78,8 @@ async fn a_cached_response_changes_with_the_refresh_that_changes_its_data() {
         .execute(r#"UPDATE "Company" SET "name" = 'Renamed Zero' WHERE "id" = 'c_0'"#)
         .await;
     refresh(&app, &app.address).await;
-    let after = json(app.get("/companies?industry=Software").await, 200).await;
-    let names: Vec<&str> = after["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let after = app.get_json("/companies?industry=Software", 200).await;
+    let names: Vec<&str> = strings(&after["data"], "name");
     assert!(names.contains(&"Renamed Zero"), "{names:?}");
     assert_eq!(counts(&app, "company_summary_view").await, (1, 2, 0));
 }
@@ -141,7 +136,7 @@ async fn different_filters_sorts_cursors_and_codings_never_share_an_entry() {
     ];
     let mut bodies = Vec::new();
     for request in requests {
-        bodies.push(json(app.get(request).await, 200).await);
+        bodies.push(app.get_json(request, 200).await);
     }
     for (i, a) in bodies.iter().enumerate() {
         for b in &bodies[i + 1..] {
@@ -152,32 +147,27 @@ async fn different_filters_sorts_cursors_and_codings_never_share_an_entry() {
     assert_eq!(misses as usize, bodies.len(), "each request its own entry");
 
     // The next page (by cursor) is not the first page.
-    let first = json(app.get("/prospects?industry=Software&limit=2").await, 200).await;
+    let first = app
+        .get_json("/prospects?industry=Software&limit=2", 200)
+        .await;
     let cursor = first["next_cursor"].as_str().unwrap();
-    let second = json(
-        app.get(&format!(
-            "/prospects?industry=Software&limit=2&cursor={cursor}"
-        ))
-        .await,
-        200,
-    )
-    .await;
+    let second = app
+        .get_json(
+            &format!("/prospects?industry=Software&limit=2&cursor={cursor}"),
+            200,
+        )
+        .await;
     assert_ne!(first["data"], second["data"]);
 
     // Parameter order and repeats are normalized: the same query, the same entry.
     let (hits_before, _, _) = counts(&app, "company_prospect_view").await;
-    json(
-        app.get("/prospects?industry=Energy&industry=Software&industry=Energy")
-            .await,
+    app.get_json(
+        "/prospects?industry=Energy&industry=Software&industry=Energy",
         200,
     )
     .await;
-    json(
-        app.get("/prospects?industry=Software&industry=Energy")
-            .await,
-        200,
-    )
-    .await;
+    app.get_json("/prospects?industry=Software&industry=Energy", 200)
+        .await;
     let (hits_after, _, _) = counts(&app, "company_prospect_view").await;
     assert_eq!(hits_after, hits_before + 1);
 
@@ -187,12 +177,11 @@ async fn different_filters_sorts_cursors_and_codings_never_share_an_entry() {
     let plain = plain.bytes().await.unwrap();
     for _ in 0..2 {
         let gzipped = app
-            .client
-            .get(format!("{}/prospects?industry=Software", app.address))
-            .header("accept-encoding", "gzip")
-            .send()
-            .await
-            .unwrap();
+            .get_with(
+                "/prospects?industry=Software",
+                &[("accept-encoding", "gzip")],
+            )
+            .await;
         assert_eq!(header(&gzipped, "content-encoding"), "gzip");
         assert!(
             header(&gzipped, "vary")
@@ -219,7 +208,7 @@ async fn identical_concurrent_misses_run_one_query_and_failures_are_not_cached()
     let failed = app.get("/companies?country=France").await;
     assert_eq!(failed.status(), 503);
     lock.rollback().await.unwrap();
-    let companies = json(app.get("/companies?country=France").await, 200).await;
+    let companies = app.get_json("/companies?country=France", 200).await;
     assert!(!companies["data"].as_array().unwrap().is_empty());
     assert_eq!(counts(&app, "company_summary_view").await, (0, 1, 0));
 
@@ -262,8 +251,8 @@ async fn the_byte_bound_holds() {
 #[tokio::test]
 async fn zero_bytes_turns_the_cache_off() {
     let app = spawn_cached_app(|config| config.response_cache_bytes = 0).await;
-    let first: Value = json(app.get("/companies").await, 200).await;
-    let second: Value = json(app.get("/companies").await, 200).await;
+    let first: Value = app.get_json("/companies", 200).await;
+    let second: Value = app.get_json("/companies", 200).await;
     assert_eq!(first, second);
     assert_eq!(metric(&app, "response_cache_enabled").await, 0.0);
     let views = json(app.admin_get("/admin/views").await, 200).await;

@@ -1,20 +1,12 @@
 //! The materialized views' contents and keys, against a hand-made fixture.
 
-use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all};
-
-use crate::helpers::{TestDb, quick_refresh_settings};
+use crate::helpers::{TestDb, refresh_all_ok, scalar};
 
 async fn fixture_db() -> TestDb {
     let db = TestDb::new().await;
     db.execute(include_str!("../fixtures/formatting_cases.sql"))
         .await;
-    let reports = refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
-    assert!(
-        reports.iter().all(|r| r.status == RefreshStatus::Ok),
-        "{reports:?}"
-    );
+    refresh_all_ok(&db.pool).await;
     db
 }
 
@@ -119,12 +111,11 @@ async fn a_company_without_prospects_appears_once_with_null_prospect_columns() {
     assert_eq!(summary.job_level_count, Some(0));
     assert_eq!(summary.last_prospect_update, None);
 
-    let searchable = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM prospect_search_view WHERE company_id = 'c_lonely'"#
+    let searchable = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM prospect_search_view WHERE company_id = 'c_lonely'"#,
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         searchable, 0,
         "the search view joins prospects to companies, so a lonely company has no rows"
@@ -185,13 +176,7 @@ async fn concurrent_refresh_keeps_the_prospectless_row_in_place_when_nothing_cha
     };
     let before = ctid_of_lonely_row().await;
     // The fixture refresh populated the views; these are CONCURRENTLY refreshes.
-    let reports = refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
-    assert!(
-        reports.iter().all(|r| r.status == RefreshStatus::Ok),
-        "{reports:?}"
-    );
+    refresh_all_ok(&db.pool).await;
     let after = ctid_of_lonely_row().await;
     assert_eq!(
         before, after,

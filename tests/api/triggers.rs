@@ -6,7 +6,7 @@ use prospect_api::refresh::{RefreshTrigger, refresh_all};
 use sqlx::Connection;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{TestDb, quick_refresh_settings};
+use crate::helpers::{TestDb, quick_refresh_settings, scalar};
 
 async fn next_notification(listener: &mut PgListener) -> serde_json::Value {
     let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
@@ -85,10 +85,11 @@ async fn by_default_writes_are_recorded_but_not_notified() {
         heard.is_err(),
         "no notification without prospect_api.notify = on"
     );
-    let recorded = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM base_table_changes"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let recorded = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM base_table_changes"#,
+    )
+    .await;
     assert_eq!(recorded, 1);
 }
 
@@ -163,17 +164,17 @@ async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_
     // ...then commits: the refreshed views do not contain its row, and the change record knows it.
     writing.commit().await.unwrap();
 
-    let in_view = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_slow'"#
+    let in_view = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_slow'"#,
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(in_view, 0);
-    let needing = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let needing = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#,
+    )
+    .await;
     assert_eq!(
         needing, 3,
         "a timestamp comparison would miss this write; the snapshot comparison does not"
@@ -245,9 +246,10 @@ async fn the_change_record_is_pruned_once_every_view_has_seen_it() {
     refresh_all(&db.pool, RefreshTrigger::Notify, &quick_refresh_settings())
         .await
         .unwrap();
-    let left = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM base_table_changes"#)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let left = scalar::<i64>(
+        &db.pool,
+        r#"SELECT count(*) AS "n!" FROM base_table_changes"#,
+    )
+    .await;
     assert_eq!(left, 0, "every view has seen these changes");
 }

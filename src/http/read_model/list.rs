@@ -4,6 +4,7 @@
 use axum::extract::Path;
 use axum::http::{HeaderValue, Uri};
 use axum::response::Response;
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -87,7 +88,10 @@ async fn answer<M: ReadModel>(
     );
     let render = async {
         let filters = &request.filters;
-        let mut rows = M::page(pool, filters, request.sort, after.as_ref(), page.limit + 1).await?;
+        let mut rows: Vec<M::Row> =
+            M::rows(pool, filters, request.sort, after.as_ref(), page.limit + 1)
+                .try_collect()
+                .await?;
         let next_cursor = if rows.len() as i64 > page.limit {
             rows.truncate(page.limit as usize);
             rows.last().map(|row| {
