@@ -12,7 +12,9 @@ Prints req/s per round, the medians and their ratio to the first variant, and wr
 bench/RESULTS.md.
 
 The first variant is this checkout's release build; `--baseline-binary` adds another build (of an
-earlier commit, say). A build whose migrations differ reads its own copy of the benchmark database
+earlier commit, say); `--access` adds this build under an access policy, every request carrying a
+credential: an HS256 JWT, an RS256 JWT (verified with a JWKS file), an API key. The policy's role
+sees everything, so the variants differ only by what authenticating costs. A build whose migrations differ reads its own copy of the benchmark database
 (`--baseline-database`, made with `CREATE DATABASE … TEMPLATE prospect_api_bench_1m` before migrating),
 so that each finds the schema it knows.
 
@@ -20,9 +22,15 @@ Standard library only; needs what bench/run.py needs.
 """
 
 import argparse
+import base64
 import datetime
+import hashlib
+import hmac
+import json
 import os
 import random
+import subprocess
+import time
 import statistics
 import sys
 import tempfile
@@ -32,12 +40,60 @@ import mixed  # noqa: E402  (the mix)
 import run  # noqa: E402  (data, server, wrk)
 
 
-def variants(args, url):
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123456789"
+FIXTURES = os.path.join(run.ROOT, "tests", "fixtures", "jwt")
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt(alg, claims, sign, kid=None):
+    header = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    return signing_input + "." + b64(sign(signing_input.encode()))
+
+
+def rsa_sign(data):
+    """RS256 with the test fixture key a, by openssl (the standard library has no RSA)."""
+    return subprocess.run(["openssl", "dgst", "-sha256", "-sign", os.path.join(FIXTURES, "a.key.pem")],
+                          input=data, capture_output=True, check=True).stdout
+
+
+def access_variants(url, workdir):
+    """This build under a policy, with each kind of credential."""
+    policy = os.path.join(workdir, "policy.toml")
+    with open(policy, "w") as f:
+        f.write("[roles.bench]\n")
+    with open(os.path.join(FIXTURES, "a.jwk.json")) as f:
+        jwks = os.path.join(workdir, "jwks.json")
+        with open(jwks, "w") as out:
+            json.dump({"keys": [json.load(f)]}, out)
+    claims = {"sub": "bench", "role": "bench", "exp": int(time.time()) + 24 * 3600}
+    hs256 = jwt("HS256", claims, lambda data: hmac.new(JWT_SECRET.encode(), data, hashlib.sha256).digest())
+    rs256 = jwt("RS256", claims, rsa_sign, kid="key-a")
+    name = f"bench-{os.getpid()}"
+    created = subprocess.run([run.BINARY, "keys", "create", "--role", "bench", "--name", name],
+                             env=dict(os.environ, DATABASE_URL=url), capture_output=True, text=True, check=True)
+    key = created.stdout.strip().splitlines()[-1]
+    policy_env = {"ACCESS_POLICY": policy}
+    return [
+        ("JWT HS256", run.BINARY, url, {**policy_env, "JWT_SECRET": JWT_SECRET}, {"Authorization": f"Bearer {hs256}"}),
+        ("JWT RS256", run.BINARY, url, {**policy_env, "JWT_JWKS": jwks}, {"Authorization": f"Bearer {rs256}"}),
+        ("API key", run.BINARY, url, policy_env, {"X-API-Key": key}),
+    ], name
+
+
+def variants(args, url, workdir):
     found = [("this build", run.BINARY, url, {}, {})]
     if args.baseline_binary:
         baseline_url = f"{args.server}/{args.baseline_database}" if args.baseline_database else url
         found.append(("baseline", args.baseline_binary, baseline_url, {}, {}))
-    return found
+    key_name = None
+    if args.access:
+        with_access, key_name = access_variants(url, workdir)
+        found += with_access
+    return found, key_name
 
 
 def serve(binary, url, env):
@@ -49,7 +105,8 @@ def serve(binary, url, env):
         run.BINARY = saved
 
 
-def measure(binary, url, env, requests, seconds, workdir):
+def measure(binary, url, env, requests, seconds, workdir, headers=None):
+    requests = [(path, {**own, **(headers or {})}) for path, own in requests]
     server = serve(binary, url, env)
     try:
         run.run_wrk(requests, 2, workdir)  # warm-up: every backend has planned and cached
@@ -97,24 +154,32 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--baseline-binary")
     parser.add_argument("--baseline-database", help="the baseline's copy of the benchmark database")
+    parser.add_argument("--access", action="store_true",
+                        help="add this build under an access policy with a JWT (HS256, RS256) and an API key")
     parser.add_argument("--server", default=os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432"))
     args = parser.parse_args()
     run.subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=run.ROOT)
     url = run.prepare_database(args.server, args.size)
     run.refresh_durations(url)
-    chosen = variants(args, url)
     case_a = [(f"/prospects?industry={run.quote(i)}", {}) for i in run.INDUSTRIES]
     mix = the_mix(url)
     loads = {LOADS[0]: (case_a, run.NO_RESPONSE_CACHE), LOADS[1]: (mix, {})}
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for round_number in range(args.rounds):
-            for load, (requests, env) in loads.items():
-                for label, binary, database, extra_env, _ in chosen:
-                    figures = measure(binary, database, {**env, **extra_env}, requests, args.seconds, workdir)
-                    results.setdefault((label, load), []).append(figures)
-                    print(f"round {round_number + 1}: {load}: {label}: {figures['rps']:.0f} req/s, "
-                          f"p99 {figures['p99_ms']:.2f} ms, errors {figures['errors']}", flush=True)
+        chosen, key_name = variants(args, url, workdir)
+        try:
+            for round_number in range(args.rounds):
+                for load, (requests, env) in loads.items():
+                    for label, binary, database, extra_env, headers in chosen:
+                        figures = measure(binary, database, {**env, **extra_env}, requests, args.seconds,
+                                          workdir, headers)
+                        results.setdefault((label, load), []).append(figures)
+                        print(f"round {round_number + 1}: {load}: {label}: {figures['rps']:.0f} req/s, "
+                              f"p99 {figures['p99_ms']:.2f} ms, errors {figures['errors']}", flush=True)
+        finally:
+            if key_name:
+                subprocess.run([run.BINARY, "keys", "revoke", key_name],
+                               env=dict(os.environ, DATABASE_URL=url), capture_output=True)
     text = table(results, chosen)
     print(text)
     prospects = int(run.psql(url, 'SELECT count(*) FROM "Prospect"'))
@@ -122,6 +187,8 @@ def main():
     command = f"bench/ab.py --size {args.size} --rounds {args.rounds} --seconds {args.seconds}"
     if args.baseline_binary:
         command += " --baseline-binary … --baseline-database …"
+    if args.access:
+        command += " --access"
     run.write_section("ab", f"""## Side by side: this build against a baseline
 
 Written by `{command}` on {now} UTC (same machine as above), {prospects:,} prospects. wrk,

@@ -79,6 +79,8 @@ def main():
         "Swagger UI drew the operations": dom.count('class="opblock ') >= 10,
         "the list endpoints are on the page": "/prospects" in dom and "/companies" in dom,
         "the spec's title is shown": "prospect-api" in dom,
+        "Authorize is offered (JWT, API key, admin token)": "btn authorize" in dom,
+        "secured operations show their lock": dom.count("authorization__btn") >= 10,
         "no Content-Security-Policy violation": "Content Security Policy" not in log,
         "nothing failed to load": "ERR_NAME_NOT_RESOLVED" not in log and "Failed to load" not in log,
         "a screenshot was written": os.path.getsize(args.screenshot) > 10_000,

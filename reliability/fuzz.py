@@ -3,7 +3,9 @@
 
 Creates a fresh database, seeds a little data, starts `prospect-api serve` with an admin token on a
 free port, and runs schemathesis against /openapi.json twice: with the admin token, and without one
-(the admin endpoints must then refuse cleanly). Every check is on: no response >= 500, every status,
+(the admin endpoints must then refuse cleanly). Then starts a second server on the same database
+enforcing an access policy (hidden columns, a row scope, a page cap, an anonymous role) and runs it
+twice more: with a JWT of the restricted role, and without credentials (the anonymous role). Every check is on: no response >= 500, every status,
 content type, header and body as the spec says, invalid input rejected, valid input accepted (see
 schemathesis_hooks.py for the two rules a schema cannot express). Then checks that the server is
 still up and that its log never contains the token.
@@ -15,6 +17,10 @@ Exits non-zero on any failure.
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
+import json
 import os
 import re
 import socket
@@ -27,6 +33,26 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "fuzz-admin-token-" + os.urandom(12).hex()
 SCHEMATHESIS_VERSION = "4.32.5"
+JWT_SECRET = "fuzz-jwt-secret-" + os.urandom(16).hex()
+# No rate limit: a 429 is no finding, and would hide what the requests behind it would have found.
+POLICY = """
+[roles.fuzzer]
+hide = ["email", "prospect_phone", "prospect_mobile_phone", "company_phone", "company_mobile_phone"]
+rows = { company_country = "Germany" }
+max_limit = 100
+[roles.anonymous]
+hide = ["email", "prospect_phone"]
+max_limit = 20
+"""
+
+
+def hs256_jwt(claims):
+    """A JWT signed with JWT_SECRET (HS256), as an identity provider would issue it."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(JWT_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
 
 
 def free_port():
@@ -111,39 +137,53 @@ def main():
     subprocess.run([binary, "seed", "--companies", "300", "--replace", "--refresh"],
                    env=env, check=True, capture_output=True)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    port, guarded_port = free_port(), free_port()
+    base, guarded_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{guarded_port}"
     log = tempfile.NamedTemporaryFile(prefix="fuzz-server-", suffix=".log", delete=False)
-    server = subprocess.Popen(
-        [binary, "serve"],
-        env=dict(env, ADMIN_TOKEN=TOKEN, BIND_ADDR=f"127.0.0.1:{port}", LOG_FORMAT="json"),
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    policy = tempfile.NamedTemporaryFile("w", prefix="fuzz-policy-", suffix=".toml", delete=False)
+    policy.write(POLICY)
+    policy.close()
+    server_env = dict(env, ADMIN_TOKEN=TOKEN, LOG_FORMAT="json")
+    servers = [
+        subprocess.Popen([binary, "serve"], env=dict(server_env, BIND_ADDR=f"127.0.0.1:{port}"),
+                         stdout=log, stderr=subprocess.STDOUT),
+        subprocess.Popen([binary, "serve"],
+                         env=dict(server_env, BIND_ADDR=f"127.0.0.1:{guarded_port}",
+                                  ACCESS_POLICY=policy.name, JWT_SECRET=JWT_SECRET),
+                         stdout=log, stderr=subprocess.STDOUT),
+    ]
+    jwt = hs256_jwt({"sub": "fuzzer", "role": "fuzzer", "exp": int(time.time()) + 3600})
     ok = True
     total = 0
     try:
         wait_ready(base)
+        wait_ready(guarded_base)
         with tempfile.TemporaryDirectory() as workdir:
-            for label, headers in [
-                ("with the admin token", [f"Authorization: Bearer {TOKEN}"]),
-                ("without a token", []),
+            for label, target, headers in [
+                ("with the admin token", base, [f"Authorization: Bearer {TOKEN}"]),
+                ("without a token", base, []),
+                ("access policy, a restricted role's JWT", guarded_base, [f"Authorization: Bearer {jwt}"]),
+                ("access policy, no credential (anonymous role)", guarded_base, []),
             ]:
-                generated, passed = run_schemathesis(base, args.examples, label, headers, workdir)
+                generated, passed = run_schemathesis(target, args.examples, label, headers, workdir)
                 total += generated
                 ok &= passed
-        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
-            alive = r.status == 200
-        print(f"server still answering /healthz: {alive}")
-        ok &= alive
+        for target in (base, guarded_base):
+            with urllib.request.urlopen(f"{target}/healthz", timeout=5) as r:
+                alive = r.status == 200
+            print(f"server {target} still answering /healthz: {alive}")
+            ok &= alive
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+        os.unlink(policy.name)
         subprocess.run(["dropdb", "--if-exists", "--force", "-h", "127.0.0.1", "-U", "postgres",
                         database_url.rsplit("/", 1)[1]], capture_output=True)
 
     with open(log.name) as f:
         server_log = f.read()
-    token_logged = TOKEN in server_log
+    token_logged = TOKEN in server_log or JWT_SECRET in server_log or jwt in server_log
     server_errors = len(re.findall(r'"status":5\d\d', server_log))
     print(f"server log: {len(server_log.splitlines())} lines, token present: {token_logged}, "
           f"5xx responses logged: {server_errors} ({log.name})")

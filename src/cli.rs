@@ -47,6 +47,57 @@ pub enum Command {
     Seed(SeedArgs),
     /// Print the OpenAPI document of the HTTP API (what openapi/openapi.json holds).
     Openapi,
+    /// Create, list and revoke API keys (for servers and dashboards; README, "Access control").
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a role; the key is printed once, as the last line of output.
+    Create(KeysCreateArgs),
+    /// List the keys: name, role, created, expires, last used, revoked (never the keys).
+    List(KeysListArgs),
+    /// Revoke a key: every instance refuses it within a second.
+    Revoke(KeysRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// The role the key reads as (a role of the access policy).
+    #[arg(long)]
+    pub role: String,
+
+    /// The key's name, as the audit log and `keys list` show it: 1 to 64 letters, digits, '.', '_'
+    /// or '-'.
+    #[arg(long)]
+    pub name: String,
+
+    /// How long the key is valid, e.g. 90d (unset: until revoked).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub expires: Option<std::time::Duration>,
+
+    /// The access policy, to check that the role is declared in it.
+    #[arg(long, env = "ACCESS_POLICY")]
+    pub access_policy: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRevokeArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// The name of the key to revoke.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 
-use crate::cli::{MigrateArgs, RefreshArgs, SeedArgs, ServeArgs};
+use crate::access::keys;
+use crate::cli::{KeysCommand, MigrateArgs, RefreshArgs, SeedArgs, ServeArgs};
 use crate::db::prepare_database;
 use crate::refresh::{self, RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::seed::{self, SeedOptions};
@@ -132,5 +133,73 @@ async fn shutdown_signal() {
 
 pub fn openapi() -> anyhow::Result<()> {
     println!("{}", crate::http::openapi_spec().to_pretty_json()?);
+    Ok(())
+}
+
+pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create(args) => {
+            if let Some(path) = &args.access_policy {
+                let columns = crate::access::restriction::known_columns();
+                let policy =
+                    crate::access::Policy::load(path, &columns).map_err(anyhow::Error::msg)?;
+                if policy.role(&args.role).is_none() {
+                    anyhow::bail!(
+                        "the access policy {} declares no role '{}'",
+                        path.display(),
+                        args.role
+                    );
+                }
+            }
+            let pool = prepare_database(&args.database).await?;
+            let key = keys::create(&pool, &args.name, &args.role, args.expires).await?;
+            let expires = args.expires.map_or_else(
+                || "until revoked".to_owned(),
+                |valid| format!("for {}", humantime::format_duration(valid)),
+            );
+            println!(
+                "created key '{}' for role '{}', valid {expires}. It is shown only now: store it as a secret.",
+                args.name, args.role
+            );
+            println!("{key}");
+        }
+        KeysCommand::List(args) => {
+            let pool = prepare_database(&args.database).await?;
+            let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                at.map_or_else(
+                    || "-".to_owned(),
+                    |at| at.format("%Y-%m-%d %H:%M").to_string(),
+                )
+            };
+            println!(
+                "{:<24} {:<16} {:<16} {:<16} {:<16} REVOKED",
+                "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"
+            );
+            for key in keys::list(&pool).await? {
+                println!(
+                    "{:<24} {:<16} {:<16} {:<16} {:<16} {}",
+                    key.name,
+                    key.role,
+                    when(Some(key.created_at)),
+                    when(key.expires_at),
+                    when(key.last_used_at),
+                    when(key.revoked_at)
+                );
+            }
+        }
+        KeysCommand::Revoke(args) => {
+            let pool = prepare_database(&args.database).await?;
+            if !keys::revoke(&pool, &args.name).await? {
+                anyhow::bail!(
+                    "there is no key '{}' that is not revoked already",
+                    args.name
+                );
+            }
+            println!(
+                "revoked key '{}': every instance refuses it within a second",
+                args.name
+            );
+        }
+    }
     Ok(())
 }

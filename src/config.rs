@@ -160,7 +160,7 @@ pub struct ServeConfig {
 
     /// Bearer token for the /admin endpoints, at least 32 characters (e.g. `openssl rand -hex 32`).
     /// Unset: the admin endpoints are disabled (403).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = SecretParser::<AdminToken>::new())]
     pub admin_token: Option<AdminToken>,
 
     /// How long an instance reuses a view's freshness (from the refresh log) before reading it again;
@@ -217,10 +217,55 @@ pub struct ServeConfig {
     pub demo: bool,
 
     #[command(flatten)]
+    pub access: AccessConfig,
+
+    #[command(flatten)]
     pub maintenance: MaintenanceConfig,
 
     #[command(flatten)]
     pub refresh: RefreshSettings,
+}
+
+/// Who may read what (`access`): the policy, and how JWTs are verified.
+#[derive(Debug, Clone, Args)]
+pub struct AccessConfig {
+    /// The access policy (TOML): the roles, the columns each may not see, its row scope and limits
+    /// (README, "Access control"). Unset: every read is open, and `serve` only binds a loopback
+    /// address.
+    #[arg(long, env = "ACCESS_POLICY")]
+    pub access_policy: Option<std::path::PathBuf>,
+
+    /// Verify JWTs signed with this HS256 secret (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = SecretParser::<JwtSecret>::new())]
+    pub jwt_secret: Option<JwtSecret>,
+
+    /// Verify JWTs with the keys of this JWKS: a file path or an http(s) URL. Keys are cached, and
+    /// fetched again when the cache expires and (at most every 10 s) for an unknown `kid`.
+    #[arg(long, env = "JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+
+    /// The `aud` every JWT must carry. Unset: `aud` is not checked.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The `iss` every JWT must carry. Unset: `iss` is not checked.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The claim naming a JWT's role: a top-level claim's name, or a JSON pointer for a nested one
+    /// (`/app_metadata/role`, or `/https:~1~1example.com~1role` for a namespaced claim).
+    #[arg(long, env = "JWT_ROLE_CLAIM", default_value = "role")]
+    pub jwt_role_claim: String,
+
+    /// Keep the audit log of exports and admin actions this long; 0 keeps everything.
+    #[arg(long, env = "AUDIT_LOG_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    pub audit_log_retention: Duration,
+}
+
+impl AccessConfig {
+    pub fn verifies_jwts(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_jwks.is_some()
+    }
 }
 
 impl ServeConfig {
@@ -301,24 +346,37 @@ impl FromStr for AdminToken {
     }
 }
 
-/// Parses ADMIN_TOKEN without the usual "invalid value '…'" message: a rejected token may still be
-/// most of a real secret, and must not be echoed to the terminal or the logs.
+/// Parses a secret (ADMIN_TOKEN, JWT_SECRET) without the usual "invalid value '…'" message: a
+/// rejected secret may still be most of a real one, and must not be echoed to the terminal or logs.
 #[derive(Clone)]
-struct AdminTokenParser;
+struct SecretParser<T>(std::marker::PhantomData<T>);
 
-impl clap::builder::TypedValueParser for AdminTokenParser {
-    type Value = AdminToken;
+impl<T> SecretParser<T> {
+    fn new() -> Self {
+        SecretParser(std::marker::PhantomData)
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for SecretParser<T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
+        arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<AdminToken, clap::Error> {
+    ) -> Result<T, clap::Error> {
+        let name = arg.and_then(|arg| arg.get_long()).map_or_else(
+            || "the secret".to_owned(),
+            |long| long.replace('-', "_").to_uppercase(),
+        );
         let text = value.to_str().ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidUtf8,
-                "ADMIN_TOKEN must be valid UTF-8\n",
+                format!("{name} must be valid UTF-8\n"),
             )
             .with_cmd(cmd)
         })?;
@@ -329,6 +387,38 @@ impl clap::builder::TypedValueParser for AdminTokenParser {
             )
             .with_cmd(cmd)
         })
+    }
+}
+
+/// The HS256 key of JWT_SECRET. Never printed.
+#[derive(Clone)]
+pub struct JwtSecret(Vec<u8>);
+
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl FromStr for JwtSecret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < MIN_JWT_SECRET_BYTES {
+            return Err(format!(
+                "JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 asks HS256 keys \
+                 to be as long as the hash; e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        Ok(JwtSecret(s.as_bytes().to_vec()))
+    }
+}
+
+impl JwtSecret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(***)")
     }
 }
 

@@ -3,6 +3,7 @@
 //! The data flows one way: base tables -> triggers -> materialized views (refreshed by `refresh`)
 //! -> `views` queries -> HTTP. Freshness comes from the refresh log (reused for up to a second).
 
+pub mod access;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -19,6 +19,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate(args) => commands::migrate(args).await,
         Command::Refresh(args) => commands::refresh(args).await,
         Command::Seed(args) => commands::seed(args).await,
+        Command::Keys(command) => commands::keys(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

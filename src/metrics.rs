@@ -38,6 +38,21 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "HTTP request latency by route template.",
     ),
     (
+        "role_requests_total",
+        Kind::Counter,
+        "Requests admitted to the read and admin routes, by role.",
+    ),
+    (
+        "auth_refusals_total",
+        Kind::Counter,
+        "Requests refused before reading anything, by reason (unauthenticated, forbidden, rate_limited, locked_out, unavailable).",
+    ),
+    (
+        "exported_rows_total",
+        Kind::Counter,
+        "CSV rows exported, by role.",
+    ),
+    (
         "view_refreshes_total",
         Kind::Counter,
         "View refreshes by view, trigger and status (ok, error, skipped).",
@@ -156,6 +171,15 @@ enum Kind {
     Histogram,
 }
 
+/// Why `auth::authenticate` refuses a request (every one counted from zero).
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "unauthenticated",
+    "forbidden",
+    "rate_limited",
+    "locked_out",
+    "unavailable",
+];
+
 /// Triggers whose refreshes base-table changes caused.
 const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
 
@@ -199,6 +223,9 @@ impl Default for Metrics {
             metrics
                 .counter("view_refresh_failures_total", view_label(view))
                 .increment(0);
+        }
+        for reason in REFUSAL_REASONS {
+            metrics.record_refusals(reason, 0);
         }
         for name in [
             "incremental_companies_applied_total",
@@ -278,6 +305,11 @@ pub struct Scrape<'a> {
     pub replica: Option<&'a ReplicaStatus>,
 }
 
+/// Roles are the policy's: a bounded set.
+fn role_label(role: &str) -> Vec<Label> {
+    vec![Label::new("role", role.to_owned())]
+}
+
 fn view_label(view: ViewName) -> Vec<Label> {
     vec![Label::new("view", view.as_str())]
 }
@@ -317,6 +349,25 @@ impl Metrics {
             vec![Label::new("route", route)],
         )
         .record(latency.as_secs_f64());
+    }
+
+    pub fn record_role_request(&self, role: &str) {
+        self.counter("role_requests_total", role_label(role))
+            .increment(1);
+    }
+
+    pub fn record_refusal(&self, reason: &'static str) {
+        self.record_refusals(reason, 1);
+    }
+
+    fn record_refusals(&self, reason: &'static str, count: u64) {
+        self.counter("auth_refusals_total", vec![Label::new("reason", reason)])
+            .increment(count);
+    }
+
+    pub fn record_exported_rows(&self, role: &str, rows: i64) {
+        self.counter("exported_rows_total", role_label(role))
+            .increment(rows.max(0) as u64);
     }
 
     pub fn record_refresh(&self, refresh: RefreshObservation) {
@@ -534,6 +585,8 @@ mod tests {
             !name.starts_with("replica_")
                 && !name.starts_with("view_")
                 && !name.starts_with("http_")
+                && !name.starts_with("role_")
+                && !name.starts_with("exported_")
         }) {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
         }

@@ -13,9 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::jwt::JwtVerifier;
+use crate::access::{Policy, restriction};
 use crate::config::{DatabaseConfig, Schedule, ServeConfig};
 use crate::db::{self, Connect, prepare_database};
-use crate::http::admin_guard::AdminGuard;
+use crate::http::auth::Authenticator;
 use crate::http::cursor::CursorSigner;
 use crate::http::database_circuit::{self, DatabaseCircuit};
 use crate::http::response_cache::ResponseCache;
@@ -24,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::reads::{
     REPLICA_ACQUIRE_TIMEOUT, ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server,
 };
-use crate::refresh::{self, ChangeSource, Modes, NotifySettings, Refresher};
+use crate::refresh::{self, ChangeSource, Modes, NotifySettings, Refresher, Retention};
 use crate::seed::{self, SeedOptions};
 
 pub struct Application {
@@ -42,7 +44,7 @@ struct Background {
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     schedule: Schedule,
-    log_retention: Duration,
+    retention: Retention,
     notify: NotifySettings,
     /// Probed while the database is away.
     database: Arc<DatabaseCircuit>,
@@ -66,6 +68,8 @@ impl Application {
         config: &ServeConfig,
         read_models: ReadModels,
     ) -> anyhow::Result<Application> {
+        let policy = Arc::new(access_policy(config)?);
+        let jwt = JwtVerifier::from_config(&config.access).await?;
         let pool = prepare_database(&config.database).await?;
         if config.demo {
             seed_demo_data_if_empty(&pool).await?;
@@ -97,7 +101,13 @@ impl Application {
         let state = AppState {
             refresher: refresher.clone(),
             metrics: metrics.clone(),
-            admin: Arc::new(AdminGuard::new(config.admin_token.clone())),
+            auth: Arc::new(Authenticator::new(
+                policy,
+                config.admin_token.clone(),
+                jwt,
+                pool.clone(),
+                metrics.clone(),
+            )),
             reads,
             pool: pool.clone(),
             cursors,
@@ -124,7 +134,10 @@ impl Application {
             metrics,
             shutdown,
             schedule: config.schedule(),
-            log_retention: config.refresh_log_retention,
+            retention: Retention {
+                refresh_log: config.refresh_log_retention,
+                audit_log: config.access.audit_log_retention,
+            },
             notify: NotifySettings {
                 debounce: config.refresh_debounce,
                 max_delay: config.refresh_max_delay,
@@ -179,7 +192,7 @@ impl Application {
             tokio::spawn(background.replica_monitor.run(stopping.clone())),
             tokio::spawn(refresh::run_housekeeping(
                 background.pool.clone(),
-                background.log_retention,
+                background.retention,
                 stopping.clone(),
             )),
             tokio::spawn(upkeep_metrics(background.metrics.clone(), stopping)),
@@ -198,6 +211,44 @@ impl Application {
         refresh::stop_worker(background.worker, REFRESH_GRACE).await;
         served
     }
+}
+
+/// The access policy ACCESS_POLICY names, or none (every read open): only on a loopback address,
+/// where nobody but this machine can reach the port.
+fn access_policy(config: &ServeConfig) -> anyhow::Result<Policy> {
+    let access = &config.access;
+    let Some(path) = &access.access_policy else {
+        if access.verifies_jwts() {
+            anyhow::bail!(
+                "JWT_SECRET or JWT_JWKS is set without ACCESS_POLICY: a token's role means nothing \
+                 without a policy declaring it. Set ACCESS_POLICY to a policy file (README, \
+                 \"Access control\")."
+            );
+        }
+        if !config.bind_addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve contact data on {} without an access policy: anyone who can \
+                 reach that address could read and export every row. Set ACCESS_POLICY to a \
+                 policy file (README, \"Access control\"), or bind a loopback address such as \
+                 127.0.0.1 to try the API out.",
+                config.bind_addr
+            );
+        }
+        tracing::warn!(
+            "no ACCESS_POLICY: every read is open to anyone who can reach {} (a loopback address); \
+             set ACCESS_POLICY before serving anyone else",
+            config.bind_addr
+        );
+        return Ok(Policy::open());
+    };
+    let policy = Policy::load(path, &restriction::known_columns()).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        policy = %path.display(),
+        roles = policy.roles().count(),
+        anonymous = policy.without_credentials().is_some(),
+        "access policy loaded"
+    );
+    Ok(policy)
 }
 
 /// The read-only pools: the primary's alone, or a replica's with the primary's to fall back on. Both

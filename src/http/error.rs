@@ -85,8 +85,33 @@ pub enum ApiError {
     AdminDisabled,
     #[error("missing or wrong admin token")]
     Unauthorized,
-    #[error("too many wrong admin tokens")]
+    #[error("too many wrong secrets")]
     TooManyWrongTokens { retry_after_secs: u64 },
+    /// No credential where one is needed, or one that is wrong, expired or revoked (`invalid`).
+    #[error("unauthenticated: {detail}")]
+    Unauthenticated { detail: String, invalid: bool },
+    /// The caller's role may not do this at all (undeclared, not an admin, or a read model its row
+    /// scope cannot be applied to).
+    #[error("role refused: {0}")]
+    RoleRefused(String),
+    /// Parameters naming what the caller's role may not see or use.
+    #[error("forbidden parameters")]
+    Forbidden(Vec<InvalidParam>),
+    #[error("rate limited")]
+    RateLimited {
+        retry_after_secs: u64,
+        per_second: u32,
+    },
+    #[error("export quota: {detail}")]
+    ExportQuota {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// An export is refused when its audit row cannot be written (fail closed).
+    #[error("audit log unwritable: {0}")]
+    AuditUnavailable(String),
+    #[error("JWT keys unavailable: {0}")]
+    KeysUnavailable(String),
     #[error("refresh failed")]
     RefreshFailed(Vec<RefreshReport>),
     #[error("refresher unavailable: {0}")]
@@ -253,11 +278,66 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "urn:prospect-api:problem:too-many-wrong-tokens",
                 format!(
-                    "Too many wrong admin tokens from this address. Retry after \
+                    "Too many wrong admin tokens or API keys from this address. Retry after \
                      {retry_after_secs} s with the right one."
                 ),
             )
             .retry_after(*retry_after_secs),
+            ApiError::Unauthenticated { detail, .. } => Described::new(
+                S::UNAUTHORIZED,
+                "urn:prospect-api:problem:unauthenticated",
+                detail.clone(),
+            ),
+            ApiError::RoleRefused(detail) => Described::new(
+                S::FORBIDDEN,
+                "urn:prospect-api:problem:role-refused",
+                detail.clone(),
+            ),
+            ApiError::Forbidden(params) => {
+                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                Described {
+                    invalid_params: params.clone(),
+                    ..Described::new(
+                        S::FORBIDDEN,
+                        "urn:prospect-api:problem:forbidden-parameters",
+                        format!("Your role may not use: {}", names.join(", ")),
+                    )
+                }
+            }
+            ApiError::RateLimited {
+                retry_after_secs,
+                per_second,
+            } => Described::new(
+                S::TOO_MANY_REQUESTS,
+                "urn:prospect-api:problem:rate-limited",
+                format!(
+                    "Your role allows {per_second} requests a second per credential. Retry after \
+                     {retry_after_secs} s."
+                ),
+            )
+            .retry_after(*retry_after_secs),
+            ApiError::ExportQuota {
+                detail,
+                retry_after_secs,
+            } => Described::new(
+                S::TOO_MANY_REQUESTS,
+                "urn:prospect-api:problem:export-quota",
+                detail.clone(),
+            )
+            .retry_after(*retry_after_secs),
+            ApiError::AuditUnavailable(cause) => Described::new(
+                S::SERVICE_UNAVAILABLE,
+                "urn:prospect-api:problem:audit-unavailable",
+                "Exports are refused while the audit log cannot be written: every export of \
+                 contact data is recorded. Retry shortly.",
+            )
+            .warn(format!("the audit log could not be written: {cause}")),
+            ApiError::KeysUnavailable(cause) => Described::new(
+                S::SERVICE_UNAVAILABLE,
+                "urn:prospect-api:problem:keys-unavailable",
+                "The keys to verify JWTs could not be loaded from JWT_JWKS. Retry shortly.",
+            )
+            .warn(format!("JWT_JWKS unavailable: {cause}")),
             ApiError::RefreshFailed(reports) => {
                 let failures: Vec<String> = reports
                     .iter()
@@ -325,6 +405,15 @@ struct LogEntry(tracing::Level, Arc<str>);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let described = self.describe();
+        // RFC 6750: how to authenticate, and whether the token presented was the problem.
+        let challenge = match &self {
+            ApiError::Unauthorized => Some("Bearer realm=\"prospect-api admin\""),
+            ApiError::Unauthenticated { invalid: true, .. } => {
+                Some("Bearer realm=\"prospect-api\", error=\"invalid_token\"")
+            }
+            ApiError::Unauthenticated { .. } => Some("Bearer realm=\"prospect-api\""),
+            _ => None,
+        };
         let mut response = problem_response(&Problem {
             problem_type: described.problem_type.to_owned(),
             title: described
@@ -341,10 +430,10 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = described.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if described.status == StatusCode::UNAUTHORIZED {
+        if let Some(challenge) = challenge {
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"prospect-api admin\""),
+                HeaderValue::from_static(challenge),
             );
         }
         if described.unreachable {

@@ -46,6 +46,16 @@ impl Fields {
         }
     }
 
+    /// Exactly these fields (those a role may see).
+    pub fn only(names: Vec<String>) -> Fields {
+        Fields(Some(names))
+    }
+
+    /// The fields asked for, if a selection was given.
+    pub fn selected(&self) -> Option<&[String]> {
+        self.0.as_deref()
+    }
+
     /// Part of a response's cache key and ETag.
     pub fn key(&self) -> String {
         self.0

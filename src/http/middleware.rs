@@ -94,6 +94,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
             .allow_headers([
                 header::AUTHORIZATION,
+                super::auth::X_API_KEY,
                 header::CONTENT_TYPE,
                 header::IF_NONE_MATCH,
             ])
@@ -103,6 +104,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
                 X_DATA_STALE,
                 header::ETAG,
                 header::LINK,
+                header::RETRY_AFTER,
                 X_REQUEST_ID,
             ])
             .max_age(CORS_PREFLIGHT_MAX_AGE)

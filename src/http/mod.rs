@@ -6,7 +6,7 @@
 //! (`freshness`) -> the response cache (`response_cache`) -> a read model's statements.
 
 mod admin;
-pub mod admin_guard;
+pub mod auth;
 pub mod cursor;
 pub mod database_circuit;
 mod docs;
@@ -14,6 +14,7 @@ pub mod error;
 mod fields;
 mod freshness;
 mod health;
+pub mod lockout;
 mod middleware;
 mod openapi;
 mod page;
@@ -48,6 +49,8 @@ pub struct HttpSettings {
 pub struct ReadModels {
     router: Router<AppState>,
     operations: openapi::Operations,
+    /// Per model: its row's schema and the fields some role of a policy may not see.
+    hideable: Vec<openapi::HideableFields>,
 }
 
 impl ReadModels {
@@ -55,6 +58,7 @@ impl ReadModels {
         let mut models = ReadModels {
             router: Router::new(),
             operations: openapi::Operations::default(),
+            hideable: Vec::new(),
         };
         visit_read_models(&mut models);
         models
@@ -64,6 +68,7 @@ impl ReadModels {
         let router = std::mem::take(&mut self.router);
         self.router = router.merge(read_model::router::<M>());
         self.operations.add::<M>();
+        self.hideable.push(openapi::hideable_fields::<M>);
     }
 }
 
@@ -73,13 +78,14 @@ impl ReadModelVisitor for ReadModels {
     }
 }
 
-/// Every documented route: the read models', the health endpoints, and the admin plane (only
-/// reachable through `admin_guard::require_admin`).
+/// Every documented route: the read models', the health endpoints, and the admin plane (the read
+/// models' and the admin plane's behind `auth::authenticate`).
 struct Routes {
     read_models: Router<AppState>,
     public: Router<AppState>,
     admin: Router<AppState>,
     document: utoipa::openapi::OpenApi,
+    hideable: Vec<openapi::HideableFields>,
 }
 
 fn routes(read_models: ReadModels) -> Routes {
@@ -94,6 +100,7 @@ fn routes(read_models: ReadModels) -> Routes {
         public,
         admin,
         document: openapi::complete(derived, read_models.operations),
+        hideable: read_models.hideable,
     }
 }
 
@@ -104,16 +111,19 @@ pub fn openapi_spec() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState, settings: &HttpSettings, read_models: ReadModels) -> Router {
     let routes = routes(read_models);
-    let spec_json = routes
-        .document
+    // This server's document: the row keys its policy may leave out are not required.
+    let document = openapi::under_policy(routes.document, &state.auth.policy, &routes.hideable);
+    let spec_json = document
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
-    let admin = routes.admin.route_layer(from_fn_with_state(
-        state.admin.clone(),
-        admin_guard::require_admin,
-    ));
-    let router = routes
-        .read_models
+    let guarded = |routes: Router<AppState>, plane| {
+        routes.route_layer(from_fn_with_state(
+            (state.auth.clone(), plane),
+            auth::authenticate,
+        ))
+    };
+    let admin = guarded(routes.admin, auth::Plane::Admin);
+    let router = guarded(routes.read_models, auth::Plane::Read)
         .merge(routes.public)
         .merge(admin)
         .route(

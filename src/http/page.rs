@@ -42,8 +42,9 @@ pub struct PageParams {
 }
 
 impl PageParams {
-    /// The page parameters of a list of `R` rows (`fields` names keys of `R`).
-    pub fn parse<R: utoipa::ToSchema>(params: &mut QueryParams) -> PageParams {
+    /// The page parameters of a list of `R` rows (`fields` names keys of `R`), `default_limit`
+    /// rows a page without `limit`.
+    pub fn parse<R: utoipa::ToSchema>(params: &mut QueryParams, default_limit: i64) -> PageParams {
         let limit_given = params.contains("limit");
         let format = match params.one("format").as_deref() {
             None | Some("json") => Format::Json,
@@ -54,7 +55,7 @@ impl PageParams {
                 Format::Json
             }
         };
-        let limit = parse_limit(params, DEFAULT_LIMIT, MAX_LIMIT);
+        let limit = parse_limit(params, default_limit, MAX_LIMIT);
         let count = match params.one("count").as_deref() {
             None => CountMode::None,
             Some("exact") => CountMode::Exact,
@@ -100,7 +101,7 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let mut params =
             QueryParams::parse(Some("limit=abc&count=maybe&domain=a&domain=b&x=1")).unwrap();
-        let _ = PageParams::parse::<serde_json::Value>(&mut params);
+        let _ = PageParams::parse::<serde_json::Value>(&mut params, DEFAULT_LIMIT);
         let _ = params.one("domain");
         let names: Vec<String> = rejected(params.finish(&["limit", "count", "domain"]))
             .into_iter()
@@ -120,7 +121,7 @@ mod tests {
             ("limit=99999999999999999999", false),
         ] {
             let mut params = QueryParams::parse(Some(raw)).unwrap();
-            PageParams::parse::<serde_json::Value>(&mut params);
+            PageParams::parse::<serde_json::Value>(&mut params, DEFAULT_LIMIT);
             assert_eq!(params.finish(&PAGE_PARAMS).is_ok(), ok, "{raw}");
         }
     }

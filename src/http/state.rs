@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use super::admin_guard::AdminGuard;
+use super::auth::Authenticator;
 use super::cursor::CursorSigner;
 use super::database_circuit::DatabaseCircuit;
 use super::response_cache::ResponseCache;
@@ -16,8 +16,8 @@ use crate::refresh::Refresher;
 pub struct AppState {
     pub refresher: Refresher,
     pub metrics: Arc<Metrics>,
-    /// Who may use the admin plane.
-    pub admin: Arc<AdminGuard>,
+    /// Who is asking, and what their role may do (every read and admin route).
+    pub auth: Arc<Authenticator>,
     /// Where data and freshness reads go: the primary, or a replica watched for lag (read-only
     /// pools, `plan_cache_mode = force_custom_plan`, with a statement timeout). Handlers take the
     /// chosen `ReadSource` as an extractor.

@@ -27,7 +27,7 @@ pub use incremental::round as incremental_round;
 pub use refresher::{RefreshOutcome, Refresher, stop_worker};
 pub use report::{RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 pub use scheduler::{
-    CHANNEL, ChangeSource, NotifySettings, read_models_behind, run_change_watcher,
+    CHANNEL, ChangeSource, NotifySettings, Retention, read_models_behind, run_change_watcher,
     run_housekeeping, run_schedule,
 };
 

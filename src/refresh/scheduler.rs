@@ -233,21 +233,37 @@ pub async fn read_models_behind(pool: &PgPool) -> Result<Vec<(ViewName, Mode)>, 
         .collect())
 }
 
+/// How long the logs are kept (zero: for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// REFRESH_LOG_RETENTION (each view's last success and last error are always kept).
+    pub refresh_log: Duration,
+    /// AUDIT_LOG_RETENTION.
+    pub audit_log: Duration,
+}
+
 /// How often the housekeeping runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
-/// Every minute until shutdown: deletes log and error rows older than `keep`, keeping each view's
-/// last success and last error (`prune_refresh_log()`; zero keeps everything), and vacuums the change
-/// record. Every instance does it: deleting what another instance already deleted costs nothing, and
+/// Every minute until shutdown: deletes refresh log and error rows older than their retention,
+/// keeping each view's last success and last error (`prune_refresh_log()`), and audit rows older
+/// than theirs (`prune_audit_log()`), and vacuums the change record. Every instance does it: deleting what another instance already deleted costs nothing, and
 /// a vacuum another instance is running is skipped.
-pub async fn run_housekeeping(pool: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_housekeeping(pool: PgPool, keep: Retention, mut shutdown: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(HOUSEKEEPING_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                if !keep.is_zero() && let Err(error) = prune_log(&pool, keep).await {
+                if !keep.refresh_log.is_zero() && let Err(error) = prune_log(&pool, keep.refresh_log).await {
                     tracing::warn!(%error, "pruning the refresh log failed; trying again in a minute");
+                }
+                if !keep.audit_log.is_zero() {
+                    match crate::access::audit::prune(&pool, keep.audit_log).await {
+                        Ok(0) => {}
+                        Ok(rows) => tracing::info!(rows, "pruned the audit log"),
+                        Err(error) => tracing::warn!(%error, "pruning the audit log failed; trying again in a minute"),
+                    }
                 }
                 if let Err(error) = vacuum_change_record(&pool).await {
                     tracing::warn!(%error, "vacuuming the change record failed; trying again in a minute");

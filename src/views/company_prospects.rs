@@ -102,14 +102,19 @@ filters! {
         /// Substring of the job title, case-insensitive (`%` and `_` match themselves).
         pub job_title: Option<String>,
         /// Minimum company revenue (whole currency units).
+        #[reads("revenue")]
         pub revenue_min: Option<i64>,
         /// Maximum company revenue (whole currency units).
+        #[reads("revenue")]
         pub revenue_max: Option<i64>,
         /// Companies whose employee range reaches at least this size.
+        #[reads("min_employee_size", "max_employee_size")]
         pub employees_min: Option<i32>,
         /// Companies whose employee range starts at or below this size.
+        #[reads("min_employee_size")]
         pub employees_max: Option<i32>,
         /// Prospects updated at or after this instant (RFC 3339).
+        #[reads("prospect_updated_at")]
         pub updated_since: Option<DateTime<Utc>>,
     }
 }
@@ -135,6 +140,14 @@ impl SortKey for ProspectSortKey {
         key: ProspectSortKey::CompanyName,
         descending: false,
     };
+
+    fn reads(self) -> &'static [&'static str] {
+        match self {
+            ProspectSortKey::CompanyName => &["company_name", "last_name", "first_name"],
+            ProspectSortKey::Revenue => &["revenue"],
+            ProspectSortKey::UpdatedAt => &["prospect_updated_at"],
+        }
+    }
 }
 
 pub type ProspectSort = Sort<ProspectSortKey>;

@@ -54,14 +54,19 @@ filters! {
         /// Domain.
         pub domain: Option<String>,
         /// Minimum revenue (whole currency units).
+        #[reads("revenue")]
         pub revenue_min: Option<i64>,
         /// Maximum revenue (whole currency units).
+        #[reads("revenue")]
         pub revenue_max: Option<i64>,
         /// Companies whose employee range reaches at least this size.
+        #[reads("min_employee_size", "max_employee_size")]
         pub employees_min: Option<i32>,
         /// Companies whose employee range starts at or below this size.
+        #[reads("min_employee_size")]
         pub employees_max: Option<i32>,
         /// Companies with at least this many prospects.
+        #[reads("prospect_count")]
         pub min_prospects: Option<i64>,
     }
 }
@@ -88,6 +93,15 @@ impl SortKey for CompanySortKey {
         key: CompanySortKey::Name,
         descending: false,
     };
+
+    fn reads(self) -> &'static [&'static str] {
+        match self {
+            CompanySortKey::Name => &["name"],
+            CompanySortKey::Revenue => &["revenue"],
+            CompanySortKey::ProspectCount => &["prospect_count"],
+            CompanySortKey::LastProspectUpdate => &["last_prospect_update"],
+        }
+    }
 }
 
 pub type CompanySort = Sort<CompanySortKey>;
@@ -222,6 +236,13 @@ impl ReadModel for CompanySummaries {
         facets: Some("company_facets"),
         scoped: None,
     };
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("name", "company_name"),
+        ("address", "company_address"),
+        ("city", "company_city"),
+        ("state", "company_state"),
+        ("country", "company_country"),
+    ];
     type Row = CompanyRow;
     type Filters = CompanyFilters;
     type Sort = CompanySortKey;

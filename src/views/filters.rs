@@ -27,6 +27,9 @@ pub struct FilterSpec {
     pub name: &'static str,
     pub kind: FilterKind,
     pub doc: &'static str,
+    /// The fields of the model's row whose values it tests (a role that cannot see one of them
+    /// cannot use the filter). Its own name unless declared with `#[reads(...)]`.
+    pub reads: &'static [&'static str],
 }
 
 impl FilterSpec {
@@ -55,12 +58,28 @@ pub trait FilterValue: Sized {
     fn as_number(&self) -> Option<i64> {
         None
     }
-    /// The filter for one exact value given elsewhere than in the query (a path segment), if it
-    /// takes one.
-    fn from_text(value: String) -> Option<Self> {
-        let _ = value;
-        None
+    /// Narrows the filter to rows whose value is one of `allowed` (a role's row scope, or the id a
+    /// path gives).
+    fn restrict(&mut self, allowed: &[String]) -> Restricted {
+        let _ = allowed;
+        Restricted::Impossible
     }
+    /// Leaves out of what it matches the fields in `hidden`, of those it `reads` (a search over
+    /// several fields, for a role that cannot see some of them).
+    fn hide(&mut self, reads: &'static [&'static str], hidden: &[&str]) {
+        let _ = (reads, hidden);
+    }
+}
+
+/// What narrowing a filter to some values gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restricted {
+    /// It now admits only rows with those values (and, if it had values, only the common ones).
+    Narrowed,
+    /// No row can match: the values it had are all outside those allowed.
+    Nothing,
+    /// This kind of filter cannot hold those values (a range, or one value of several allowed).
+    Impossible,
 }
 
 impl FilterValue for Option<String> {
@@ -68,8 +87,16 @@ impl FilterValue for Option<String> {
     fn read(source: &mut dyn FilterSource, name: &str) -> Self {
         source.text(name)
     }
-    fn from_text(value: String) -> Option<Self> {
-        Some(Some(value))
+    fn restrict(&mut self, allowed: &[String]) -> Restricted {
+        match (self.as_ref(), allowed) {
+            (Some(value), _) if allowed.contains(value) => Restricted::Narrowed,
+            (Some(_), _) => Restricted::Nothing,
+            (None, [one]) => {
+                *self = Some(one.clone());
+                Restricted::Narrowed
+            }
+            (None, _) => Restricted::Impossible,
+        }
     }
 }
 
@@ -78,8 +105,19 @@ impl FilterValue for Vec<String> {
     fn read(source: &mut dyn FilterSource, name: &str) -> Self {
         source.any_of(name)
     }
-    fn from_text(value: String) -> Option<Self> {
-        Some(vec![value])
+    fn restrict(&mut self, allowed: &[String]) -> Restricted {
+        if self.is_empty() {
+            *self = allowed.to_vec();
+            self.sort();
+            self.dedup();
+        } else {
+            self.retain(|value| allowed.contains(value));
+        }
+        if self.is_empty() {
+            Restricted::Nothing
+        } else {
+            Restricted::Narrowed
+        }
     }
 }
 
@@ -120,7 +158,12 @@ impl FilterValue for Option<DateTime<Utc>> {
 /// The terms of a search: at most `Terms::MAX`, each at least `Terms::MIN_CHARS` characters
 /// (shorter ones have no trigram, so the index could not narrow the search).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Terms(pub Vec<String>);
+pub struct Terms {
+    pub terms: Vec<String>,
+    /// Fields searched by default that this caller may not see, so must not match on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+}
 
 impl Terms {
     pub const MAX: usize = 5;
@@ -165,7 +208,17 @@ impl FilterValue for Terms {
         if let Some(reason) = Terms::problem(&terms) {
             source.reject(name, reason);
         }
-        Terms(terms)
+        Terms {
+            terms,
+            excluded: vec![],
+        }
+    }
+    fn hide(&mut self, reads: &'static [&'static str], hidden: &[&str]) {
+        self.excluded = reads
+            .iter()
+            .filter(|field| hidden.contains(field))
+            .map(|field| (*field).to_owned())
+            .collect();
     }
 }
 
@@ -178,8 +231,10 @@ pub trait FilterSet:
     fn read(source: &mut dyn FilterSource, skip: &[&str]) -> Self;
     /// The same filters without the one named `name` (a facet's own).
     fn without(&self, name: &str) -> Self;
-    /// Sets the filter `name` to one exact value; false when there is no such filter taking one.
-    fn set(&mut self, name: &str, value: String) -> bool;
+    /// Narrows the filter `name` to `allowed` values (`Impossible` when there is no such filter).
+    fn restrict(&mut self, name: &str, allowed: &[String]) -> Restricted;
+    /// Leaves the fields in `hidden` out of what every filter matches on.
+    fn hide(&mut self, hidden: &[&str]);
 }
 
 /// Rejects `x_max` when it is below `x_min`, for every such pair of filters.
@@ -232,7 +287,7 @@ macro_rules! filters {
     (
         $(#[$attr:meta])*
         pub struct $name:ident {
-            $( $(#[doc = $doc:literal])+ pub $field:ident : $ty:ty, )*
+            $( $(#[doc = $doc:literal])+ $(#[reads($($read:literal),+)])? pub $field:ident : $ty:ty, )*
         }
     ) => {
         $(#[$attr])*
@@ -248,6 +303,7 @@ macro_rules! filters {
                     name: stringify!($field),
                     kind: <$ty as $crate::views::filters::FilterValue>::KIND,
                     doc: concat!($($doc, "\n"),+),
+                    reads: $crate::filters!(@reads $field $($($read),+)?),
                 },
             )*];
 
@@ -283,20 +339,24 @@ macro_rules! filters {
                 filters
             }
 
-            fn set(&mut self, name: &str, value: String) -> bool {
+            fn restrict(&mut self, name: &str, allowed: &[String]) -> $crate::views::filters::Restricted {
                 match name {
-                    $( stringify!($field) => match $crate::views::filters::FilterValue::from_text(value) {
-                        Some(filter) => {
-                            self.$field = filter;
-                            true
-                        }
-                        None => false,
-                    }, )*
-                    _ => false,
+                    $( stringify!($field) => $crate::views::filters::FilterValue::restrict(&mut self.$field, allowed), )*
+                    _ => $crate::views::filters::Restricted::Impossible,
                 }
+            }
+
+            fn hide(&mut self, hidden: &[&str]) {
+                $( $crate::views::filters::FilterValue::hide(
+                    &mut self.$field,
+                    $crate::filters!(@reads $field $($($read),+)?),
+                    hidden,
+                ); )*
             }
         }
     };
+    (@reads $field:ident) => { &[stringify!($field)] };
+    (@reads $field:ident $($read:literal),+) => { &[$($read),+] };
 }
 pub use crate::filters;
 
@@ -371,7 +431,7 @@ mod tests {
                 Some(expected) => {
                     assert!(source.1[0].1.contains(expected), "{q:?}: {:?}", source.1)
                 }
-                None => assert_eq!(terms.0, ["ada", "lovelace"]),
+                None => assert_eq!(terms.terms, ["ada", "lovelace"]),
             }
         }
     }

@@ -11,6 +11,10 @@ pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
     const DEFAULT: Sort<Self>;
     /// Whether clients choose the order (`sort=`); when false, rows always come in `DEFAULT` order.
     const CHOSEN_BY_CLIENT: bool = true;
+
+    /// The fields of the model's row the order compares (a role that cannot see one of them cannot
+    /// ask for the order).
+    fn reads(self) -> &'static [&'static str];
 }
 
 /// A sort key and its direction.
@@ -140,6 +144,10 @@ mod tests {
             key: Key::Name,
             descending: false,
         };
+
+        fn reads(self) -> &'static [&'static str] {
+            &[]
+        }
     }
 
     #[test]

@@ -43,8 +43,9 @@ filters! {
     /// What `GET /search` asks for: its terms and its filters.
     pub struct SearchFilters {
         /// Whitespace-separated terms; every term must occur, case-insensitively, in the prospect's
-        /// name, email, job title, company name or industry. `%`, `_` and `\` are ordinary
-        /// characters.
+        /// name, email, job title, company name or industry (of those the caller's role may see).
+        /// `%`, `_` and `\` are ordinary characters.
+        #[reads("first_name", "last_name", "email", "job_title", "company_name", "industry")]
         pub q: Terms,
         /// Company industry; repeat for any of several (`industry=A&industry=B`).
         pub industry: Vec<String>,
@@ -56,11 +57,18 @@ filters! {
 }
 
 impl SearchFilters {
+    /// The searched fields the caller may not see, so must not match on (NULL: none). Every term
+    /// must then also occur in the fields it may see; `search_text` (all of them) still narrows
+    /// the search through its index first.
+    fn excluded(&self) -> Option<&[String]> {
+        (!self.q.excluded.is_empty()).then_some(self.q.excluded.as_slice())
+    }
+
     /// The LIKE pattern of each term slot (lower-cased in SQL, as `search_text` is).
     fn patterns(&self) -> [Option<String>; Terms::MAX] {
         std::array::from_fn(|i| {
             self.q
-                .0
+                .terms
                 .get(i)
                 .map(|term| format!("%{}%", escape_like(term)))
         })
@@ -80,6 +88,10 @@ impl SortKey for SearchOrder {
         descending: false,
     };
     const CHOSEN_BY_CLIENT: bool = false;
+
+    fn reads(self) -> &'static [&'static str] {
+        &["company_name", "last_name", "first_name"]
+    }
 }
 
 /// The matches statement: every match after the keyset cursor $1 (at most $2), found through the
@@ -102,6 +114,14 @@ macro_rules! matches_statement {
                        AND ($5::text IS NULL OR search_text LIKE lower($5))
                        AND ($6::text IS NULL OR search_text LIKE lower($6))
                        AND ($7::text IS NULL OR search_text LIKE lower($7))
+                       AND ($11::text[] IS NULL
+                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($11) THEN first_name END,
+                                                    CASE WHEN 'last_name' <> ALL($11) THEN last_name END,
+                                                    CASE WHEN 'email' <> ALL($11) THEN email END,
+                                                    CASE WHEN 'job_title' <> ALL($11) THEN job_title END,
+                                                    CASE WHEN 'company_name' <> ALL($11) THEN company_name END,
+                                                    CASE WHEN 'industry' <> ALL($11) THEN industry END))
+                               LIKE ALL (array_remove(ARRAY[lower($3), lower($4), lower($5), lower($6), lower($7)], NULL)))
                        AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
                                                         ELSE industry = ANY($8) END)
                        AND ($9::text IS NULL OR company_country = $9)
@@ -123,6 +143,7 @@ macro_rules! matches_statement {
             any_of(&f.industry),
             f.company_country.as_deref(),
             any_of(&f.department),
+            f.excluded(),
         )
     }};
 }
@@ -189,6 +210,14 @@ impl ReadModel for ProspectSearch {
                  AND ($3::text IS NULL OR search_text LIKE lower($3))
                  AND ($4::text IS NULL OR search_text LIKE lower($4))
                  AND ($5::text IS NULL OR search_text LIKE lower($5))
+                 AND ($9::text[] IS NULL
+                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($9) THEN first_name END,
+                                                    CASE WHEN 'last_name' <> ALL($9) THEN last_name END,
+                                                    CASE WHEN 'email' <> ALL($9) THEN email END,
+                                                    CASE WHEN 'job_title' <> ALL($9) THEN job_title END,
+                                                    CASE WHEN 'company_name' <> ALL($9) THEN company_name END,
+                                                    CASE WHEN 'industry' <> ALL($9) THEN industry END))
+                               LIKE ALL (array_remove(ARRAY[lower($1), lower($2), lower($3), lower($4), lower($5)], NULL)))
                  AND ($6::text[] IS NULL OR CASE WHEN cardinality($6) = 1 THEN industry = $6[1]
                                                   ELSE industry = ANY($6) END)
                  AND ($7::text IS NULL OR company_country = $7)
@@ -202,6 +231,7 @@ impl ReadModel for ProspectSearch {
             any_of(&f.industry),
             f.company_country.as_deref(),
             any_of(&f.department),
+            f.excluded(),
         )
         .fetch_one(pool)
         .await
@@ -265,6 +295,14 @@ async fn in_window(
              AND ($5::text IS NULL OR search_text LIKE lower($5))
              AND ($6::text IS NULL OR search_text LIKE lower($6))
              AND ($7::text IS NULL OR search_text LIKE lower($7))
+             AND ($12::text[] IS NULL
+                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($12) THEN first_name END,
+                                                    CASE WHEN 'last_name' <> ALL($12) THEN last_name END,
+                                                    CASE WHEN 'email' <> ALL($12) THEN email END,
+                                                    CASE WHEN 'job_title' <> ALL($12) THEN job_title END,
+                                                    CASE WHEN 'company_name' <> ALL($12) THEN company_name END,
+                                                    CASE WHEN 'industry' <> ALL($12) THEN industry END))
+                               LIKE ALL (array_remove(ARRAY[lower($3), lower($4), lower($5), lower($6), lower($7)], NULL)))
              AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
                                               ELSE industry = ANY($8) END)
              AND ($9::text IS NULL OR company_country = $9)
@@ -285,6 +323,7 @@ async fn in_window(
         f.company_country.as_deref(),
         any_of(&f.department),
         ORDERED_SCAN_ROWS,
+        f.excluded(),
     )
     .fetch_all(pool)
     .await

@@ -20,6 +20,10 @@ pub trait ReadModel: Send + Sync + 'static {
     const VIEW: ViewName;
     /// How the HTTP layer publishes it.
     const API: Api;
+    /// The row's fields whose column has another name in an access policy, where the two differ
+    /// (`country` of a company is `company_country`): policies name columns as the prospects' rows
+    /// do, so that one `hide` or row scope holds for every read model.
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[];
     /// One row as the API returns it.
     type Row: Serialize + utoipa::ToSchema + Send + Sync + Unpin + 'static;
     type Filters: FilterSet;

@@ -50,6 +50,10 @@ impl SortKey for DomainOrder {
         key: DomainOrder::Name,
         descending: false,
     };
+
+    fn reads(self) -> &'static [&'static str] {
+        &["name"]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

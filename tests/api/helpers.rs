@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use prospect_api::config::{
-    DatabaseConfig, DatabaseUrl, MaintenanceConfig, RefreshSettings, ServeConfig,
+    AccessConfig, DatabaseConfig, DatabaseUrl, MaintenanceConfig, RefreshSettings, ServeConfig,
 };
 use prospect_api::http::ReadModels;
 use prospect_api::startup::Application;
@@ -262,6 +262,15 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         refresh_max_delay: std::time::Duration::from_secs(1),
         refresh_log_retention: std::time::Duration::from_secs(7 * 24 * 3600),
         demo: false,
+        access: AccessConfig {
+            access_policy: None,
+            jwt_secret: None,
+            jwt_jwks: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_role_claim: "role".to_owned(),
+            audit_log_retention: std::time::Duration::from_secs(365 * 24 * 3600),
+        },
         maintenance: MaintenanceConfig {
             view_maintenance: Mode::Refresh,
         },

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use prospect_api::http::admin_guard::{MAX_WRONG_TOKENS, WINDOW};
+use prospect_api::http::lockout::{MAX_WRONG_SECRETS, WINDOW};
 
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, json, lock_summary_view, rejected_params, scalar, spawn_admin_app,
@@ -70,7 +70,7 @@ async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
             .send()
     };
     json(views(ADMIN_TOKEN).await.unwrap(), 200).await;
-    for _ in 0..MAX_WRONG_TOKENS {
+    for _ in 0..MAX_WRONG_SECRETS {
         json(views("a-wrong-guess").await.unwrap(), 401).await;
     }
     // Now every admin endpoint refuses this address, even with the right token.

@@ -262,7 +262,19 @@ async fn the_spec_types_exactly_what_the_server_sends() {
         );
     }
     let list = &spec["paths"]["/prospects"]["get"];
-    assert_eq!(list["security"], serde_json::json!([]), "public");
+    assert_eq!(
+        list["security"],
+        serde_json::json!([{}, {"bearer_jwt": []}, {"api_key": []}]),
+        "anonymous (when the policy allows it), a JWT or an API key"
+    );
+    for status in ["401", "403", "429"] {
+        assert!(list["responses"].get(status).is_some(), "{status}");
+    }
+    assert_eq!(
+        spec["paths"]["/healthz"]["get"]["security"],
+        serde_json::json!([]),
+        "public"
+    );
     let sort = list["parameters"]
         .as_array()
         .unwrap()
@@ -277,7 +289,8 @@ async fn the_spec_types_exactly_what_the_server_sends() {
     );
     assert_eq!(
         spec["paths"]["/admin/refresh"]["post"]["security"],
-        serde_json::json!([{"admin_token": []}])
+        serde_json::json!([{"admin_token": []}, {"bearer_jwt": []}, {"api_key": []}]),
+        "the admin token, or an admin role's JWT or API key"
     );
     assert_eq!(spec["servers"][0]["url"], "/");
 }

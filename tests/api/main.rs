@@ -1,5 +1,9 @@
 //! One integration-test binary (one link step) with a module per area.
 
+mod access_credentials;
+mod access_exports;
+mod access_policy;
+mod access_support;
 mod cli;
 mod csv_export;
 mod differential;

@@ -294,6 +294,10 @@ fn the_compose_file_runs_what_the_configuration_expects() {
             .any(|c| c.as_str() == Some("--demo"))
     );
     assert!(api["ports"][0].as_str().unwrap().ends_with(":8080"));
+    assert!(
+        api["environment"].get("ACCESS_POLICY").is_some(),
+        "bound to 0.0.0.0, the API refuses to start without a policy"
+    );
 
     let known = settings_read_by_the_code();
     let environment = api["environment"].as_mapping().unwrap();
@@ -318,6 +322,27 @@ fn the_compose_file_runs_what_the_configuration_expects() {
                 );
             }
             "BIND_ADDR" => assert_eq!(value, "0.0.0.0:8080"),
+            "JWT_SECRET" => assert!(
+                value.parse::<prospect_api::config::JwtSecret>().is_ok(),
+                "JWT_SECRET too short"
+            ),
+            "ACCESS_POLICY" => {
+                // The file is mounted from the repository: it must be a policy the server loads.
+                let mount = api["volumes"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .find(|v| v.split(':').nth(1) == Some(value))
+                    .unwrap_or_else(|| panic!("nothing is mounted at {value}"));
+                let source = mount.split(':').next().unwrap();
+                let policy = prospect_api::access::Policy::load(
+                    &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source),
+                    &prospect_api::access::restriction::known_columns(),
+                )
+                .unwrap();
+                assert!(policy.enforced());
+            }
             _ if name.starts_with("REFRESH_") => {
                 prospect_api::config::parse_duration(value).unwrap();
             }
@@ -401,36 +426,37 @@ fn the_dockerfile_builds_offline_in_stages_and_runs_as_a_user() {
     assert!(included > 0, "the check found the binary's included files");
 }
 
-/// The curl commands of the README's shell blocks, one per entry (continuation lines joined), with
-/// the HTTP status each is expected to return (`# expect NNN`, else 2xx or 304).
-fn readme_curl_examples() -> Vec<(String, Option<u16>)> {
+/// The curl commands of the README's shell blocks, one per entry, with the HTTP status each is
+/// expected to return (`# expect NNN`, else 2xx or 304) and whether it is in the "Access control"
+/// section (run against a server enforcing the example policy).
+fn readme_curl_examples() -> Vec<(String, Option<u16>, bool)> {
     let readme = repository_file("README.md");
     let mut examples = Vec::new();
-    for block in readme.split("```sh\n").skip(1) {
-        let block = block.split("```").next().unwrap();
-        for line in block.lines().filter(|l| l.starts_with("curl ")) {
-            let (command, comment) = line
-                .split_once("   #")
-                .map_or((line, ""), |(c, rest)| (c, rest));
-            let expected = comment
-                .trim()
-                .strip_prefix("expect ")
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|s| s.parse().ok());
-            examples.push((command.trim().to_owned(), expected));
+    for section in readme.split("\n## ") {
+        let guarded = section.starts_with("Access control");
+        for block in section.split("```sh\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            for line in block.lines().filter(|l| l.starts_with("curl ")) {
+                let (command, comment) = line
+                    .split_once("   #")
+                    .map_or((line, ""), |(c, rest)| (c, rest));
+                let expected = comment
+                    .trim()
+                    .strip_prefix("expect ")
+                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|s| s.parse().ok());
+                examples.push((command.trim().to_owned(), expected, guarded));
+            }
         }
     }
     examples
 }
 
-#[tokio::test]
-async fn every_curl_example_in_the_readme_works_against_a_live_server() {
-    let app =
-        spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap()))
-            .await;
-    // The demo data's first companies (the same seed as `serve --demo`), so the README's ids exist.
+/// Seeds the demo data's first companies (the same seed as `serve --demo`), so the README's ids
+/// exist, and refreshes the views.
+async fn seed_demo_companies(pool: &sqlx::PgPool) {
     prospect_api::seed::seed(
-        &app.db.pool,
+        pool,
         &prospect_api::seed::SeedOptions {
             companies: 300,
             prospects_per_company: 10,
@@ -441,23 +467,52 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
     .await
     .unwrap();
     prospect_api::refresh::refresh_all(
-        &app.db.pool,
+        pool,
         prospect_api::refresh::RefreshTrigger::Cli,
         &crate::helpers::quick_refresh_settings(),
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn every_curl_example_in_the_readme_works_against_a_live_server() {
+    let open =
+        spawn_configured_app(|config| config.admin_token = Some(ADMIN_TOKEN.parse().unwrap()))
+            .await;
+    seed_demo_companies(&open.db.pool).await;
+    // The "Access control" examples: the example policy of the compose file, a frontend JWT and an
+    // analyst key.
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/access-policy.toml");
+    let guarded =
+        crate::access_support::spawn_guarded(&std::fs::read_to_string(policy).unwrap(), |_| {})
+            .await;
+    seed_demo_companies(&guarded.db.pool).await;
+    let jwt = crate::access_support::token("frontend");
+    let api_key = prospect_api::access::keys::create(&guarded.db.pool, "readme", "analyst", None)
+        .await
+        .unwrap();
 
     let examples = readme_curl_examples();
     assert!(
-        examples.len() >= 15,
+        examples.len() >= 20,
         "only {} curl examples found",
         examples.len()
     );
-    for (example, expected) in examples {
-        let command = example.replace("http://127.0.0.1:8080", &app.address);
+    assert!(
+        examples.iter().filter(|e| e.2).count() >= 6,
+        "the access examples"
+    );
+    for (example, expected, in_access_section) in examples {
+        let address = if in_access_section {
+            &guarded.address
+        } else {
+            &open.address
+        };
+        let command = example.replace("http://127.0.0.1:8080", address);
         // The server runs on this test's runtime: run curl on a blocking thread, not on it.
         let script = format!("{command} -w '\\n%{{http_code}}'");
+        let (jwt, api_key) = (jwt.clone(), api_key.clone());
         let output = tokio::task::spawn_blocking(move || {
             // In a scratch folder: an example may write a file (`-o software.csv`).
             Command::new("sh")
@@ -465,6 +520,8 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
                 .arg(script)
                 .current_dir(std::env::temp_dir())
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("JWT", jwt)
+                .env("API_KEY", api_key)
                 .output()
                 .expect("sh runs")
         })

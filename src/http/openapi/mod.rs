@@ -2,9 +2,9 @@
 //! every read model's operations generated from its declarations (`read_model`), and what neither
 //! says by itself, so that a generated client types what the server sends: every key the server
 //! always writes is required (utoipa leaves `Option` fields optional, though serde writes them as
-//! `null`), every text parameter carries the rules the parser holds it to, public operations
-//! declare that they need no credentials, and the document names its server (relative: wherever it
-//! was fetched from).
+//! `null`), every text parameter carries the rules the parser holds it to, every operation says
+//! which credentials it takes and how it may refuse them (public ones: none), and the document
+//! names its server (relative: wherever it was fetched from).
 
 mod parameters;
 mod read_model;
@@ -16,6 +16,7 @@ use utoipa::openapi::OpenApi;
 pub use parameters::limit as limit_parameter;
 pub use read_model::Operations;
 
+use super::auth;
 use super::error::{InvalidParam, PROBLEM_JSON, Problem};
 use super::params::{MAX_REPEATS, MAX_VALUE_CHARS};
 
@@ -45,23 +46,98 @@ pub fn frame() -> OpenApi {
     ApiDoc::openapi()
 }
 
-/// Declares the bearer token the admin endpoints require.
+/// Declares the credentials: the admin token, JWTs and API keys (as a bearer token or in
+/// `X-API-Key`).
 struct AdminTokenScheme;
 
 impl utoipa::Modify for AdminTokenScheme {
     fn modify(&self, openapi: &mut OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |format: Option<&str>, description: &str| {
+            let builder = HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(description.to_owned()));
+            let builder = match format {
+                Some(format) => builder.bearer_format(format),
+                None => builder,
+            };
+            SecurityScheme::Http(builder.build())
+        };
+        components.add_security_scheme("admin_token", bearer(None, "ADMIN_TOKEN"));
         components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("ADMIN_TOKEN"))
-                    .build(),
+            "bearer_jwt",
+            bearer(
+                Some("JWT"),
+                "A JWT from your identity provider (its role claim names the role), or an API key \
+                 (`pak_…`) as a bearer token",
             ),
         );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                auth::X_API_KEY.as_str(),
+                "An API key from `prospect-api keys create`",
+            ))),
+        );
     }
+}
+
+/// Who may call a read operation: anyone when the policy has an `anonymous` role (or there is no
+/// policy), else the bearer of a JWT or an API key.
+pub static READ_SECURITY: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| json!([{}, {"bearer_jwt": []}, {"api_key": []}]));
+
+/// A read model's row schema, and the fields of it some role of `policy` may not see.
+pub type HideableFields = fn(&crate::access::Policy) -> (String, Vec<String>);
+
+pub fn hideable_fields<M: crate::views::ReadModel>(
+    policy: &crate::access::Policy,
+) -> (String, Vec<String>) {
+    use utoipa::ToSchema;
+    let mut hidden: Vec<String> = policy
+        .roles()
+        .flat_map(|role| {
+            crate::access::Restriction::of::<M>(role)
+                .hidden_fields
+                .clone()
+        })
+        .collect();
+    hidden.sort();
+    hidden.dedup();
+    (M::Row::name().into_owned(), hidden)
+}
+
+/// The document as this server serves it under `policy`: a row key some role may not see is not
+/// required (that role's rows leave it out), and says so.
+pub fn under_policy(
+    document: OpenApi,
+    policy: &crate::access::Policy,
+    models: &[HideableFields],
+) -> OpenApi {
+    let mut document = serde_json::to_value(&document).expect("the OpenAPI document serializes");
+    for hideable in models {
+        let (schema, hidden) = hideable(policy);
+        let schema = &mut document["components"]["schemas"][&schema];
+        if let Some(required) = schema["required"].as_array_mut() {
+            required.retain(|key| !hidden.iter().any(|h| key == h));
+        }
+        for field in &hidden {
+            let property = &mut schema["properties"][field];
+            let said = property["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            property["description"] = json!(
+                format!("{said} Absent for the roles that may not see it.")
+                    .trim()
+                    .to_owned()
+            );
+        }
+    }
+    serde_json::from_value(document).expect("still an OpenAPI document")
 }
 
 /// Keys serde leaves out when empty (`skip_serializing_if`): every other key is always written.
@@ -89,7 +165,7 @@ pub fn complete(derived: OpenApi, read_models: Operations) -> OpenApi {
     sort_object(&mut document["paths"]);
     sort_object(&mut document["components"]["schemas"]);
     require_every_key_sent(&mut document);
-    declare_admin_refusals(&mut document);
+    declare_refusals(&mut document);
     declare_public_operations(&mut document);
     document_value_rules(&mut document);
     document["servers"] =
@@ -140,22 +216,37 @@ fn operations(document: &mut Value) -> impl Iterator<Item = &mut serde_json::Map
         .filter_map(Value::as_object_mut)
 }
 
-/// Every admin operation may be refused by `admin_guard::require_admin`, the layer in front of it.
-fn declare_admin_refusals(document: &mut Value) {
+/// Every operation behind `auth::authenticate` may be refused by it: the admin operations take an
+/// admin role's JWT or API key as well as the admin token.
+fn declare_refusals(document: &mut Value) {
     let refusals = [
-        ("401", "Missing or wrong token"),
-        ("403", "Admin endpoints disabled (no ADMIN_TOKEN)"),
+        (
+            "401",
+            "No credential and no anonymous role, or a credential that is wrong, expired or \
+             revoked (WWW-Authenticate says which)",
+        ),
+        (
+            "403",
+            "The credential's role may not do this: a parameter naming a column it may not see \
+             (each named), a role the policy does not declare, not an admin role, or the admin \
+             endpoints disabled",
+        ),
         (
             "429",
-            "Too many wrong tokens from this address; see Retry-After",
+            "Over the role's requests per second, the role's daily export quota, or too many \
+             wrong secrets from this address; see Retry-After",
         ),
     ];
     for operation in operations(document) {
-        let admin = operation
-            .get("security")
-            .and_then(Value::as_array)
-            .is_some_and(|schemes| schemes.iter().any(|s| s.get("admin_token").is_some()));
-        let Some(responses) = operation.get_mut("responses").filter(|_| admin) else {
+        let Some(schemes) = operation.get("security").and_then(Value::as_array) else {
+            continue;
+        };
+        let admin = schemes.iter().any(|s| s.get("admin_token").is_some());
+        if admin {
+            operation["security"] =
+                json!([{"admin_token": []}, {"bearer_jwt": []}, {"api_key": []}]);
+        }
+        let Some(responses) = operation.get_mut("responses") else {
             continue;
         };
         for (status, description) in refusals {

@@ -79,6 +79,7 @@ fn operation(
     json!({
         "tags": [tag], "summary": summary, "operationId": id,
         "parameters": parameters, "responses": responses,
+        "security": super::READ_SECURITY.clone(),
     })
 }
 

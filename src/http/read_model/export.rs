@@ -4,6 +4,11 @@
 //! refused before any row is sent, and so are paging parameters. RFC 4180 quoting comes from the
 //! `csv` crate. An export has the freshness headers and an ETag like a page.
 //!
+//! Every export is accounted for before its first byte: the rows are reserved against the role's
+//! `export_rows_per_day` and a `started` row is written to the audit log, in one transaction, and
+//! the export is refused when either fails (fail closed); when the body ends, a `completed` or
+//! `failed` row records the rows and bytes sent.
+//!
 //! This is contact data opened in spreadsheets: a text cell that begins with `=`, `+`, `-`, `@`, a
 //! tab or a carriage return is written with a leading `'`, so that no spreadsheet runs it as a
 //! formula (OWASP, CSV injection).
@@ -17,6 +22,7 @@ use serde_json::Value;
 use super::super::error::{ApiError, InvalidParam};
 use super::super::freshness::{Gate, gate};
 use super::request::{ListRequest, Read};
+use crate::access::audit::{self, Action, Outcome};
 use crate::views::ReadModel;
 
 const CONTENT_TYPE: &str = "text/csv; charset=utf-8";
@@ -58,17 +64,21 @@ pub async fn export<M: ReadModel>(
     if !paging.is_empty() {
         return Err(ApiError::InvalidParams(paging));
     }
-    let key = format!(
+    let key = read.response_key(&format!(
         "{}|csv|fields={}",
         request.scope(endpoint),
         request.page.fields.key()
-    );
+    ));
     let fresh = match gate(state, db, M::VIEW, &key, &read.headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
     let max = state.csv_max_rows;
-    let matching = M::count(&db.pool, &request.filters).await?;
+    let matching = if request.matches_nothing {
+        0
+    } else {
+        M::count(&db.pool, &request.filters).await?
+    };
     if matching > max {
         return Err(ApiError::invalid(
             "format",
@@ -79,16 +89,50 @@ pub async fn export<M: ReadModel>(
         ));
     }
     let names = request.page.fields.names::<M::Row>();
+    let mut entry = audit::Entry::new(
+        &read.caller,
+        Action::Export,
+        read.uri.path(),
+        Outcome::Started,
+    );
+    entry.request_id = read
+        .headers
+        .get("x-request-id")
+        .and_then(|id| id.to_str().ok())
+        .map(str::to_owned);
+    entry.filters = serde_json::to_value(&request.filters).ok();
+    entry.fields = Some(names.join(","));
+    entry.rows = Some(matching);
+    account_for(read, &entry, matching).await?;
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
-    let pool = db.pool.clone();
+    let (pool, primary) = (db.pool.clone(), state.pool.clone());
+    let metrics = state.metrics.clone();
     tokio::spawn(async move {
-        if let Err(error) = write_rows::<M>(&request, &pool, max, &names, &sender).await {
-            // The status is sent: all a client can be told is that the body broke off.
-            tracing::warn!(%error, "a CSV export failed part way");
-            let _ = sender
-                .send(Err(std::io::Error::other("the export failed")))
-                .await;
+        let mut sent = Sent::default();
+        let written = write_rows::<M>(&request, &pool, max, &names, &sender, &mut sent).await;
+        let mut end = entry.with_outcome(Outcome::Completed);
+        end.rows = Some(sent.rows);
+        end.bytes = Some(sent.bytes);
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                end.outcome = Outcome::Failed;
+                end.detail = Some("the client went away before the end".to_owned());
+            }
+            Err(error) => {
+                // The status is sent: all a client can be told is that the body broke off.
+                tracing::warn!(%error, "a CSV export failed part way");
+                end.outcome = Outcome::Failed;
+                end.detail = Some(format!("the export failed: {error}"));
+                let _ = sender
+                    .send(Err(std::io::Error::other("the export failed")))
+                    .await;
+            }
+        }
+        metrics.record_exported_rows(&end.role, sent.rows);
+        if let Err(error) = audit::record(&primary, &end).await {
+            tracing::error!(%error, request_id = ?end.request_id, "could not record the end of an export in the audit log");
         }
     });
     // Fused: the compression layer may poll the body once more after its end.
@@ -112,17 +156,76 @@ pub async fn export<M: ReadModel>(
     Ok(fresh.apply(response))
 }
 
-/// Writes the header row and every row, a chunk at a time; stops early when the client has gone.
+/// Reserves the export's rows against the role's daily allowance and writes its `started` audit
+/// row, in one transaction on the primary: both or neither.
+async fn account_for(read: &Read, entry: &audit::Entry, rows: i64) -> Result<(), ApiError> {
+    let unwritable = |error: sqlx::Error| ApiError::AuditUnavailable(error.to_string());
+    let mut tx = read.state.pool.begin().await.map_err(unwritable)?;
+    if let Some(limit) = read.caller.role.export_rows_per_day {
+        let credential = &entry.credential;
+        if !audit::reserve_export_rows(&mut *tx, credential, rows, limit)
+            .await
+            .map_err(unwritable)?
+        {
+            let exported = audit::exported_today(&mut *tx, credential)
+                .await
+                .map_err(unwritable)?;
+            let mut refused = entry.with_outcome(Outcome::Refused);
+            refused.detail = Some(format!(
+                "over export_rows_per_day ({limit}); {exported} exported today"
+            ));
+            audit::record(&mut *tx, &refused)
+                .await
+                .map_err(unwritable)?;
+            tx.commit().await.map_err(unwritable)?;
+            return Err(ApiError::ExportQuota {
+                detail: format!(
+                    "Your role ({}) exports at most {limit} rows a day per credential; {exported} \
+                     have been exported today and this export holds {rows}. Narrow the filters, or \
+                     wait for tomorrow (UTC).",
+                    read.caller.role.name
+                ),
+                retry_after_secs: seconds_until_utc_midnight(),
+            });
+        }
+    }
+    audit::record(&mut *tx, entry).await.map_err(unwritable)?;
+    tx.commit().await.map_err(unwritable)
+}
+
+fn seconds_until_utc_midnight() -> u64 {
+    let now = chrono::Utc::now();
+    let tomorrow = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc();
+    (tomorrow - now).num_seconds().max(1) as u64
+}
+
+/// What an export has sent so far.
+#[derive(Default)]
+struct Sent {
+    rows: i64,
+    bytes: i64,
+}
+
+/// Writes the header row and every row, a chunk at a time; false when the client went away
+/// before the end.
 async fn write_rows<M: ReadModel>(
     request: &ListRequest<M>,
     pool: &sqlx::PgPool,
     max: i64,
     names: &[String],
     sender: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> anyhow::Result<()> {
+    sent: &mut Sent,
+) -> anyhow::Result<bool> {
     let mut writer = new_writer();
     writer.write_record(names)?;
-    let mut rows = M::rows(pool, &request.filters, request.sort, None, max);
+    let mut rows = if request.matches_nothing {
+        futures_util::stream::empty().boxed()
+    } else {
+        M::rows(pool, &request.filters, request.sort, None, max)
+    };
     let mut in_chunk = 0;
     while let Some(row) = rows.try_next().await? {
         let Value::Object(map) = serde_json::to_value(&row)? else {
@@ -131,15 +234,29 @@ async fn write_rows<M: ReadModel>(
         writer.write_record(names.iter().map(|name| cell(map.get(name))))?;
         in_chunk += 1;
         if in_chunk == ROWS_PER_CHUNK {
-            in_chunk = 0;
             let chunk = std::mem::replace(&mut writer, new_writer()).into_inner()?;
-            if sender.send(Ok(Bytes::from(chunk))).await.is_err() {
-                return Ok(()); // the client went away
+            if !send(sender, chunk, std::mem::take(&mut in_chunk), sent).await {
+                return Ok(false);
             }
         }
     }
-    let _ = sender.send(Ok(Bytes::from(writer.into_inner()?))).await;
-    Ok(())
+    Ok(send(sender, writer.into_inner()?, in_chunk, sent).await)
+}
+
+/// Sends one chunk of `rows` rows; false when the client has gone.
+async fn send(
+    sender: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    chunk: Vec<u8>,
+    rows: usize,
+    sent: &mut Sent,
+) -> bool {
+    let bytes = chunk.len() as i64;
+    if sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+        return false;
+    }
+    sent.rows += rows as i64;
+    sent.bytes += bytes;
+    true
 }
 
 fn new_writer() -> csv::Writer<Vec<u8>> {

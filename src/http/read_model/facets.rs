@@ -9,7 +9,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use super::super::error::ApiError;
 use super::super::fields::Fields;
 use super::super::params::{QueryParams, parse_facets};
-use super::request::Read;
+use super::request::{Read, refuse, refused_filters};
 use super::respond::respond_with_one;
 use crate::views::ReadModel;
 use crate::views::filters::FilterSet;
@@ -38,9 +38,17 @@ pub fn param_names<M: ReadModel>() -> Vec<&'static str> {
 }
 
 pub async fn facets<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
+    let restriction = read.restriction::<M>()?;
     let mut params = QueryParams::parse(read.query())?;
+    let mut refusals = refused_filters::<M>(&params, &restriction);
     let filters = M::Filters::read(&mut params, &[]);
     let facets = parse_facets::<M::Facet>(&mut params);
+    refusals.extend(
+        facets
+            .iter()
+            .filter_map(|facet| restriction.refuses_facet(*facet)),
+    );
+    refuse(refusals)?;
     params.finish(&param_names::<M>())?;
     let names: Vec<&str> = facets.iter().map(|facet| facet.name()).collect();
     let key = format!(
@@ -52,8 +60,13 @@ pub async fn facets<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
     let count = async {
         let mut counted = Vec::with_capacity(facets.len());
         for facet in facets {
-            let own_filter_left_out = filters.without(facet.name());
-            let counts = M::facet(&read.db.pool, &own_filter_left_out, facet).await?;
+            // The role's scope is ANDed in after the facet's own filter is left out, so that
+            // counting a facet never widens the scope.
+            let own_filter_left_out = restriction.apply(&filters.without(facet.name()));
+            let counts = match own_filter_left_out {
+                Some(filters) => M::facet(&read.db.pool, &filters, facet).await?,
+                None => Vec::new(),
+            };
             counted.push((facet.name(), counts));
         }
         Ok(Counted(counted))

@@ -15,8 +15,8 @@ use super::super::response_cache::Rendered;
 use super::export;
 use super::request::{ListRequest, Read};
 use super::respond::{respond, to_json};
+use crate::access::Restriction;
 use crate::views::ReadModel;
-use crate::views::filters::FilterSet;
 
 /// One page of a list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -34,7 +34,7 @@ pub struct Page<T> {
 
 /// `GET {API.path}`.
 pub async fn list<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
-    let request = ListRequest::<M>::parse(read.query(), None)?;
+    let request = ListRequest::<M>::parse(read.query(), None, &*read.restriction::<M>()?)?;
     answer(&read, M::API.path, request).await
 }
 
@@ -47,16 +47,34 @@ pub async fn scoped<M: ReadModel>(
         .scoped
         .expect("routed only for models with a scoped list");
     let parent = path_id(scope.param, parent)?;
-    let mut request = ListRequest::<M>::parse(read.query(), Some(scope.param))?;
-    if !M::parent_exists(&read.db.pool, &parent).await? {
+    let restriction = read.restriction::<M>()?;
+    let in_path = Some((scope.param, parent.clone()));
+    let request = ListRequest::<M>::parse(read.query(), in_path, &restriction)?;
+    if !parent_visible(&read, &request, &restriction, &parent).await? {
         return Err(ApiError::NotFound(format!(
             "There is no {} with id '{parent}'.",
             scope.noun
         )));
     }
-    let filtered = request.filters.set(scope.param, parent);
-    debug_assert!(filtered, "{} is a filter of {}", scope.param, M::VIEW);
     answer(&read, scope.path, request).await
+}
+
+/// Whether the parent exists for this caller: for a role with a row scope, whether it has a row
+/// within the scope (so that a parent outside it is a 404 like one that does not exist).
+async fn parent_visible<M: ReadModel>(
+    read: &Read,
+    request: &ListRequest<M>,
+    restriction: &Restriction,
+    parent: &str,
+) -> Result<bool, ApiError> {
+    if request.matches_nothing {
+        return Ok(false);
+    }
+    if !restriction.has_scope() {
+        return Ok(M::parent_exists(&read.db.pool, parent).await?);
+    }
+    let mut rows = M::rows(&read.db.pool, &request.filters, request.sort, None, 1);
+    Ok(rows.try_next().await?.is_some())
 }
 
 async fn answer<M: ReadModel>(
@@ -88,10 +106,13 @@ async fn answer<M: ReadModel>(
     );
     let render = async {
         let filters = &request.filters;
-        let mut rows: Vec<M::Row> =
+        let mut rows: Vec<M::Row> = if request.matches_nothing {
+            Vec::new()
+        } else {
             M::rows(pool, filters, request.sort, after.as_ref(), page.limit + 1)
                 .try_collect()
-                .await?;
+                .await?
+        };
         let next_cursor = if rows.len() as i64 > page.limit {
             rows.truncate(page.limit as usize);
             rows.last().map(|row| {
@@ -104,6 +125,7 @@ async fn answer<M: ReadModel>(
         };
         let (total, estimated_total) = match page.count {
             CountMode::None => (None, None),
+            _ if request.matches_nothing => (Some(0), None),
             CountMode::Exact => (Some(M::count(pool, filters).await?), None),
             CountMode::Estimated => (None, Some(M::estimate(pool, filters).await?)),
         };

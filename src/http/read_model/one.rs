@@ -6,20 +6,32 @@ use axum::response::Response;
 use super::super::error::ApiError;
 use super::super::fields::Fields;
 use super::super::params::{QueryParams, path_id};
-use super::request::Read;
+use super::request::{Read, refuse, visible_fields};
 use super::respond::respond_with_one;
 use crate::views::ReadModel;
 
 pub async fn one<M: ReadModel>(Path(id): Path<String>, read: Read) -> Result<Response, ApiError> {
     let api = M::API.one.expect("routed only for models with single rows");
     let id = path_id(api.param, id)?;
+    let restriction = read.restriction::<M>()?;
     let mut params = QueryParams::parse(read.query())?;
-    let fields = Fields::parse::<M::Row>(&mut params);
+    let mut refusals = Vec::new();
+    let fields = visible_fields(
+        Fields::parse::<M::Row>(&mut params),
+        &restriction,
+        &mut refusals,
+    );
+    refuse(refusals)?;
     params.finish(&["fields"])?;
     let key = api.path.replace(&format!("{{{}}}", api.param), &id);
     let fetch = async {
-        M::one(&read.db.pool, &id)
-            .await?
+        let row = M::one(&read.db.pool, &id).await?;
+        // A row outside the role's scope is as absent as one that does not exist.
+        let admitted = |row: &M::Row| {
+            !restriction.has_scope()
+                || serde_json::to_value(row).is_ok_and(|json| restriction.admits(&json))
+        };
+        row.filter(admitted)
             .ok_or_else(|| ApiError::NotFound(format!("There is no {} with id '{id}'.", api.noun)))
     };
     respond_with_one(&read, M::VIEW, &key, &fields, fetch).await

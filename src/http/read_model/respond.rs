@@ -26,14 +26,15 @@ pub async fn respond<F>(
 where
     F: Future<Output = Result<Rendered, ApiError>> + Send,
 {
-    let fresh = match gate(&read.state, &read.db, view, key, &read.headers).await? {
+    let key = read.response_key(key);
+    let fresh = match gate(&read.state, &read.db, view, &key, &read.headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };
     let response = read
         .state
         .responses
-        .respond(view, fresh.generation(), key, &read.headers, render)
+        .respond(view, fresh.generation(), &key, &read.headers, render)
         .await?;
     Ok(fresh.apply(response))
 }
