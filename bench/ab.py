@@ -189,7 +189,9 @@ def main():
         command += " --baseline-binary … --baseline-database …"
     if args.access:
         command += " --access"
-    run.write_section("ab", f"""## Side by side: this build against a baseline
+    section, title = ("ab_access", "this build without and with credentials") if args.access \
+        else ("ab", "this build against a baseline")
+    run.write_section(section, f"""## Side by side: {title}
 
 Written by `{command}` on {now} UTC (same machine as above), {prospects:,} prospects. wrk,
 {run.CLIENTS} connections, {args.seconds} s per run after a 2 s warm-up; variants alternating round by

@@ -469,7 +469,7 @@ def write_section(name, text):
         for found in re.finditer(r"<!-- (\w+):begin -->\n(.*?)<!-- \1:end -->", current, re.S):
             sections[found.group(1)] = found.group(2)
     sections[name] = text.rstrip() + "\n"
-    order = ["suite", "freshness", "mixed", "miss", "ab", "sort_plans", "facets", "csv", "scale_out"]
+    order = ["suite", "freshness", "mixed", "miss", "ab", "ab_access", "sort_plans", "facets", "csv", "scale_out"]
     with open(RESULTS, "w") as f:
         for key in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)):
             f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")

@@ -164,9 +164,17 @@ impl utoipa::IntoParams for HistoryQuery {
     fn into_params(
         _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
     ) -> Vec<utoipa::openapi::path::Parameter> {
-        let limit = super::openapi::limit_parameter("Entries");
-        vec![serde_json::from_value(limit).expect("limit is an OpenAPI parameter")]
+        parameters([super::openapi::limit_parameter("Entries")])
     }
+}
+
+fn parameters(
+    declared: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<utoipa::openapi::path::Parameter> {
+    declared
+        .into_iter()
+        .map(|p| serde_json::from_value(p).expect("an OpenAPI parameter"))
+        .collect()
 }
 
 /// The refresh log, newest first.
@@ -207,10 +215,7 @@ impl utoipa::IntoParams for AuditQuery {
             "description": "Only entries older than this id (the last id of the previous page).",
             "schema": {"type": "integer", "format": "int64", "minimum": 1},
         });
-        [limit, credential, before]
-            .into_iter()
-            .map(|p| serde_json::from_value(p).expect("an OpenAPI parameter"))
-            .collect()
+        parameters([limit, credential, before])
     }
 }
 

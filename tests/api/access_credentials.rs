@@ -270,11 +270,8 @@ async fn a_jwks_file_is_read_at_startup_and_a_missing_one_stops_it() {
     let mut config = serve_config(&db);
     config.access.access_policy = Some(crate::access_support::policy_file(POLICY));
     config.access.jwt_jwks = Some("/nonexistent/jwks.json".into());
-    let error = prospect_api::startup::Application::build(&config)
-        .await
-        .err()
-        .expect("a missing JWKS file stops the server");
-    assert!(error.to_string().contains("JWT_JWKS"), "{error}");
+    let error = refusal(&config).await;
+    assert!(error.contains("JWT_JWKS"), "{error}");
 }
 
 /// Runs the CLI against the app's database.
@@ -524,16 +521,20 @@ async fn the_admin_plane_is_a_role_and_admin_token_still_opens_it() {
     assert!(page["data"][0].get("email").is_some());
 }
 
+/// Why the server does not start with `config`.
+async fn refusal(config: &prospect_api::config::ServeConfig) -> String {
+    match prospect_api::startup::Application::build(config).await {
+        Ok(_) => panic!("the server started"),
+        Err(error) => error.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn without_a_policy_serve_refuses_a_public_address_and_jwt_settings() {
     let db = TestDb::new().await;
     let mut config = serve_config(&db);
     config.bind_addr = "0.0.0.0:0".parse().unwrap();
-    let error = prospect_api::startup::Application::build(&config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let error = refusal(&config).await;
     assert!(
         error.contains("0.0.0.0") && error.contains("ACCESS_POLICY"),
         "{error}"
@@ -541,11 +542,7 @@ async fn without_a_policy_serve_refuses_a_public_address_and_jwt_settings() {
 
     let mut config = serve_config(&db);
     config.access.jwt_secret = Some(JWT_SECRET.parse().unwrap());
-    let error = prospect_api::startup::Application::build(&config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let error = refusal(&config).await;
     assert!(error.contains("without ACCESS_POLICY"), "{error}");
 
     let mut config = serve_config(&db);
@@ -566,11 +563,7 @@ async fn a_policy_with_a_typo_stops_the_server_naming_it() {
     config.access.access_policy = Some(crate::access_support::policy_file(
         "[roles.analyst]\nhide = [\"emial\"]\n",
     ));
-    let error = prospect_api::startup::Application::build(&config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let error = refusal(&config).await;
     assert!(
         error.contains("emial") && error.contains("ACCESS_POLICY"),
         "{error}"
@@ -582,12 +575,7 @@ async fn refusals_and_requests_per_role_are_counted_in_metrics() {
     let app = spawn_guarded(POLICY, |_| {}).await;
     app.get_as(&As::role("analyst"), "/prospects").await;
     app.get_as(&As::Nobody, "/prospects").await;
-    let text = app
-        .get_as(&As::Nobody, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = crate::access_support::metrics(&app).await;
     assert!(
         text.contains("role_requests_total{role=\"analyst\"} 1"),
         "{text}"

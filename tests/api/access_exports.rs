@@ -100,12 +100,7 @@ async fn every_export_writes_an_audit_row_before_and_after_with_what_was_sent() 
     // JSON pages are not exports.
     app.get_as(&analyst, "/prospects").await;
     assert_eq!(audit_rows(&app.db.pool).await.len(), 2);
-    let metrics = app
-        .get_as(&As::Nobody, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::access_support::metrics(&app).await;
     assert!(
         metrics.contains(&format!(
             "exported_rows_total{{role=\"analyst\"}} {sent_rows}"

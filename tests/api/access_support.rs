@@ -237,3 +237,12 @@ pub async fn refused_params(response: reqwest::Response) -> Vec<String> {
         .map(|p| p["name"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The text of `/metrics`.
+pub async fn metrics(app: &TestApp) -> String {
+    app.get_as(&As::Nobody, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+}
