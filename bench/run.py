@@ -211,20 +211,14 @@ def literal(value):
 SEARCH_COLUMNS = """prospect_id, email, first_name, last_name, full_name, job_title, job_title_level, department,
 prospect_city, prospect_country, company_id, domain, company_name, industry, revenue, company_city, company_country"""
 NAME_ORDER = "COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id"
-ORDERED_SCAN_ROWS = 5000  # src/views/prospect_search.rs
 
 
-def search_statements(term):
-    """The two statements of a search (src/views/prospect_search.rs): a window in result order, then,
-    only when that window holds less than a page, the trigram-index query."""
-    conditions = " AND ".join(f"search_text LIKE lower({literal('%' + t + '%')})" for t in term.split())
-    in_window = f"""SELECT {SEARCH_COLUMNS} FROM (SELECT *, COALESCE(company_name, '') AS order_company,
-  COALESCE(last_name, '') AS order_last, COALESCE(first_name, '') AS order_first FROM prospect_search_view
-  ORDER BY {NAME_ORDER} LIMIT {ORDERED_SCAN_ROWS}) AS window_rows
-WHERE {conditions} ORDER BY order_company, order_last, order_first, prospect_id LIMIT 51;"""
-    fenced = f"""SELECT {SEARCH_COLUMNS} FROM (SELECT * FROM prospect_search_view WHERE {conditions} OFFSET 0) AS matches
-ORDER BY {NAME_ORDER} LIMIT 51;"""
-    return in_window, fenced
+def search_statement(term):
+    """The statement of a ranked search's first page (src/views/prospect_search.rs): search_prospects()
+    ranks (migration 0011), the page's rows are joined to it."""
+    columns = ", ".join(f"v.{c.strip()}" for c in SEARCH_COLUMNS.split(","))
+    return f"""SELECT {columns}, s.score FROM search_prospects({literal(term)}, '{{}}', true, NULL, NULL, NULL, NULL, NULL, 51) s
+JOIN prospect_search_view v ON v.prospect_id = s.prospect_id ORDER BY s.score DESC, s.prospect_id;"""
 
 
 def api_sql(case, value, url):
@@ -242,9 +236,7 @@ ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_nam
 city, state, country, prospect_count, department_count, job_level_count, last_prospect_update
 FROM company_summary_view WHERE country = {literal(value)} ORDER BY prospect_count DESC, company_id DESC LIMIT 51;"""
     if case == "d":
-        in_window, fenced = search_statements(value)
-        found = int(psql(url, f"SELECT count(*) FROM ({in_window.rstrip(';')}) page"))
-        return in_window if found > 50 else in_window + "\n" + fenced
+        return search_statement(value)
     raise ValueError(case)
 
 
@@ -469,7 +461,8 @@ def write_section(name, text):
         for found in re.finditer(r"<!-- (\w+):begin -->\n(.*?)<!-- \1:end -->", current, re.S):
             sections[found.group(1)] = found.group(2)
     sections[name] = text.rstrip() + "\n"
-    order = ["suite", "freshness", "mixed", "miss", "ab", "ab_access", "sort_plans", "facets", "csv", "scale_out"]
+    order = ["suite", "freshness", "mixed", "miss", "ab", "ab_access", "sort_plans", "facets", "csv", "scale_out",
+             "relevance", "search_latency", "filters"]
     with open(RESULTS, "w") as f:
         for key in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)):
             f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")

@@ -111,6 +111,31 @@ FROM "Company" c
 LEFT JOIN "Prospect" p ON p."companyId" = c."id"
 GROUP BY c."id";
 
+-- Search's words (0011), used by the search view's definition: accents folded by unaccent, typos
+-- measured by fuzzystrmatch's levenshtein (pg_trgm, from 0001, finds their candidates).
+CREATE EXTENSION IF NOT EXISTS unaccent;
+CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
+
+-- The words of a text as search compares them. STABLE, as unaccent() is (its rules file could
+-- change): it is used to compute stored columns and query terms, never in an index expression.
+CREATE OR REPLACE FUNCTION search_words(p_text TEXT) RETURNS TEXT[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT COALESCE(array_agg(w ORDER BY n) FILTER (WHERE w <> ''), '{}')
+    FROM regexp_split_to_table(lower(unaccent(COALESCE(p_text, ''))), '[^[:alnum:]]+') WITH ORDINALITY AS t(w, n)
+$$;
+
+-- A text as one quoted lexeme of tsvector or tsquery input: taken as it is, never parsed into words.
+CREATE OR REPLACE FUNCTION lexeme_literal(p_text TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '''' || replace(replace(p_text, '\', '\\'), '''', '''''') || ''''
+$$;
+
+-- The words as lexemes of one weight (a position each: a lexeme without one has no weight).
+CREATE OR REPLACE FUNCTION weighted_words(p_words TEXT[], p_weight "char") RETURNS tsvector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT array_to_string(ARRAY(SELECT lexeme_literal(w) || ':1' || p_weight::text FROM unnest(p_words) w), ' ')::tsvector
+$$;
+
 CREATE OR REPLACE VIEW prospect_search_view_definition AS
 SELECT
     p."id"              AS prospect_id,
@@ -130,10 +155,13 @@ SELECT
     c."revenue"         AS revenue,
     c."city"            AS company_city,
     c."country"         AS company_country,
-    lower(concat_ws(' ',
-        COALESCE(p."firstName", ''), COALESCE(p."lastName", ''), COALESCE(p."email", ''),
-        COALESCE(p."jobTitle", ''), COALESCE(c."name", ''), COALESCE(c."industry", '')
-    ))                  AS search_text,
+    -- What search matches (0011): words weighted A (name), B (company), C (job title, industry),
+    -- and the whole email, D.
+    weighted_words(search_words(concat_ws(' ', p."firstName", p."lastName")), 'A')
+        || weighted_words(search_words(c."name"), 'B')
+        || weighted_words(search_words(concat_ws(' ', p."jobTitle", c."industry")), 'C')
+        || weighted_words(array_remove(ARRAY[lower(p."email")], NULL), 'D')
+                        AS search_vector,
     NULL::boolean       AS refresh_no_dup_check
 FROM "Prospect" p
 JOIN "Company" c ON c."id" = p."companyId";
@@ -227,8 +255,8 @@ CREATE INDEX company_summary_view_city
     ON company_summary_view (city);
 CREATE UNIQUE INDEX prospect_search_view_key
     ON prospect_search_view (prospect_id);
-CREATE INDEX prospect_search_view_search_text
-    ON prospect_search_view USING gin (search_text gin_trgm_ops);
+CREATE INDEX prospect_search_view_search_vector
+    ON prospect_search_view USING gin (search_vector);
 CREATE INDEX prospect_search_view_name_order
     ON prospect_search_view (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id);
 CREATE INDEX prospect_search_view_company ON prospect_search_view (company_id);
@@ -487,6 +515,7 @@ BEGIN
         INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at, row_count, snapshot)
         VALUES (p_view, p_trigger, 'ok', 'refresh', snapshot_time, clock_timestamp(), rows, snapshot_xids)
         RETURNING *;
+    PERFORM read_model_synced(p_view, NULL);
     PERFORM prune_base_table_changes();
 END
 $$;
@@ -668,6 +697,7 @@ BEGIN
             SELECT s.removed, s.added INTO removed, added FROM sync_read_model(v, companies) s;
             SELECT l.row_count + added - removed INTO rows FROM last_successful_refreshes() l WHERE l.view_name = v;
         END IF;
+        PERFORM read_model_synced(v, CASE how WHEN 'apply' THEN companies END);
         RETURN QUERY
             INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at,
                                                row_count, snapshot, companies_changed, rows_changed)
@@ -855,6 +885,7 @@ BEGIN
     rows := stage_read_model(p_view, p_mode, with_data);
     SELECT * INTO swap FROM swap_read_model(p_view, model.mode, p_mode, p_swap_lock_timeout, p_swap_attempts);
     IF with_data THEN
+        PERFORM read_model_synced(p_view, NULL);
         INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at, row_count, snapshot)
         VALUES (p_view, 'migrate', 'ok', 'build', snapshot_time, clock_timestamp(), rows, snapshot_xids)
         RETURNING id INTO logged;
@@ -863,6 +894,287 @@ BEGIN
         (extract(epoch FROM swap.swap_started - build_started) * 1000)::bigint,
         (extract(epoch FROM clock_timestamp() - swap.swap_started) * 1000)::bigint,
         swap.attempts, logged;
+END
+$$;
+
+-- ===================================================================================================
+-- Ranked search (0011): the vocabulary typos are corrected to, and the functions that plan and rank.
+-- ===================================================================================================
+
+-- The words of the search view that a typo may be corrected to (words of 4 letters and more: a term
+-- needs 5 to have a typo allowed). It only grows: a word no row holds any more costs a correction
+-- that matches nothing, never a wrong result.
+CREATE TABLE search_vocabulary (
+    word TEXT PRIMARY KEY
+);
+CREATE INDEX search_vocabulary_trigrams ON search_vocabulary USING gin (word gin_trgm_ops);
+
+-- Adds the words of the given companies' rows (NULL: every row) to the vocabulary.
+CREATE OR REPLACE FUNCTION add_search_vocabulary(p_companies TEXT[]) RETURNS VOID
+LANGUAGE sql AS $$
+    INSERT INTO search_vocabulary (word)
+    SELECT DISTINCT w
+    FROM prospect_search_view v, unnest(tsvector_to_array(ts_filter(v.search_vector, '{a,b,c}'))) w
+    WHERE (p_companies IS NULL OR v.company_id = ANY (p_companies)) AND length(w) >= 4
+    ON CONFLICT DO NOTHING
+$$;
+
+-- What follows a read model's rows besides its readers, called by every path that changes them
+-- (p_companies: the companies whose rows changed; NULL: any).
+CREATE OR REPLACE FUNCTION read_model_synced(p_view TEXT, p_companies TEXT[]) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_view = 'prospect_search_view' AND to_regclass('prospect_search_view') IS NOT NULL THEN
+        PERFORM add_search_vocabulary(p_companies);
+    END IF;
+END
+$$;
+
+-- Whether b is a one adjacent transposition away from a ("garica", "garcia"): one typo to a person
+-- typing, two edits to levenshtein().
+CREATE OR REPLACE FUNCTION is_transposition(a TEXT, b TEXT) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT length(a) = length(b) AND a <> b AND EXISTS (
+        SELECT 1 FROM generate_series(1, length(a) - 1) i
+        WHERE left(a, i - 1) = left(b, i - 1)
+          AND substr(a, i, 1) = substr(b, i + 1, 1) AND substr(a, i + 1, 1) = substr(b, i, 1)
+          AND substr(a, i + 2) = substr(b, i + 2))
+$$;
+
+-- The typos a term may have: none under 5 letters, one from 5, two from 9; none in a term with a
+-- digit (a number or a code is meant as typed: "first42" must not find "first43").
+CREATE OR REPLACE FUNCTION search_typo_budget(p_term TEXT) RETURNS INT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_term ~ '[0-9]' THEN 0
+                WHEN length(p_term) >= 9 THEN 2 WHEN length(p_term) >= 5 THEN 1 ELSE 0 END
+$$;
+
+-- The vocabulary's words within the term's typo budget, with their distance (a transposition
+-- counts one), nearest first, at most 16. The trigram index finds the candidates.
+CREATE OR REPLACE FUNCTION search_corrections(p_term TEXT)
+RETURNS TABLE (word TEXT, typos INT)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    budget INT := search_typo_budget(p_term);
+BEGIN
+    IF budget = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('pg_trgm.similarity_threshold', '0.2', true);
+    RETURN QUERY
+        SELECT c.word, c.typos FROM (
+            SELECT v.word, CASE WHEN is_transposition(p_term, v.word) THEN 1
+                                ELSE levenshtein_less_equal(p_term, v.word, budget) END AS typos
+            FROM search_vocabulary v
+            WHERE v.word % p_term AND v.word <> p_term
+        ) c
+        WHERE c.typos <= budget
+        ORDER BY c.typos, c.word
+        LIMIT 16;
+END
+$$;
+
+-- What a query matches and how each match scores. A row matches when every term matches one of the
+-- fields the caller may see (p_hidden names those it may not: first_name, last_name, company_name,
+-- job_title, industry, email); a term with '@' matches the email (the whole address, or its start
+-- when it is the last term and p_prefix_last), any other term a word of the name (weight A), of the
+-- company's name (B) or of the job title or industry (C): the whole word, its start when it is the
+-- last term and p_prefix_last, or a correction within its typo budget.
+--
+-- A match scores 1000 - 100 × typos + 10 × field (name 3, company 2, title and industry 1, email 4)
+-- + 1 when whole; a row scores the sum, over the terms, of each term's best match. `tier_*` list each
+-- term's matches best first (term, tsquery, score), `everything` is what a row must match, `narrow`
+-- the part of it the index should answer (a short last prefix matches too many words to look up:
+-- it is only checked); `impossible` is set when a term can match no field the caller may see.
+CREATE OR REPLACE FUNCTION search_plan(p_q TEXT, p_hidden TEXT[], p_prefix_last BOOLEAN,
+    OUT terms TEXT[], OUT tier_terms INT[], OUT tier_queries tsquery[], OUT tier_scores INT[],
+    OUT everything tsquery, OUT narrow tsquery, OUT impossible BOOLEAN)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    -- The fields of the search vector (weights) and their ranks.
+    word_fields "char"[] := ARRAY[]::"char"[];
+    word_ranks INT[] := ARRAY[]::INT[];
+    fields "char"[];
+    ranks INT[];
+    term TEXT;
+    i INT := 0;
+    last BOOLEAN;
+    alternatives tsquery;
+    correction RECORD;
+    g INT;
+BEGIN
+    terms := search_terms(p_q);
+    IF NOT p_hidden && ARRAY['first_name', 'last_name'] THEN
+        word_fields := word_fields || 'A'::"char"; word_ranks := word_ranks || 3;
+    END IF;
+    IF NOT p_hidden && ARRAY['company_name'] THEN
+        word_fields := word_fields || 'B'::"char"; word_ranks := word_ranks || 2;
+    END IF;
+    IF NOT p_hidden && ARRAY['job_title', 'industry'] THEN
+        word_fields := word_fields || 'C'::"char"; word_ranks := word_ranks || 1;
+    END IF;
+    tier_terms := '{}'; tier_queries := '{}'; tier_scores := '{}';
+    impossible := false;
+    FOREACH term IN ARRAY terms LOOP
+        i := i + 1;
+        last := p_prefix_last AND i = cardinality(terms);
+        IF position('@' IN term) > 0 THEN
+            fields := CASE WHEN 'email' = ANY (p_hidden) THEN '{}' ELSE ARRAY['D'::"char"] END;
+            ranks := ARRAY[4];
+        ELSE
+            fields := word_fields; ranks := word_ranks;
+        END IF;
+        FOR g IN 1 .. cardinality(fields) LOOP
+            tier_terms := tier_terms || i;
+            tier_queries := tier_queries || format('%s:%s', lexeme_literal(term), fields[g])::tsquery;
+            tier_scores := tier_scores || (1001 + 10 * ranks[g]);
+            IF last THEN
+                tier_terms := tier_terms || i;
+                tier_queries := tier_queries || format('%s:*%s', lexeme_literal(term), fields[g])::tsquery;
+                tier_scores := tier_scores || (1000 + 10 * ranks[g]);
+            END IF;
+        END LOOP;
+        IF fields <> ARRAY['D'::"char"] THEN
+            FOR correction IN
+                SELECT c.typos, array_agg(c.word) AS words
+                FROM search_corrections(term) c GROUP BY c.typos ORDER BY c.typos
+            LOOP
+                FOR g IN 1 .. cardinality(fields) LOOP
+                    tier_terms := tier_terms || i;
+                    tier_queries := tier_queries || (
+                        SELECT string_agg(format('%s:%s', lexeme_literal(w), fields[g]), ' | ')
+                        FROM unnest(correction.words) w)::tsquery;
+                    tier_scores := tier_scores || (1000 - 100 * correction.typos + 10 * ranks[g]);
+                END LOOP;
+            END LOOP;
+        END IF;
+        SELECT search_query_any(q) INTO alternatives
+        FROM unnest(tier_queries, tier_terms) AS t(q, t) WHERE t.t = i;
+        IF alternatives IS NULL THEN
+            impossible := true;
+            CONTINUE;
+        END IF;
+        everything := CASE WHEN everything IS NULL THEN alternatives ELSE everything && alternatives END;
+        IF NOT (last AND length(term) < 3) THEN
+            narrow := CASE WHEN narrow IS NULL THEN alternatives ELSE narrow && alternatives END;
+        END IF;
+    END LOOP;
+    -- Each term's matches best first, so that the first that matches a row is its best.
+    SELECT COALESCE(array_agg(t ORDER BY t, s DESC), '{}'), COALESCE(array_agg(q ORDER BY t, s DESC), '{}'),
+           COALESCE(array_agg(s ORDER BY t, s DESC), '{}')
+    INTO tier_terms, tier_queries, tier_scores
+    FROM unnest(tier_terms, tier_queries, tier_scores) AS x(t, q, s);
+    narrow := COALESCE(narrow, everything);
+    impossible := impossible OR everything IS NULL;
+END
+$$;
+
+-- a OR b, where either may be NULL (nothing yet); pg_catalog's tsquery_or() is strict.
+CREATE OR REPLACE FUNCTION search_query_or(a tsquery, b tsquery) RETURNS tsquery
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT CASE WHEN a IS NULL THEN b ELSE a || b END $$;
+CREATE AGGREGATE search_query_any(tsquery) (SFUNC = search_query_or, STYPE = tsquery);
+
+-- A search's terms, each whitespace-separated part of p_q made words as the rows' are (a part with
+-- '@' stays whole: an email address). At most 8.
+CREATE OR REPLACE FUNCTION search_terms(p_q TEXT) RETURNS TEXT[]
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE((array_agg(term ORDER BY n, m))[1:8], '{}')
+    FROM regexp_split_to_table(btrim(COALESCE(p_q, '')), '\s+') WITH ORDINALITY AS q(part, n)
+    CROSS JOIN LATERAL unnest(CASE WHEN position('@' IN part) > 0 THEN ARRAY[lower(part)]
+                                   ELSE search_words(part) END) WITH ORDINALITY AS t(term, m)
+    WHERE part <> ''
+$$;
+
+-- The planner's plan (EXPLAIN, JSON) of the rows matching p_q and the filters, for `count=estimated`:
+-- planned with the query's own tsquery, so the estimate comes from the search vector's statistics.
+-- NULL when nothing can match. VOLATILE because EXPLAIN is refused in other functions.
+CREATE OR REPLACE FUNCTION search_matches_plan(p_q TEXT, p_hidden TEXT[], p_prefix_last BOOLEAN,
+    p_industry TEXT[], p_country TEXT, p_department TEXT[]) RETURNS json
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    plan RECORD;
+    explained json;
+BEGIN
+    SELECT * INTO plan FROM search_plan(p_q, p_hidden, p_prefix_last);
+    IF plan.impossible THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM prospect_search_view v
+             WHERE v.search_vector @@ $1
+               AND ($2::text[] IS NULL OR v.industry = ANY ($2))
+               AND ($3::text IS NULL OR v.company_country = $3)
+               AND ($4::text[] IS NULL OR v.department = ANY ($4))'
+        INTO explained USING plan.everything, p_industry, p_country, p_department;
+    RETURN explained;
+END
+$$;
+
+-- The ranked matches of p_q among the rows passing the filters (NULL: not filtered), best first, ties
+-- in prospect_id order, after the keyset cursor (p_after_score, p_after_id), at most p_limit.
+--
+-- One term: its matches are taken tier by tier (name word, name prefix, company word, ... typos),
+-- each tier's rows in prospect_id order, until the page is full: every row of a tier scores the same,
+-- so no more rows are read than the page needs when a tier is large (the planner walks the key index
+-- and checks each row) and only the tier's when it is small (the GIN index finds them). Several
+-- terms: the rows matching all of them (the index finds them; they are few) are scored and sorted.
+CREATE OR REPLACE FUNCTION search_prospects(
+    p_q TEXT, p_hidden TEXT[], p_prefix_last BOOLEAN,
+    p_industry TEXT[], p_country TEXT, p_department TEXT[],
+    p_after_score INT, p_after_id TEXT, p_limit BIGINT)
+RETURNS TABLE (score INT, prospect_id TEXT)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    plan RECORD;
+    k INT;
+    covered tsquery;
+    remaining BIGINT := p_limit;
+    got BIGINT;
+BEGIN
+    SELECT * INTO plan FROM search_plan(p_q, p_hidden, p_prefix_last);
+    IF plan.impossible THEN
+        RETURN;
+    END IF;
+    IF cardinality(plan.terms) = 1 THEN
+        FOR k IN 1 .. cardinality(plan.tier_queries) LOOP
+            EXIT WHEN remaining <= 0;
+            IF p_after_score IS NULL OR plan.tier_scores[k] <= p_after_score THEN
+                RETURN QUERY
+                    SELECT plan.tier_scores[k], v.prospect_id FROM prospect_search_view v
+                    WHERE v.search_vector @@ plan.tier_queries[k]
+                      AND (covered IS NULL OR NOT v.search_vector @@ covered)
+                      AND (p_industry IS NULL OR v.industry = ANY (p_industry))
+                      AND (p_country IS NULL OR v.company_country = p_country)
+                      AND (p_department IS NULL OR v.department = ANY (p_department))
+                      AND (p_after_score IS NULL OR plan.tier_scores[k] < p_after_score OR v.prospect_id > p_after_id)
+                    ORDER BY v.prospect_id
+                    LIMIT remaining;
+                GET DIAGNOSTICS got = ROW_COUNT;
+                remaining := remaining - got;
+            END IF;
+            covered := search_query_or(covered, plan.tier_queries[k]);
+        END LOOP;
+        RETURN;
+    END IF;
+    RETURN QUERY
+        WITH candidates AS (
+            SELECT v.prospect_id, v.search_vector FROM prospect_search_view v
+            WHERE v.search_vector @@ plan.narrow
+              AND v.search_vector @@ plan.everything
+              AND (p_industry IS NULL OR v.industry = ANY (p_industry))
+              AND (p_country IS NULL OR v.company_country = p_country)
+              AND (p_department IS NULL OR v.department = ANY (p_department))
+        ), scored AS (
+            SELECT c.prospect_id,
+                   (SELECT sum(best.s) FROM (
+                        SELECT DISTINCT ON (t.term) t.s
+                        FROM unnest(plan.tier_terms, plan.tier_queries, plan.tier_scores) AS t(term, q, s)
+                        WHERE c.search_vector @@ t.q ORDER BY t.term, t.s DESC) best)::int AS score
+            FROM candidates c
+        )
+        SELECT s.score, s.prospect_id FROM scored s
+        WHERE p_after_score IS NULL OR s.score < p_after_score OR (s.score = p_after_score AND s.prospect_id > p_after_id)
+        ORDER BY s.score DESC, s.prospect_id
+        LIMIT p_limit;
 END
 $$;
 

@@ -155,11 +155,13 @@ impl FilterValue for Option<DateTime<Utc>> {
     }
 }
 
-/// The terms of a search: at most `Terms::MAX`, each at least `Terms::MIN_CHARS` characters
-/// (shorter ones have no trigram, so the index could not narrow the search).
+/// The terms of a search: at most `Terms::MAX`, each at least `Terms::MIN_CHARS` characters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Terms {
     pub terms: Vec<String>,
+    /// Whether the last term may be the start of a word (type-ahead): unless the text ends in
+    /// whitespace, as it does once the user has finished typing the word.
+    pub prefix_last: bool,
     /// Fields searched by default that this caller may not see, so must not match on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<String>,
@@ -167,24 +169,23 @@ pub struct Terms {
 
 impl Terms {
     pub const MAX: usize = 5;
-    pub const MIN_CHARS: usize = 3;
+    pub const MIN_CHARS: usize = 1;
+
+    /// The terms as one text, as the search statements take them.
+    pub fn text(&self) -> String {
+        self.terms.join(" ")
+    }
 
     /// Why these terms cannot be searched for, if they cannot.
     fn problem(terms: &[String]) -> Option<String> {
         if terms.is_empty() {
             return Some("contains no terms".to_owned());
         }
-        if terms.len() > Self::MAX {
-            return Some(format!(
+        (terms.len() > Self::MAX).then(|| {
+            format!(
                 "{} terms given; at most {} are accepted",
                 terms.len(),
                 Self::MAX
-            ));
-        }
-        terms.iter().find(|t| t.chars().count() < Self::MIN_CHARS).map(|short| {
-            format!(
-                "the term '{short}' is shorter than {} characters: too short to use the search index",
-                Self::MIN_CHARS
             )
         })
     }
@@ -210,6 +211,7 @@ impl FilterValue for Terms {
         }
         Terms {
             terms,
+            prefix_last: !text.ends_with(|c: char| c.is_ascii_whitespace()),
             excluded: vec![],
         }
     }
@@ -417,22 +419,26 @@ mod tests {
     }
 
     #[test]
-    fn terms_are_required_counted_and_long_enough() {
+    fn terms_are_required_and_counted_and_a_trailing_space_ends_the_last() {
         for (q, problem) in [
             (None, Some("is required")),
             (Some("  "), Some("contains no terms")),
-            (Some("ab cde"), Some("shorter than 3")),
             (Some("aaa bbb ccc ddd eee fff"), Some("6 terms")),
-            (Some("ada lovelace"), None),
         ] {
             let mut source = Values(q.map(|q| ("q", q.to_owned())).into_iter().collect(), vec![]);
+            Terms::read(&mut source, "q");
+            assert!(
+                source.1[0].1.contains(problem.unwrap()),
+                "{q:?}: {:?}",
+                source.1
+            );
+        }
+        for (q, prefix_last) in [("a lo", true), ("ada lovelace ", false)] {
+            let mut source = Values(vec![("q", q.to_owned())], vec![]);
             let terms = Terms::read(&mut source, "q");
-            match problem {
-                Some(expected) => {
-                    assert!(source.1[0].1.contains(expected), "{q:?}: {:?}", source.1)
-                }
-                None => assert_eq!(terms.terms, ["ada", "lovelace"]),
-            }
+            assert!(source.1.is_empty(), "{q}: {:?}", source.1);
+            assert_eq!(terms.prefix_last, prefix_last, "{q}");
+            assert_eq!(terms.text(), q.trim_end(), "{q}");
         }
     }
 

@@ -15,6 +15,11 @@ pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
     /// The fields of the model's row the order compares (a role that cannot see one of them cannot
     /// ask for the order).
     fn reads(self) -> &'static [&'static str];
+
+    /// Whether `-key` reverses the order (false for an order that has one sense, as relevance).
+    fn both_ways(self) -> bool {
+        true
+    }
 }
 
 /// A sort key and its direction.
@@ -33,20 +38,21 @@ impl<K: SortKey> Sort<K> {
         };
         K::ALL
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, key)| *n == name && (!descending || key.both_ways()))
             .map(|(_, key)| Sort {
                 key: *key,
                 descending,
             })
     }
 
-    /// Every accepted value of `sort`: each key, then each key descending.
+    /// Every accepted value of `sort`: each key, then each key descending that can be reversed.
     pub fn values() -> Vec<String> {
         let names = K::ALL.iter().map(|(name, _)| name.to_string());
-        names
-            .clone()
-            .chain(names.map(|name| format!("-{name}")))
-            .collect()
+        let reversed = K::ALL
+            .iter()
+            .filter(|(_, key)| key.both_ways())
+            .map(|(name, _)| format!("-{name}"));
+        names.chain(reversed).collect()
     }
 
     pub fn name(&self) -> String {

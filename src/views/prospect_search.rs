@@ -1,18 +1,22 @@
-//! Substring search on `prospect_search_view`: `GET /search`.
+//! Ranked search on `prospect_search_view`: `GET /search`.
 //!
-//! Every term must occur in `search_text`; each becomes `search_text LIKE '%term%'` with `%`, `_` and
-//! `\` escaped, which the trigram index answers. Up to `Terms::MAX` terms, each a fixed parameter slot
-//! (an unused slot is NULL and folds away in the custom plan). Results come in company name, last
-//! name, first name, id order.
+//! What a query matches and how it ranks is written once, in SQL (migration 0011): `search_plan()`
+//! turns the terms into what a row must match and how each match scores, `search_prospects()`
+//! returns the best-ranked matches, and its `everything` query serves the counts and the
+//! company-name order. A term matches the start of a word, whole when it is not the last term;
+//! terms of 5 letters and more forgive a typo (9 and more: two); case and accents fold away; terms
+//! match in any order. Name words rank above company words above job title and industry words, an
+//! email above all, whole words above prefixes above typos; ties in prospect id order, so a keyset
+//! cursor (score, id) pages through ranked results.
 
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryFutureExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::filters::{Terms, any_of, escape_like, filters};
+use super::filters::{Terms, any_of, filters};
 use super::order::{FacetCount, NoFacets, Sort, SortKey};
 use super::{Api, ReadModel, ViewName, estimated_rows};
 
@@ -37,14 +41,20 @@ pub struct SearchRow {
     pub revenue: Option<i64>,
     pub company_city: Option<String>,
     pub company_country: Option<String>,
+    /// How well the row matches (higher is better; the relevance order's key); null in
+    /// company-name order.
+    pub score: Option<i32>,
 }
 
 filters! {
     /// What `GET /search` asks for: its terms and its filters.
     pub struct SearchFilters {
-        /// Whitespace-separated terms; every term must occur, case-insensitively, in the prospect's
-        /// name, email, job title, company name or industry (of those the caller's role may see).
-        /// `%`, `_` and `\` are ordinary characters.
+        /// Whitespace-separated terms, in any order; every term must match the prospect's name, its
+        /// company's name, its job title or industry (of those the caller's role may see), or, with
+        /// an `@`, its email. A term matches a word's start: the last term may be the start of a
+        /// word (type-ahead), the others whole words (a query ending in a space makes the last one
+        /// whole too). Terms of 5 letters and more forgive one typo, of 9 and more two. Case and
+        /// accents do not matter.
         #[reads("first_name", "last_name", "email", "job_title", "company_name", "industry")]
         pub q: Terms,
         /// Company industry; repeat for any of several (`industry=A&industry=B`).
@@ -56,100 +66,141 @@ filters! {
     }
 }
 
-impl SearchFilters {
-    /// The searched fields the caller may not see, so must not match on (NULL: none). Every term
-    /// must then also occur in the fields it may see; `search_text` (all of them) still narrows
-    /// the search through its index first.
-    fn excluded(&self) -> Option<&[String]> {
-        (!self.q.excluded.is_empty()).then_some(self.q.excluded.as_slice())
-    }
-
-    /// The LIKE pattern of each term slot (lower-cased in SQL, as `search_text` is).
-    fn patterns(&self) -> [Option<String>; Terms::MAX] {
-        std::array::from_fn(|i| {
-            self.q
-                .terms
-                .get(i)
-                .map(|term| format!("%{}%", escape_like(term)))
-        })
-    }
-}
-
-/// The one order of results: company name, last name, first name, id.
+/// The orders of results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchOrder {
+    /// Best match first (the default).
+    Relevance,
+    /// Company name, last name, first name, id (the order before ranking).
     CompanyName,
 }
 
 impl SortKey for SearchOrder {
-    const ALL: &'static [(&'static str, Self)] = &[("company_name", SearchOrder::CompanyName)];
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("relevance", SearchOrder::Relevance),
+        ("company_name", SearchOrder::CompanyName),
+    ];
     const DEFAULT: Sort<Self> = Sort {
-        key: SearchOrder::CompanyName,
+        key: SearchOrder::Relevance,
         descending: false,
     };
-    const CHOSEN_BY_CLIENT: bool = false;
 
     fn reads(self) -> &'static [&'static str] {
-        &["company_name", "last_name", "first_name"]
+        match self {
+            // The score counts only what the caller may see; the cursor holds it and the id.
+            SearchOrder::Relevance => &[],
+            SearchOrder::CompanyName => &["company_name", "last_name", "first_name"],
+        }
+    }
+
+    fn both_ways(self) -> bool {
+        self == SearchOrder::CompanyName
     }
 }
 
-/// The matches statement: every match after the keyset cursor $1 (at most $2), found through the
-/// trigram index and sorted into result order; the terms' patterns are $3 to $7, the filters $8 to
-/// $10. OFFSET 0 keeps the conditions inside the subquery, planned without an order to deliver: the
-/// trigram index for a rare term.
-macro_rules! matches_statement {
-    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $after:expr, $limit:expr) => {{
-        let f: &SearchFilters = $filters;
-        let [p1, p2, p3, p4, p5] = f.patterns();
-        sqlx::$kind!(
-            $($head)*
-            $explain
-                + r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
-                      job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
-                      domain, company_name AS "company_name!", industry, revenue, company_city, company_country
-               FROM (SELECT * FROM prospect_search_view
-                     WHERE search_text LIKE lower($3)
-                       AND ($4::text IS NULL OR search_text LIKE lower($4))
-                       AND ($5::text IS NULL OR search_text LIKE lower($5))
-                       AND ($6::text IS NULL OR search_text LIKE lower($6))
-                       AND ($7::text IS NULL OR search_text LIKE lower($7))
-                       AND ($11::text[] IS NULL
-                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($11) THEN first_name END,
-                                                    CASE WHEN 'last_name' <> ALL($11) THEN last_name END,
-                                                    CASE WHEN 'email' <> ALL($11) THEN email END,
-                                                    CASE WHEN 'job_title' <> ALL($11) THEN job_title END,
-                                                    CASE WHEN 'company_name' <> ALL($11) THEN company_name END,
-                                                    CASE WHEN 'industry' <> ALL($11) THEN industry END))
-                               LIKE ALL (array_remove(ARRAY[lower($3), lower($4), lower($5), lower($6), lower($7)], NULL)))
-                       AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
-                                                        ELSE industry = ANY($8) END)
-                       AND ($9::text IS NULL OR company_country = $9)
-                       AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
-                                                         ELSE department = ANY($10) END)
-                       AND ($1::jsonb IS NULL
-                            OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
-                                prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
-                     OFFSET 0) AS matches
-               ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id
-               LIMIT $2"#,
-            $after,
-            $limit,
-            p1,
-            p2,
-            p3,
-            p4,
-            p5,
+/// The rows of `search_prospects()`: the best matches after the cursor $7, $8, at most $9.
+macro_rules! ranked_statement {
+    ($f:expr, $after:expr, $limit:expr) => {{
+        let f: &SearchFilters = $f;
+        let (after_score, after_id) = relevance_cursor($after);
+        sqlx::query_as!(
+            SearchRow,
+            r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
+                      v.job_title, v.job_title_level, v.department, v.prospect_city, v.prospect_country,
+                      v.company_id AS "company_id!", v.domain, v.company_name AS "company_name!", v.industry,
+                      v.revenue, v.company_city, v.company_country, s.score AS "score?"
+               FROM search_prospects($1, $2, $3, $4, $5, $6, $7, $8, $9) s
+               JOIN prospect_search_view v ON v.prospect_id = s.prospect_id
+               ORDER BY s.score DESC, s.prospect_id"#,
+            f.q.text(),
+            &f.q.excluded,
+            f.q.prefix_last,
             any_of(&f.industry),
             f.company_country.as_deref(),
             any_of(&f.department),
-            f.excluded(),
+            after_score,
+            after_id,
+            $limit,
         )
     }};
 }
 
-/// How many rows, in result order, the first step of `page` reads looking for a page of matches.
-const ORDERED_SCAN_ROWS: i64 = 5_000;
+/// The matches in company-name order after the keyset cursor $7 (`sort=company_name`, or
+/// `sort=-company_name` with $8), at most $9.
+macro_rules! by_company_name_statement {
+    ($f:expr, $after:expr, $descending:expr, $limit:expr) => {{
+        let f: &SearchFilters = $f;
+        sqlx::query_as!(
+            SearchRow,
+            r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
+                      v.job_title, v.job_title_level, v.department, v.prospect_city, v.prospect_country,
+                      v.company_id AS "company_id!", v.domain, v.company_name AS "company_name!", v.industry,
+                      v.revenue, v.company_city, v.company_country, NULL::int AS "score?"
+               FROM search_plan($1, $2, $3) p, prospect_search_view v
+               WHERE NOT p.impossible
+                 AND v.search_vector @@ p.everything
+                 AND ($4::text[] IS NULL OR v.industry = ANY ($4))
+                 AND ($5::text IS NULL OR v.company_country = $5)
+                 AND ($6::text[] IS NULL OR v.department = ANY ($6))
+                 AND ($7::jsonb IS NULL
+                      OR (NOT $8 AND (COALESCE(v.company_name, ''), COALESCE(v.last_name, ''), COALESCE(v.first_name, ''), v.prospect_id)
+                                     > ($7->>0, $7->>1, $7->>2, $7->>3))
+                      OR ($8 AND (COALESCE(v.company_name, ''), COALESCE(v.last_name, ''), COALESCE(v.first_name, ''), v.prospect_id)
+                                 < ($7->>0, $7->>1, $7->>2, $7->>3)))
+               ORDER BY CASE WHEN NOT $8 THEN COALESCE(v.company_name, '') END,
+                        CASE WHEN NOT $8 THEN COALESCE(v.last_name, '') END,
+                        CASE WHEN NOT $8 THEN COALESCE(v.first_name, '') END,
+                        CASE WHEN NOT $8 THEN v.prospect_id END,
+                        COALESCE(v.company_name, '') DESC, COALESCE(v.last_name, '') DESC,
+                        COALESCE(v.first_name, '') DESC, v.prospect_id DESC
+               LIMIT $9"#,
+            f.q.text(),
+            &f.q.excluded,
+            f.q.prefix_last,
+            any_of(&f.industry),
+            f.company_country.as_deref(),
+            any_of(&f.department),
+            $after,
+            $descending,
+            $limit,
+        )
+    }};
+}
+
+/// The count statement.
+macro_rules! count_statement {
+    ($f:expr) => {{
+        let f: &SearchFilters = $f;
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "total!"
+               FROM search_plan($1, $2, $3) p, prospect_search_view v
+               WHERE NOT p.impossible
+                 AND v.search_vector @@ p.everything
+                 AND ($4::text[] IS NULL OR v.industry = ANY ($4))
+                 AND ($5::text IS NULL OR v.company_country = $5)
+                 AND ($6::text[] IS NULL OR v.department = ANY ($6))"#,
+            f.q.text(),
+            &f.q.excluded,
+            f.q.prefix_last,
+            any_of(&f.industry),
+            f.company_country.as_deref(),
+            any_of(&f.department),
+        )
+    }};
+}
+
+/// The relevance cursor `[score, id]` as the statement's two parameters.
+fn relevance_cursor(after: Option<&Value>) -> (Option<i32>, Option<String>) {
+    let Some(Value::Array(key)) = after else {
+        return (None, None);
+    };
+    let score = key.first().and_then(Value::as_i64).map(|s| s as i32);
+    let id = key.get(1).and_then(Value::as_str).map(str::to_owned);
+    match (score, id) {
+        (Some(score), Some(id)) => (Some(score), Some(id)),
+        _ => (None, None),
+    }
+}
 
 impl ReadModel for ProspectSearch {
     const VIEW: ViewName = ViewName::ProspectSearchView;
@@ -158,10 +209,11 @@ impl ReadModel for ProspectSearch {
         path: "/search",
         list: (
             "search",
-            "Substring search over prospects; results in company name, last name, first name order.",
+            "Ranked search over prospects: best matches first (sort=company_name for the name order).",
         ),
         rows: "matches",
-        sort_doc: "",
+        sort_doc: "`relevance` (the default): best match first, ties by prospect id. `company_name`: \
+                   company name, last name, first name, id (`-company_name` reversed).",
         one: None,
         facets: None,
         scoped: None,
@@ -172,76 +224,39 @@ impl ReadModel for ProspectSearch {
     type Facet = NoFacets;
     const ROW_BYTES: usize = 600;
 
-    /// At most `limit` matches after `after`, in two steps, because neither plan PostgreSQL can
-    /// choose is safe alone:
-    ///
-    /// 1. read the next `ORDERED_SCAN_ROWS` rows in result order (the name-order index) and keep the
-    ///    matches (`in_window`): a term matching many rows (`director`, `sales`) fills a page
-    ///    within a few hundred;
-    /// 2. only if that window held fewer: let the trigram index find every match after the cursor
-    ///    and sort them (`matches_statement!`). The planner would walk the name-order index for
-    ///    these too when it expects enough matches, and a term whose matches cluster late in that
-    ///    order (a company name starting with V) then read most of the view: 1 s at 1M rows,
-    ///    timeouts under load (bench/README.md). Here the sort only ever covers a term that is rare
-    ///    where the cursor stands (or a CSV export, which counts its matches first).
     fn rows<'a>(
         pool: &'a PgPool,
         f: &'a SearchFilters,
-        _: Sort<SearchOrder>,
+        sort: Sort<SearchOrder>,
         after: Option<&'a Value>,
         limit: i64,
     ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-        let two_steps = async move {
-            let in_window = in_window(pool, f, after, limit).await?;
-            if in_window.len() as i64 >= limit {
-                return Ok(futures_util::stream::iter(in_window.into_iter().map(Ok)).boxed());
+        match sort.key {
+            SearchOrder::Relevance => ranked_statement!(f, after, limit).fetch(pool).boxed(),
+            SearchOrder::CompanyName => {
+                by_company_name_statement!(f, after, sort.descending, limit)
+                    .fetch(pool)
+                    .boxed()
             }
-            Ok(matches_statement!(query_as [SearchRow,] "", f, after, limit).fetch(pool))
-        };
-        two_steps.try_flatten_stream().boxed()
+        }
     }
 
     async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
-        let [p1, p2, p3, p4, p5] = f.patterns();
-        sqlx::query_scalar!(
-            r#"SELECT count(*) AS "total!" FROM prospect_search_view
-               WHERE search_text LIKE lower($1)
-                 AND ($2::text IS NULL OR search_text LIKE lower($2))
-                 AND ($3::text IS NULL OR search_text LIKE lower($3))
-                 AND ($4::text IS NULL OR search_text LIKE lower($4))
-                 AND ($5::text IS NULL OR search_text LIKE lower($5))
-                 AND ($9::text[] IS NULL
-                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($9) THEN first_name END,
-                                                    CASE WHEN 'last_name' <> ALL($9) THEN last_name END,
-                                                    CASE WHEN 'email' <> ALL($9) THEN email END,
-                                                    CASE WHEN 'job_title' <> ALL($9) THEN job_title END,
-                                                    CASE WHEN 'company_name' <> ALL($9) THEN company_name END,
-                                                    CASE WHEN 'industry' <> ALL($9) THEN industry END))
-                               LIKE ALL (array_remove(ARRAY[lower($1), lower($2), lower($3), lower($4), lower($5)], NULL)))
-                 AND ($6::text[] IS NULL OR CASE WHEN cardinality($6) = 1 THEN industry = $6[1]
-                                                  ELSE industry = ANY($6) END)
-                 AND ($7::text IS NULL OR company_country = $7)
-                 AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN department = $8[1]
-                                                  ELSE department = ANY($8) END)"#,
-            p1,
-            p2,
-            p3,
-            p4,
-            p5,
-            any_of(&f.industry),
-            f.company_country.as_deref(),
-            any_of(&f.department),
-            f.excluded(),
-        )
-        .fetch_one(pool)
-        .await
+        count_statement!(f).fetch_one(pool).await
     }
 
     async fn estimate(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
-        let plan =
-            matches_statement!(query_scalar [] "EXPLAIN (FORMAT JSON) ", f, None::<&Value>, 1_i64)
-                .fetch_one(pool)
-                .await?;
+        let plan = sqlx::query_scalar!(
+            r#"SELECT search_matches_plan($1, $2, $3, $4, $5, $6)::jsonb AS plan"#,
+            f.q.text(),
+            &f.q.excluded,
+            f.q.prefix_last,
+            any_of(&f.industry),
+            f.company_country.as_deref(),
+            any_of(&f.department),
+        )
+        .fetch_one(pool)
+        .await?;
         Ok(estimated_rows(plan.as_ref()))
     }
 
@@ -257,74 +272,15 @@ impl ReadModel for ProspectSearch {
         Ok(None)
     }
 
-    fn cursor_key(_: Sort<SearchOrder>, row: &SearchRow) -> Value {
-        json!([
-            row.company_name,
-            row.last_name.as_deref().unwrap_or_default(),
-            row.first_name.as_deref().unwrap_or_default(),
-            row.prospect_id
-        ])
+    fn cursor_key(sort: Sort<SearchOrder>, row: &SearchRow) -> Value {
+        match sort.key {
+            SearchOrder::Relevance => json!([row.score, row.prospect_id]),
+            SearchOrder::CompanyName => json!([
+                row.company_name,
+                row.last_name.as_deref().unwrap_or_default(),
+                row.first_name.as_deref().unwrap_or_default(),
+                row.prospect_id
+            ]),
+        }
     }
-}
-
-/// The first step of a search: the matches among the next `ORDERED_SCAN_ROWS` rows in result
-/// order after `after`, at most `limit`.
-async fn in_window(
-    pool: &PgPool,
-    f: &SearchFilters,
-    after: Option<&Value>,
-    limit: i64,
-) -> Result<Vec<SearchRow>, sqlx::Error> {
-    let [p1, p2, p3, p4, p5] = f.patterns();
-    sqlx::query_as!(
-        SearchRow,
-        r#"SELECT prospect_id AS "prospect_id!", email, first_name, last_name, full_name, job_title,
-                  job_title_level, department, prospect_city, prospect_country, company_id AS "company_id!",
-                  domain, company_name AS "company_name!", industry, revenue, company_city, company_country
-           FROM (SELECT *, COALESCE(company_name, '') AS order_company, COALESCE(last_name, '') AS order_last,
-                        COALESCE(first_name, '') AS order_first
-                 FROM prospect_search_view
-                 WHERE ($1::jsonb IS NULL
-                        OR (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
-                            prospect_id) > ($1->>0, $1->>1, $1->>2, $1->>3))
-                 ORDER BY COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''),
-                          prospect_id
-                 LIMIT $11) AS window_rows
-           WHERE search_text LIKE lower($3)
-             AND ($4::text IS NULL OR search_text LIKE lower($4))
-             AND ($5::text IS NULL OR search_text LIKE lower($5))
-             AND ($6::text IS NULL OR search_text LIKE lower($6))
-             AND ($7::text IS NULL OR search_text LIKE lower($7))
-             AND ($12::text[] IS NULL
-                            OR lower(concat_ws(' ', CASE WHEN 'first_name' <> ALL($12) THEN first_name END,
-                                                    CASE WHEN 'last_name' <> ALL($12) THEN last_name END,
-                                                    CASE WHEN 'email' <> ALL($12) THEN email END,
-                                                    CASE WHEN 'job_title' <> ALL($12) THEN job_title END,
-                                                    CASE WHEN 'company_name' <> ALL($12) THEN company_name END,
-                                                    CASE WHEN 'industry' <> ALL($12) THEN industry END))
-                               LIKE ALL (array_remove(ARRAY[lower($3), lower($4), lower($5), lower($6), lower($7)], NULL)))
-             AND ($8::text[] IS NULL OR CASE WHEN cardinality($8) = 1 THEN industry = $8[1]
-                                              ELSE industry = ANY($8) END)
-             AND ($9::text IS NULL OR company_country = $9)
-             AND ($10::text[] IS NULL OR CASE WHEN cardinality($10) = 1 THEN department = $10[1]
-                                               ELSE department = ANY($10) END)
-           -- Ordering by the window's own output columns lets PostgreSQL see that the rows arrive
-           -- sorted: it stops at the page's last match instead of reading and sorting the window.
-           ORDER BY order_company, order_last, order_first, prospect_id
-           LIMIT $2"#,
-        after,
-        limit,
-        p1,
-        p2,
-        p3,
-        p4,
-        p5,
-        any_of(&f.industry),
-        f.company_country.as_deref(),
-        any_of(&f.department),
-        ORDERED_SCAN_ROWS,
-        f.excluded(),
-    )
-    .fetch_all(pool)
-    .await
 }

@@ -96,8 +96,22 @@ async fn asking_for_a_hidden_column_in_any_parameter_is_a_403_naming_it() {
         ["sort"]
     );
     assert_eq!(
-        refused_params(app.get_as(&nameless, "/search?q=ada").await).await,
+        refused_params(
+            app.get_as(&nameless, "/search?q=ada&sort=company_name")
+                .await
+        )
+        .await,
         ["sort"]
+    );
+    // Relevance reads only what the role may see: the score counts no company name.
+    let ranked = json(app.get_as(&nameless, "/search?q=ada").await, 200).await;
+    assert_eq!(strings(&ranked["data"], "prospect_id"), ["p_both"]);
+    assert!(ranked["data"][0].get("company_name").is_none());
+    let by_company = json(app.get_as(&nameless, "/search?q=zero").await, 200).await;
+    assert_eq!(
+        by_company["data"],
+        serde_json::json!([]),
+        "Zero is only a company's name"
     );
     let by_update = json(
         app.get_as(&nameless, "/prospects?sort=updated_at").await,
@@ -146,30 +160,39 @@ async fn asking_for_a_hidden_column_in_any_parameter_is_a_403_naming_it() {
 #[tokio::test]
 async fn a_search_never_matches_on_a_column_the_role_cannot_see() {
     let app = spawn_guarded(POLICY, |_| {}).await;
-    // "zebra" occurs only in one prospect's email.
+    // This address is one prospect's email.
     let everyone = json(
-        app.get_as(&admin(), "/search?q=zebra&count=exact").await,
+        app.get_as(&admin(), "/search?q=zebra.stripes@zero.example&count=exact")
+            .await,
         200,
     )
     .await;
     assert_eq!(strings(&everyone["data"], "prospect_id"), ["p_first"]);
     let analyst = As::role("analyst");
     let hidden = json(
-        app.get_as(&analyst, "/search?q=zebra&count=exact").await,
+        app.get_as(&analyst, "/search?q=zebra.stripes@zero.example&count=exact")
+            .await,
         200,
     )
     .await;
     assert_eq!(hidden["data"], serde_json::json!([]));
     assert_eq!(hidden["total"], 0, "the count does not match on it either");
-    let export = app.get_as(&analyst, "/search?q=zebra&format=csv").await;
+    let export = app
+        .get_as(&analyst, "/search?q=zebra.stripes@zero.example&format=csv")
+        .await;
     let csv = export.text().await.unwrap();
     assert_eq!(csv.lines().count(), 1, "only the header: {csv}");
     // What the analyst may see is still searched, in every term.
-    let visible = json(app.get_as(&analyst, "/search?q=grace%20stripes").await, 200).await;
+    let visible = json(
+        app.get_as(&analyst, "/search?q=grace%20zebra.stripes@zero")
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(
         visible["data"],
         serde_json::json!([]),
-        "stripes is only in the email"
+        "a term on the email matches nothing, even beside one that matches"
     );
     let visible = json(
         app.get_as(&analyst, "/search?q=grace%20engineer").await,

@@ -426,10 +426,19 @@ fn the_dockerfile_builds_offline_in_stages_and_runs_as_a_user() {
     assert!(included > 0, "the check found the binary's included files");
 }
 
-/// The curl commands of the README's shell blocks, one per entry, with the HTTP status each is
-/// expected to return (`# expect NNN`, else 2xx or 304) and whether it is in the "Access control"
-/// section (run against a server enforcing the example policy).
-fn readme_curl_examples() -> Vec<(String, Option<u16>, bool)> {
+/// A curl command of the README and what it is expected to do.
+struct CurlExample {
+    command: String,
+    /// `# expect NNN`; without it, 2xx or 304.
+    status: Option<u16>,
+    /// `# first: NAME`: the `full_name` of the first row answered.
+    first: Option<String>,
+    /// In the "Access control" section: run against a server enforcing the example policy.
+    guarded: bool,
+}
+
+/// The curl commands of the README's shell blocks, one per entry.
+fn readme_curl_examples() -> Vec<CurlExample> {
     let readme = repository_file("README.md");
     let mut examples = Vec::new();
     for section in readme.split("\n## ") {
@@ -440,12 +449,18 @@ fn readme_curl_examples() -> Vec<(String, Option<u16>, bool)> {
                 let (command, comment) = line
                     .split_once("   #")
                     .map_or((line, ""), |(c, rest)| (c, rest));
-                let expected = comment
-                    .trim()
+                let comment = comment.trim();
+                let status = comment
                     .strip_prefix("expect ")
                     .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
                     .and_then(|s| s.parse().ok());
-                examples.push((command.trim().to_owned(), expected, guarded));
+                let first = comment.strip_prefix("first: ").map(str::to_owned);
+                examples.push(CurlExample {
+                    command: command.trim().to_owned(),
+                    status,
+                    first,
+                    guarded,
+                });
             }
         }
     }
@@ -500,10 +515,16 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
         examples.len()
     );
     assert!(
-        examples.iter().filter(|e| e.2).count() >= 6,
+        examples.iter().filter(|e| e.guarded).count() >= 6,
         "the access examples"
     );
-    for (example, expected, in_access_section) in examples {
+    for CurlExample {
+        command: example,
+        status: expected,
+        first,
+        guarded: in_access_section,
+    } in examples
+    {
         let address = if in_access_section {
             &guarded.address
         } else {
@@ -540,6 +561,11 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
                 (200..300).contains(&status) || status == 304,
                 "{example} answered {status}\n{stdout}"
             ),
+        }
+        if let Some(first) = first {
+            let body = stdout.rsplit_once('\n').map_or("", |(body, _)| body);
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(body["data"][0]["full_name"], first.as_str(), "{example}");
         }
     }
 }

@@ -139,27 +139,32 @@ async fn summary_counts_distinct_departments_and_levels() {
 }
 
 #[tokio::test]
-async fn search_text_is_lower_case_and_tolerates_missing_parts() {
+async fn search_vector_weighs_words_by_field_folds_them_and_tolerates_missing_parts() {
     let db = fixture_db().await;
-    let both = sqlx::query_scalar!(
-        "SELECT search_text FROM prospect_search_view WHERE prospect_id = 'p_both'"
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let vector = |id: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar!(
+                "SELECT search_vector::text FROM prospect_search_view WHERE prospect_id = $1",
+                id
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
     assert_eq!(
-        both.as_deref(),
-        Some("ada lovelace ada@zero.example chief engineering officer zero revenue software")
+        vector("p_both").await.as_deref(),
+        Some(
+            "'ada':1A 'ada@zero.example':4 'chief':3C 'engineering':3C 'lovelace':1A \
+             'officer':3C 'revenue':2B 'software':3C 'zero':2B"
+        ),
+        "name words weigh A, company words B, job title and industry C, the whole email D"
     );
-    let none = sqlx::query_scalar!(
-        "SELECT search_text FROM prospect_search_view WHERE prospect_id = 'p_none'"
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        none.as_deref(),
-        Some("   sales associate unknown revenue retail")
+        vector("p_none").await.as_deref(),
+        Some("'associate':2C 'retail':2C 'revenue':1B 'sales':2C 'unknown':1B"),
+        "a prospect without name or email has only its company's and job's words"
     );
 }
 

@@ -73,12 +73,13 @@ fn filter(spec: &FilterSpec) -> Value {
         }
         FilterKind::Timestamp => json!({"type": "string", "format": "date-time"}),
         FilterKind::Terms { max, min_chars } => {
+            let length = match min_chars {
+                0 | 1 => String::new(),
+                n => format!(", each at least {n} characters"),
+            };
             let mut terms = query_parameter(
                 spec.name,
-                &format!(
-                    "{} 1 to {max} terms, each at least {min_chars} characters.",
-                    spec.description()
-                ),
+                &format!("{} 1 to {max} terms{length}.", spec.description()),
                 json!({"type": "string", "pattern": terms_pattern(max, min_chars)}),
             );
             terms["required"] = json!(true);
