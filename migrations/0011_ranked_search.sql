@@ -2,9 +2,11 @@
 -- fields above company fields above job title and industry, exact above prefix above typo.
 --
 -- prospect_search_view gets `search_vector`: its words (search_words(): lower case, accents folded by
--- unaccent, split at everything but letters and digits) weighted A for the prospect's name, B for
--- the company's name, C for the job title and the industry, and the whole email in lower case
--- weighted D; a GIN index answers every term. Its
+-- unaccent, split at everything but letters and digits), each prefixed with its field's letter: n
+-- for the prospect's name, c for the company's name, t for the job title and the industry, and e
+-- before the whole email in lower case ('ncarter', 'cvandelay', 'tsoftware', 'ewei@x.example'). A
+-- GIN index answers every term of every field from its own posting list, and the planner's
+-- statistics know each field's words apart (tsvector weights would share one list per word). Its
 -- substring column `search_text` and the trigram index over it go. The words typos are corrected
 -- to come from `search_vocabulary`, which follows the view in both modes (read_model_synced()).
 -- search_prospects() ranks; search_plan() says what a query matches, for it and for counts.
@@ -26,10 +28,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT '''' || replace(replace(p_text, '\', '\\'), '''', '''''') || ''''
 $$;
 
--- The words as lexemes of one weight (a position each: a lexeme without one has no weight).
-CREATE OR REPLACE FUNCTION weighted_words(p_words TEXT[], p_weight "char") RETURNS tsvector
+-- The words as lexemes of one field: each prefixed with the field's letter.
+CREATE OR REPLACE FUNCTION search_lexemes(p_words TEXT[], p_field TEXT) RETURNS tsvector
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT array_to_string(ARRAY(SELECT lexeme_literal(w) || ':1' || p_weight::text FROM unnest(p_words) w), ' ')::tsvector
+    SELECT array_to_tsvector(ARRAY(SELECT p_field || w FROM unnest(p_words) w))
 $$;
 
 -- The read model's new definition: search_text is replaced by search_vector. Its relation is built
@@ -65,10 +67,10 @@ BEGIN
         c."revenue"         AS revenue,
         c."city"            AS company_city,
         c."country"         AS company_country,
-        weighted_words(search_words(concat_ws(' ', p."firstName", p."lastName")), 'A')
-            || weighted_words(search_words(c."name"), 'B')
-            || weighted_words(search_words(concat_ws(' ', p."jobTitle", c."industry")), 'C')
-            || weighted_words(array_remove(ARRAY[lower(p."email")], NULL), 'D')
+        search_lexemes(search_words(concat_ws(' ', p."firstName", p."lastName")), 'n')
+            || search_lexemes(search_words(c."name"), 'c')
+            || search_lexemes(search_words(concat_ws(' ', p."jobTitle", c."industry")), 't')
+            || search_lexemes(array_remove(ARRAY[lower(p."email")], NULL), 'e')
                             AS search_vector,
         NULL::boolean       AS refresh_no_dup_check
     FROM "Prospect" p
@@ -109,9 +111,9 @@ CREATE INDEX search_vocabulary_trigrams ON search_vocabulary USING gin (word gin
 CREATE OR REPLACE FUNCTION add_search_vocabulary(p_companies TEXT[]) RETURNS VOID
 LANGUAGE sql AS $$
     INSERT INTO search_vocabulary (word)
-    SELECT DISTINCT w
-    FROM prospect_search_view v, unnest(tsvector_to_array(ts_filter(v.search_vector, '{a,b,c}'))) w
-    WHERE (p_companies IS NULL OR v.company_id = ANY (p_companies)) AND length(w) >= 4
+    SELECT DISTINCT substr(w, 2)
+    FROM prospect_search_view v, unnest(tsvector_to_array(v.search_vector)) w
+    WHERE (p_companies IS NULL OR v.company_id = ANY (p_companies)) AND left(w, 1) <> 'e' AND length(w) >= 5
     ON CONFLICT DO NOTHING
 $$;
 
@@ -360,8 +362,8 @@ $$;
 -- What a query matches and how each match scores. A row matches when every term matches one of the
 -- fields the caller may see (p_hidden names those it may not: first_name, last_name, company_name,
 -- job_title, industry, email); a term with '@' matches the email (the whole address, or its start
--- when it is the last term and p_prefix_last), any other term a word of the name (weight A), of the
--- company's name (B) or of the job title or industry (C): the whole word, its start when it is the
+-- when it is the last term and p_prefix_last), any other term a word of the name (n), of the
+-- company's name (c) or of the job title or industry (t): the whole word, its start when it is the
 -- last term and p_prefix_last, or a correction within its typo budget.
 --
 -- A match scores 1000 - 100 × typos + 10 × field (name 3, company 2, title and industry 1, email 4)
@@ -374,10 +376,10 @@ CREATE OR REPLACE FUNCTION search_plan(p_q TEXT, p_hidden TEXT[], p_prefix_last 
     OUT everything tsquery, OUT narrow tsquery, OUT impossible BOOLEAN)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    -- The fields of the search vector (weights) and their ranks.
-    word_fields "char"[] := ARRAY[]::"char"[];
-    word_ranks INT[] := ARRAY[]::INT[];
-    fields "char"[];
+    -- The fields of the search vector (their lexemes' first letter) and their ranks.
+    word_fields TEXT[] := '{}';
+    word_ranks INT[] := '{}';
+    fields TEXT[];
     ranks INT[];
     term TEXT;
     i INT := 0;
@@ -388,13 +390,13 @@ DECLARE
 BEGIN
     terms := search_terms(p_q);
     IF NOT p_hidden && ARRAY['first_name', 'last_name'] THEN
-        word_fields := word_fields || 'A'::"char"; word_ranks := word_ranks || 3;
+        word_fields := array_append(word_fields, 'n'); word_ranks := word_ranks || 3;
     END IF;
     IF NOT p_hidden && ARRAY['company_name'] THEN
-        word_fields := word_fields || 'B'::"char"; word_ranks := word_ranks || 2;
+        word_fields := array_append(word_fields, 'c'); word_ranks := word_ranks || 2;
     END IF;
     IF NOT p_hidden && ARRAY['job_title', 'industry'] THEN
-        word_fields := word_fields || 'C'::"char"; word_ranks := word_ranks || 1;
+        word_fields := array_append(word_fields, 't'); word_ranks := word_ranks || 1;
     END IF;
     tier_terms := '{}'; tier_queries := '{}'; tier_scores := '{}';
     impossible := false;
@@ -402,22 +404,22 @@ BEGIN
         i := i + 1;
         last := p_prefix_last AND i = cardinality(terms);
         IF position('@' IN term) > 0 THEN
-            fields := CASE WHEN 'email' = ANY (p_hidden) THEN '{}' ELSE ARRAY['D'::"char"] END;
+            fields := CASE WHEN 'email' = ANY (p_hidden) THEN '{}' ELSE ARRAY['e'] END;
             ranks := ARRAY[4];
         ELSE
             fields := word_fields; ranks := word_ranks;
         END IF;
         FOR g IN 1 .. cardinality(fields) LOOP
             tier_terms := tier_terms || i;
-            tier_queries := tier_queries || format('%s:%s', lexeme_literal(term), fields[g])::tsquery;
+            tier_queries := tier_queries || lexeme_literal(fields[g] || term)::tsquery;
             tier_scores := tier_scores || (1001 + 10 * ranks[g]);
             IF last THEN
                 tier_terms := tier_terms || i;
-                tier_queries := tier_queries || format('%s:*%s', lexeme_literal(term), fields[g])::tsquery;
+                tier_queries := tier_queries || (lexeme_literal(fields[g] || term) || ':*')::tsquery;
                 tier_scores := tier_scores || (1000 + 10 * ranks[g]);
             END IF;
         END LOOP;
-        IF fields <> ARRAY['D'::"char"] THEN
+        IF fields <> ARRAY['e'] THEN
             FOR correction IN
                 SELECT c.typos, array_agg(c.word) AS words
                 FROM search_corrections(term) c GROUP BY c.typos ORDER BY c.typos
@@ -425,7 +427,7 @@ BEGIN
                 FOR g IN 1 .. cardinality(fields) LOOP
                     tier_terms := tier_terms || i;
                     tier_queries := tier_queries || (
-                        SELECT string_agg(format('%s:%s', lexeme_literal(w), fields[g]), ' | ')
+                        SELECT string_agg(lexeme_literal(fields[g] || w), ' | ')
                         FROM unnest(correction.words) w)::tsquery;
                     tier_scores := tier_scores || (1000 - 100 * correction.typos + 10 * ranks[g]);
                 END LOOP;
@@ -495,11 +497,20 @@ $$;
 -- The ranked matches of p_q among the rows passing the filters (NULL: not filtered), best first, ties
 -- in prospect_id order, after the keyset cursor (p_after_score, p_after_id), at most p_limit.
 --
--- One term: its matches are taken tier by tier (name word, name prefix, company word, ... typos),
--- each tier's rows in prospect_id order, until the page is full: every row of a tier scores the same,
--- so no more rows are read than the page needs when a tier is large (the planner walks the key index
--- and checks each row) and only the tier's when it is small (the GIN index finds them). Several
--- terms: the rows matching all of them (the index finds them; they are few) are scored and sorted.
+-- One term: its matches are taken tier by tier (name word, name prefix, company word, ... typos):
+-- every row of a tier scores the same, so each tier's rows come in prospect_id order until the page
+-- is full. How a tier is read depends on how many rows it has, which is measured, not estimated
+-- (the planner cannot know how many of a tier's rows an earlier tier took):
+--   - up to `small` of its rows are read through the GIN index without an order: fewer, and they
+--     are all of them, sorted here; that many, and the tier is dense enough to walk the key index
+--     in order, checking each row, until the page is full;
+--   - the prefix of a one- or two-letter term is read the other way round, as it is almost always
+--     dense and its index scan alone would cost more than the walk: the walk first, over at most
+--     `walk_rows` rows; when those do not fill the page, the GIN index.
+-- Several terms: the rows matching all of them (the index finds them) are scored by one expression
+-- over the tiers and sorted.
+--
+-- The statements are EXECUTEd: planned for their values each time, with every value bound.
 CREATE OR REPLACE FUNCTION search_prospects(
     p_q TEXT, p_hidden TEXT[], p_prefix_last BOOLEAN,
     p_industry TEXT[], p_country TEXT, p_department TEXT[],
@@ -507,11 +518,23 @@ CREATE OR REPLACE FUNCTION search_prospects(
 RETURNS TABLE (score INT, prospect_id TEXT)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
+    filters CONSTANT TEXT := '
+          AND ($3::text[] IS NULL OR v.industry = ANY ($3))
+          AND ($4::text IS NULL OR v.company_country = $4)
+          AND ($5::text[] IS NULL OR v.department = ANY ($5))';
+    -- A tier's rows: $1 the tier, $2 what earlier tiers took, $3 to $5 the filters, $6 the cursor.
+    tier_rows CONSTANT TEXT := ' FROM prospect_search_view v
+        WHERE v.search_vector @@ $1 AND ($2::tsquery IS NULL OR NOT v.search_vector @@ $2)' || filters || '
+          AND ($6::text IS NULL OR v.prospect_id > $6)';
+    small CONSTANT INT := 1000;
+    walk_rows CONSTANT INT := 20000;
     plan RECORD;
     k INT;
     covered tsquery;
     remaining BIGINT := p_limit;
-    got BIGINT;
+    after TEXT;
+    ids TEXT[];
+    scoring TEXT;
 BEGIN
     SELECT * INTO plan FROM search_plan(p_q, p_hidden, p_prefix_last);
     IF plan.impossible THEN
@@ -521,42 +544,54 @@ BEGIN
         FOR k IN 1 .. cardinality(plan.tier_queries) LOOP
             EXIT WHEN remaining <= 0;
             IF p_after_score IS NULL OR plan.tier_scores[k] <= p_after_score THEN
-                RETURN QUERY
-                    SELECT plan.tier_scores[k], v.prospect_id FROM prospect_search_view v
-                    WHERE v.search_vector @@ plan.tier_queries[k]
-                      AND (covered IS NULL OR NOT v.search_vector @@ covered)
-                      AND (p_industry IS NULL OR v.industry = ANY (p_industry))
-                      AND (p_country IS NULL OR v.company_country = p_country)
-                      AND (p_department IS NULL OR v.department = ANY (p_department))
-                      AND (p_after_score IS NULL OR plan.tier_scores[k] < p_after_score OR v.prospect_id > p_after_id)
-                    ORDER BY v.prospect_id
-                    LIMIT remaining;
-                GET DIAGNOSTICS got = ROW_COUNT;
-                remaining := remaining - got;
+                after := CASE WHEN plan.tier_scores[k] = p_after_score THEN p_after_id END;
+                ids := NULL;
+                IF length(plan.terms[1]) < 3 AND plan.tier_queries[k]::text LIKE '%:*' THEN
+                    -- The walk over the next `walk_rows` rows in key order, kept if it fills the page.
+                    EXECUTE 'SELECT array_agg(v.prospect_id) FROM (
+                                 SELECT v.prospect_id FROM (
+                                     SELECT v.* FROM prospect_search_view v WHERE ($6::text IS NULL OR v.prospect_id > $6)
+                                     ORDER BY v.prospect_id LIMIT $8) v
+                                 WHERE v.search_vector @@ $1 AND ($2::tsquery IS NULL OR NOT v.search_vector @@ $2)'
+                                 || filters || ' LIMIT $7) v'
+                        INTO ids
+                        USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after, remaining, walk_rows;
+                    IF COALESCE(cardinality(ids), 0) < remaining THEN
+                        EXECUTE 'SELECT array_agg(v.prospect_id)' || tier_rows INTO ids
+                            USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after;
+                    END IF;
+                ELSE
+                    EXECUTE 'SELECT array_agg(v.prospect_id) FROM (SELECT v.prospect_id' || tier_rows || ' LIMIT $7) v'
+                        INTO ids
+                        USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after, small;
+                    IF cardinality(ids) >= small THEN
+                        -- Dense: the walk (IS TRUE is no index condition, so no bitmap scan is planned).
+                        EXECUTE 'SELECT array_agg(v.prospect_id) FROM (SELECT v.prospect_id'
+                                || replace(tier_rows, 'WHERE v.search_vector @@ $1', 'WHERE (v.search_vector @@ $1) IS TRUE')
+                                || ' ORDER BY v.prospect_id LIMIT $7) v'
+                            INTO ids
+                            USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after, remaining;
+                    END IF;
+                END IF;
+                RETURN QUERY SELECT plan.tier_scores[k], i.id FROM unnest(ids) AS i(id) ORDER BY i.id LIMIT remaining;
+                remaining := remaining - LEAST(COALESCE(cardinality(ids), 0), remaining);
             END IF;
             covered := search_query_or(covered, plan.tier_queries[k]);
         END LOOP;
         RETURN;
     END IF;
-    RETURN QUERY
-        WITH candidates AS (
-            SELECT v.prospect_id, v.search_vector FROM prospect_search_view v
-            WHERE v.search_vector @@ plan.narrow
-              AND v.search_vector @@ plan.everything
-              AND (p_industry IS NULL OR v.industry = ANY (p_industry))
-              AND (p_country IS NULL OR v.company_country = p_country)
-              AND (p_department IS NULL OR v.department = ANY (p_department))
-        ), scored AS (
-            SELECT c.prospect_id,
-                   (SELECT sum(best.s) FROM (
-                        SELECT DISTINCT ON (t.term) t.s
-                        FROM unnest(plan.tier_terms, plan.tier_queries, plan.tier_scores) AS t(term, q, s)
-                        WHERE c.search_vector @@ t.q ORDER BY t.term, t.s DESC) best)::int AS score
-            FROM candidates c
-        )
-        SELECT s.score, s.prospect_id FROM scored s
-        WHERE p_after_score IS NULL OR s.score < p_after_score OR (s.score = p_after_score AND s.prospect_id > p_after_id)
-        ORDER BY s.score DESC, s.prospect_id
-        LIMIT p_limit;
+    -- Each term's score: the best of its tiers that the row matches.
+    SELECT string_agg(format('GREATEST(%s)', alternatives), ' + ') INTO scoring
+    FROM (SELECT string_agg(format('CASE WHEN v.search_vector @@ $6[%1$s] THEN $7[%1$s] END', x.n), ', ' ORDER BY x.n)
+                 AS alternatives
+          FROM unnest(plan.tier_terms) WITH ORDINALITY AS x(term, n) GROUP BY x.term) per_term;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.score, s.prospect_id FROM (
+             SELECT (%s)::int AS score, v.prospect_id FROM prospect_search_view v
+             WHERE v.search_vector @@ $1 AND v.search_vector @@ $2 %s) s
+         WHERE $8::int IS NULL OR s.score < $8 OR (s.score = $8 AND s.prospect_id > $9)
+         ORDER BY s.score DESC, s.prospect_id LIMIT $10', scoring, filters)
+        USING plan.narrow, plan.everything, p_industry, p_country, p_department, plan.tier_queries,
+              plan.tier_scores, p_after_score, p_after_id, p_limit;
 END
 $$;

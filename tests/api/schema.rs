@@ -156,14 +156,14 @@ async fn search_vector_weighs_words_by_field_folds_them_and_tolerates_missing_pa
     assert_eq!(
         vector("p_both").await.as_deref(),
         Some(
-            "'ada':1A 'ada@zero.example':4 'chief':3C 'engineering':3C 'lovelace':1A \
-             'officer':3C 'revenue':2B 'software':3C 'zero':2B"
+            "'crevenue' 'czero' 'eada@zero.example' 'nada' 'nlovelace' 'tchief' 'tengineering' \
+             'tofficer' 'tsoftware'"
         ),
-        "name words weigh A, company words B, job title and industry C, the whole email D"
+        "each word after its field's letter: n name, c company, t job title and industry, e email"
     );
     assert_eq!(
         vector("p_none").await.as_deref(),
-        Some("'associate':2C 'retail':2C 'revenue':1B 'sales':2C 'unknown':1B"),
+        Some("'crevenue' 'cunknown' 'tassociate' 'tretail' 'tsales'"),
         "a prospect without name or email has only its company's and job's words"
     );
 }
