@@ -142,15 +142,21 @@ impl Refresher {
 
     /// Asks for a full refresh of every view, without waiting.
     pub fn request_all(&self, trigger: RefreshTrigger) {
-        self.request_in_mode(Mode::Refresh, trigger);
-        self.request_in_mode(Mode::Incremental, trigger);
+        drop(self.request_in_mode(Mode::Refresh, trigger));
+        drop(self.request_in_mode(Mode::Incremental, trigger));
     }
 
-    /// Asks for a full refresh of every view in `mode` (as last seen), without waiting.
-    pub fn request_in_mode(&self, mode: Mode, trigger: RefreshTrigger) {
-        for view in in_mode(&self.modes(), &ViewName::ALL, mode) {
-            drop(self.request(view, trigger));
-        }
+    /// Asks for a full refresh of every view in `mode` (as last seen); their outcomes, for a caller
+    /// that wants them.
+    pub fn request_in_mode(
+        &self,
+        mode: Mode,
+        trigger: RefreshTrigger,
+    ) -> Vec<oneshot::Receiver<RefreshOutcome>> {
+        in_mode(&self.modes(), &ViewName::ALL, mode)
+            .into_iter()
+            .map(|view| self.request(view, trigger))
+            .collect()
     }
 
     /// Asks for the pending changes to be applied to the table-backed views (a batch without any

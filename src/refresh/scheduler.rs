@@ -2,19 +2,19 @@
 //! and changes to the base tables, seen either by polling the change record (the default) or through
 //! the triggers' notifications, with a catch-up from the change record whenever watching (re)starts.
 //! A change is applied at once to the table-backed views (an incremental apply is cheap and single
-//! flight); the materialized views are refreshed after a burst of changes (debounced). Also the
-//! retention of the refresh log.
+//! flight); the materialized views are refreshed after a burst of changes (debounced), and a refresh
+//! that fails is asked for again with backoff. Also the retention of the refresh log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::refresher::Refresher;
-use super::report::RefreshTrigger;
+use super::refresher::{RefreshOutcome, Refresher};
+use super::report::{RefreshStatus, RefreshTrigger};
 use super::{sleep_until_optional, stopped};
 use crate::config::{DatabaseUrl, Schedule};
 use crate::metrics::Metrics;
@@ -63,6 +63,8 @@ enum ChangeEvent {
     Notified,
     /// Polling found views behind the base tables; `grew`: the change record grew since last time.
     Pending { grew: bool, behind: Behind },
+    /// The refreshes asked for after a burst finished; `failed`: one of them did not refresh.
+    Refreshed { failed: bool },
 }
 
 /// Which kinds of view are behind the base tables.
@@ -85,6 +87,7 @@ pub async fn run_change_watcher(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (events, mut received) = mpsc::channel(256);
+    let outcomes = events.clone();
     let (watcher, trigger) = match source {
         ChangeSource::Notifications(url) => (
             tokio::spawn(receive_notifications(url, events, metrics)),
@@ -96,9 +99,14 @@ pub async fn run_change_watcher(
         ),
     };
     let mut burst: Option<(Instant, Instant)> = None; // (first, last) change
+    let mut retry = Backoff::starting_at(FIRST_RETRY);
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let deadline =
-            burst.map(|(first, last)| (last + settings.debounce).min(first + settings.max_delay));
+        let deadline = burst
+            .map(|(first, last)| (last + settings.debounce).min(first + settings.max_delay))
+            .into_iter()
+            .chain(retry_at)
+            .min();
         tokio::select! {
             event = received.recv() => match event {
                 Some(ChangeEvent::Notified) => {
@@ -127,11 +135,19 @@ pub async fn run_change_watcher(
                     }
                 }
                 Some(ChangeEvent::Connected { first }) => catch_up(&pool, &refresher, first).await,
+                Some(ChangeEvent::Refreshed { failed: false }) => retry.reset(),
+                Some(ChangeEvent::Refreshed { failed: true }) => {
+                    // The changes are still there: nothing else would ask again until the next one
+                    // (with notifications) or the next schedule.
+                    retry_at = Some(Instant::now() + retry.next());
+                }
                 None => break,
             },
             () = sleep_until_optional(deadline) => {
                 burst = None;
-                refresher.request_in_mode(Mode::Refresh, trigger);
+                retry_at = None;
+                let asked = refresher.request_in_mode(Mode::Refresh, trigger);
+                tokio::spawn(report_outcomes(asked, outcomes.clone()));
             }
             () = stopped(&mut shutdown) => break,
         }
@@ -355,6 +371,22 @@ async fn receive_notifications(
     }
 }
 
+/// A failed refresh after a burst is asked for again this long after, doubling up to 30 s.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Waits for the refreshes asked for after a burst and tells the watcher whether all of them refreshed.
+async fn report_outcomes(
+    asked: Vec<oneshot::Receiver<RefreshOutcome>>,
+    events: mpsc::Sender<ChangeEvent>,
+) {
+    let mut failed = false;
+    for outcome in asked {
+        failed |= !matches!(outcome.await, Ok(Ok(report)) if report.status != RefreshStatus::Error);
+    }
+    // A closed channel: the watcher has stopped, and nobody needs to know.
+    let _ = events.send(ChangeEvent::Refreshed { failed }).await;
+}
+
 /// A listener on its own connection: it neither holds one of the request pool's connections nor
 /// reconnects through one of them.
 async fn listen(database_url: &DatabaseUrl) -> Result<PgListener, sqlx::Error> {
@@ -363,26 +395,39 @@ async fn listen(database_url: &DatabaseUrl) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Exponential backoff from 100 ms to 30 s.
-struct Backoff(Duration);
+/// Exponential backoff up to 30 s.
+struct Backoff {
+    first: Duration,
+    now: Duration,
+}
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff(Duration::from_millis(100))
+        Backoff::starting_at(Duration::from_millis(100))
     }
 }
 
 impl Backoff {
+    fn starting_at(first: Duration) -> Self {
+        Backoff { first, now: first }
+    }
+
+    /// The wait to use now; the next one is twice as long.
+    fn next(&mut self) -> Duration {
+        let wait = self.now;
+        self.now = (self.now * 2).min(Duration::from_secs(30));
+        wait
+    }
+
     fn peek(&self) -> Duration {
-        self.0
+        self.now
     }
 
     async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(self.next()).await;
     }
 
     fn reset(&mut self) {
-        *self = Backoff::default();
+        self.now = self.first;
     }
 }

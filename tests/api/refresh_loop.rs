@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, eventually, scalar, spawn_app, spawn_configured_app};
+use crate::helpers::{
+    TestApp, eventually, lock_summary_view, scalar, spawn_app, spawn_configured_app,
+};
 
 /// Refreshes of company_prospect_view that a base-table change caused (noticed by polling or by
 /// notification).
@@ -172,6 +174,41 @@ async fn a_cron_schedule_refreshes_every_view_at_its_times() {
     crate::helpers::eventually(10, "two scheduled refreshes of every view", || async {
         let scheduled = scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'"#).await;
         scheduled >= 6
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refresh_that_fails_after_a_notification_is_retried_without_another_write() {
+    let app = spawn_configured_app(|config| {
+        config.refresh_notify = true;
+        config.refresh_debounce = Duration::from_millis(50);
+    })
+    .await;
+    let failed_refreshes = || {
+        scalar::<i64>(
+            &app.db.pool,
+            r#"SELECT count(*) AS "n!" FROM materialized_view_log
+               WHERE view_name = 'company_summary_view' AND trigger = 'notify' AND status = 'error'"#,
+        )
+    };
+    // The summary view's lock is held past the refresh's lock timeout: the refresh the write
+    // prompts fails, and no write comes after it to prompt another.
+    let mut blocker = app.db.connection().await;
+    let blocking = lock_summary_view(&mut blocker).await;
+    let mut writer = app.db.connection().await;
+    sqlx::raw_sql(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_retried', 'Retried Inc')"#)
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    eventually(10, "the refresh failing on the lock", || async {
+        failed_refreshes().await > 0
+    })
+    .await;
+    blocking.rollback().await.unwrap();
+
+    eventually(10, "the company showing up after a retry", || async {
+        app.get("/companies/c_retried").await.status() == 200
     })
     .await;
 }
