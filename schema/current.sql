@@ -162,6 +162,7 @@ SELECT
         || search_lexemes(search_words(concat_ws(' ', p."jobTitle", c."industry")), 't')
         || search_lexemes(array_remove(ARRAY[lower(p."email")], NULL), 'e')
                         AS search_vector,
+    cardinality(search_words(concat_ws(' ', p."firstName", p."lastName")))::smallint AS name_words,
     NULL::boolean       AS refresh_no_dup_check
 FROM "Prospect" p
 JOIN "Company" c ON c."id" = p."companyId";
@@ -982,7 +983,9 @@ $$;
 -- last term and p_prefix_last, or a correction within its typo budget.
 --
 -- A match scores 1000 - 100 × typos + 10 × field (name 3, company 2, title and industry 1, email 4)
--- + 1 when whole; a row scores the sum, over the terms, of each term's best match. `tier_*` list each
+-- + 2 when whole; a row scores the sum, over the terms, of each term's best match, + 1 when its
+-- name has no word besides those the terms matched (exactness: "joao garcia" puts João Garcia
+-- before João Pedro Garcia; search_prospects() adds it). `tier_*` list each
 -- term's matches best first (term, tsquery, score), `everything` is what a row must match, `narrow`
 -- the part of it the index should answer (a short last prefix matches too many words to look up:
 -- it is only checked); `impossible` is set when a term can match no field the caller may see.
@@ -1027,7 +1030,7 @@ BEGIN
         FOR g IN 1 .. cardinality(fields) LOOP
             tier_terms := tier_terms || i;
             tier_queries := tier_queries || lexeme_literal(fields[g] || term)::tsquery;
-            tier_scores := tier_scores || (1001 + 10 * ranks[g]);
+            tier_scores := tier_scores || (1002 + 10 * ranks[g]);
             IF last THEN
                 tier_terms := tier_terms || i;
                 tier_queries := tier_queries || (lexeme_literal(fields[g] || term) || ':*')::tsquery;
@@ -1116,14 +1119,14 @@ $$;
 -- every row of a tier scores the same, so each tier's rows come in prospect_id order until the page
 -- is full. How a tier is read depends on how many rows it has, which is measured, not estimated
 -- (the planner cannot know how many of a tier's rows an earlier tier took):
---   - up to `small` of its rows are read through the GIN index without an order: fewer, and they
---     are all of them, sorted here; that many, and the tier is dense enough to walk the key index
---     in order, checking each row, until the page is full;
+--   - up to `small` of its rows are counted through the GIN index: fewer, and they are all read
+--     and sorted here; that many, and the tier is dense enough to walk the key index in order,
+--     checking each row, until the page is full;
 --   - the prefix of a one- or two-letter term is read the other way round, as it is almost always
 --     dense and its index scan alone would cost more than the walk: the walk first, over at most
 --     `walk_rows` rows; when those do not fill the page, the GIN index.
--- Several terms: the rows matching all of them (the index finds them) are scored by one expression
--- over the tiers and sorted.
+-- Several terms: the rows matching all of them (the index finds them, from `narrow` when it leaves
+-- out a short prefix) are scored by one expression over the tiers and sorted.
 --
 -- The statements are EXECUTEd: planned for their values each time, with every value bound.
 CREATE OR REPLACE FUNCTION search_prospects(
@@ -1149,6 +1152,7 @@ DECLARE
     remaining BIGINT := p_limit;
     after TEXT;
     ids TEXT[];
+    found BIGINT;
     scoring TEXT;
 BEGIN
     SELECT * INTO plan FROM search_plan(p_q, p_hidden, p_prefix_last);
@@ -1176,10 +1180,15 @@ BEGIN
                             USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after;
                     END IF;
                 ELSE
-                    EXECUTE 'SELECT array_agg(v.prospect_id) FROM (SELECT v.prospect_id' || tier_rows || ' LIMIT $7) v'
-                        INTO ids
+                    -- Counted first: a count reads no column, so the scan skips the heap's all-visible
+                    -- pages when nothing else (an earlier tier, a filter) needs the rows.
+                    EXECUTE 'SELECT count(*) FROM (SELECT 1' || tier_rows || ' LIMIT $7) v'
+                        INTO found
                         USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after, small;
-                    IF cardinality(ids) >= small THEN
+                    IF found < small THEN
+                        EXECUTE 'SELECT array_agg(v.prospect_id)' || tier_rows INTO ids
+                            USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after;
+                    ELSE
                         -- Dense: the walk (IS TRUE is no index condition, so no bitmap scan is planned).
                         EXECUTE 'SELECT array_agg(v.prospect_id) FROM (SELECT v.prospect_id'
                                 || replace(tier_rows, 'WHERE v.search_vector @@ $1', 'WHERE (v.search_vector @@ $1) IS TRUE')
@@ -1196,17 +1205,21 @@ BEGIN
         RETURN;
     END IF;
     -- Each term's score: the best of its tiers that the row matches.
-    SELECT string_agg(format('GREATEST(%s)', alternatives), ' + ') INTO scoring
+    SELECT string_agg(format('GREATEST(%s)', alternatives), ', ') INTO scoring
     FROM (SELECT string_agg(format('CASE WHEN v.search_vector @@ $6[%1$s] THEN $7[%1$s] END', x.n), ', ' ORDER BY x.n)
                  AS alternatives
           FROM unnest(plan.tier_terms) WITH ORDINALITY AS x(term, n) GROUP BY x.term) per_term;
+    -- A best score in the name's range (x3x) is a name match: the name is exact when all its words are.
     RETURN QUERY EXECUTE format(
         'SELECT s.score, s.prospect_id FROM (
-             SELECT (%s)::int AS score, v.prospect_id FROM prospect_search_view v
-             WHERE v.search_vector @@ $1 AND v.search_vector @@ $2 %s) s
+             SELECT ((SELECT sum(b) FROM unnest(t.bests) b)
+                     + CASE WHEN (SELECT count(*) FROM unnest(t.bests) b WHERE b %% 100 / 10 = 3) = t.name_words
+                            THEN 1 ELSE 0 END)::int AS score, t.prospect_id
+             FROM (SELECT ARRAY[%s] AS bests, v.name_words, v.prospect_id FROM prospect_search_view v
+                   WHERE v.search_vector @@ $2 AND ($1::tsquery IS NULL OR v.search_vector @@ $1) %s) t) s
          WHERE $8::int IS NULL OR s.score < $8 OR (s.score = $8 AND s.prospect_id > $9)
          ORDER BY s.score DESC, s.prospect_id LIMIT $10', scoring, filters)
-        USING plan.narrow, plan.everything, p_industry, p_country, p_department, plan.tier_queries,
+        USING NULLIF(plan.narrow, plan.everything), plan.everything, p_industry, p_country, p_department, plan.tier_queries,
               plan.tier_scores, p_after_score, p_after_id, p_limit;
 END
 $$;
