@@ -215,15 +215,15 @@ CREATE INDEX company_prospect_view_industry_name_order
     ON company_prospect_view (industry, COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
     WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_revenue_order
-    ON company_prospect_view (COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id)
-    WHERE prospect_id IS NOT NULL;
+    ON company_prospect_view (COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id);
 CREATE INDEX company_prospect_view_updated_order
     ON company_prospect_view (prospect_updated_at, prospect_id)
     WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_prospect_id
     ON company_prospect_view (prospect_id) WHERE prospect_id IS NOT NULL;
+-- Without a WHERE clause, so that ANALYZE keeps statistics of the expression (migration 0012).
 CREATE INDEX company_prospect_view_email
-    ON company_prospect_view (lower(email)) WHERE prospect_id IS NOT NULL;
+    ON company_prospect_view (lower(email));
 CREATE INDEX company_prospect_view_domain
     ON company_prospect_view (domain) WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_company_country

@@ -176,7 +176,9 @@ const NO_REVENUE: i64 = i64::MIN;
 /// The page statement: the matching prospects in one order, after the keyset cursor $1 (the sort
 /// key of the previous page's last row, as `cursor_key` writes it, or NULL for the first page), at
 /// most $2 of them; the filters are $3 to $18, and $19 picks one prospect by id. Each order gives
-/// its `keyset` condition (the sort key compared with $1) and its `order`.
+/// its `keyset` condition (the sort key compared with $1) and its `order`. The revenue bounds are
+/// written on the revenue order's expression (no revenue is `NO_REVENUE`, which they leave out): its
+/// index bounds them in every order, and its statistics estimate them (migration 0012).
 macro_rules! page {
     ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
      keyset: $keyset:literal, order: $order:literal) => {{
@@ -209,8 +211,8 @@ macro_rules! page {
                  AND ($11::text IS NULL OR domain = $11)
                  AND ($12::text IS NULL OR lower(email) = lower($12))
                  AND ($13::text IS NULL OR job_title ILIKE $13)
-                 AND ($14::bigint IS NULL OR revenue >= $14)
-                 AND ($15::bigint IS NULL OR revenue <= $15)
+                 AND ($14::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($14, '-9223372036854775807'::bigint))
+                 AND ($15::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $15)
                  AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
                                             AND COALESCE(max_employee_size, 2147483647) >= $16))
                  AND ($17::int IS NULL OR min_employee_size <= $17)
@@ -273,8 +275,8 @@ macro_rules! counts {
                  AND ($11::text IS NULL OR domain = $11)
                  AND ($12::text IS NULL OR lower(email) = lower($12))
                  AND ($13::text IS NULL OR job_title ILIKE $13)
-                 AND ($14::bigint IS NULL OR revenue >= $14)
-                 AND ($15::bigint IS NULL OR revenue <= $15)
+                 AND ($14::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($14, '-9223372036854775807'::bigint))
+                 AND ($15::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $15)
                  AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
                                             AND COALESCE(max_employee_size, 2147483647) >= $16))
                  AND ($17::int IS NULL OR min_employee_size <= $17)

@@ -142,8 +142,8 @@ macro_rules! page {
                  AND ($5::text IS NULL OR state = $5)
                  AND ($6::text IS NULL OR city = $6)
                  AND ($7::text IS NULL OR domain = $7)
-                 AND ($8::bigint IS NULL OR revenue >= $8)
-                 AND ($9::bigint IS NULL OR revenue <= $9)
+                 AND ($8::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($8, '-9223372036854775807'::bigint))
+                 AND ($9::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $9)
                  AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
                                             AND COALESCE(max_employee_size, 2147483647) >= $10))
                  AND ($11::int IS NULL OR min_employee_size <= $11)
@@ -188,8 +188,8 @@ macro_rules! counts {
                  AND ($5::text IS NULL OR state = $5)
                  AND ($6::text IS NULL OR city = $6)
                  AND ($7::text IS NULL OR domain = $7)
-                 AND ($8::bigint IS NULL OR revenue >= $8)
-                 AND ($9::bigint IS NULL OR revenue <= $9)
+                 AND ($8::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($8, '-9223372036854775807'::bigint))
+                 AND ($9::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $9)
                  AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
                                             AND COALESCE(max_employee_size, 2147483647) >= $10))
                  AND ($11::int IS NULL OR min_employee_size <= $11)
