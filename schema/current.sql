@@ -261,6 +261,10 @@ CREATE INDEX prospect_search_view_search_vector
 CREATE INDEX prospect_search_view_name_order
     ON prospect_search_view (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id);
 CREATE INDEX prospect_search_view_company ON prospect_search_view (company_id);
+-- Each filter of /search, in key order: search_prospects() walks the rows passing them (migration 0012).
+CREATE INDEX prospect_search_view_industry ON prospect_search_view (industry, prospect_id);
+CREATE INDEX prospect_search_view_company_country ON prospect_search_view (company_country, prospect_id);
+CREATE INDEX prospect_search_view_department ON prospect_search_view (department, prospect_id);
 
 -- ===================================================================================================
 -- The refresh log (every freshness header is read from it), the error record, and the change record
@@ -1124,7 +1128,7 @@ $$;
 --     checking each row, until the page is full;
 --   - the prefix of a one- or two-letter term is read the other way round, as it is almost always
 --     dense and its index scan alone would cost more than the walk: the walk first, over at most
---     `walk_rows` rows; when those do not fill the page, the GIN index.
+--     `walk_rows` rows passing the filters; when those do not fill the page, the GIN index.
 -- Several terms: the rows matching all of them (the index finds them, from `narrow` when it leaves
 -- out a short prefix) are scored by one expression over the tiers and sorted.
 --
@@ -1137,9 +1141,11 @@ RETURNS TABLE (score INT, prospect_id TEXT)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     filters CONSTANT TEXT := '
-          AND ($3::text[] IS NULL OR v.industry = ANY ($3))
+          AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN v.industry = $3[1]
+                                           ELSE v.industry = ANY ($3) END)
           AND ($4::text IS NULL OR v.company_country = $4)
-          AND ($5::text[] IS NULL OR v.department = ANY ($5))';
+          AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN v.department = $5[1]
+                                           ELSE v.department = ANY ($5) END)';
     -- A tier's rows: $1 the tier, $2 what earlier tiers took, $3 to $5 the filters, $6 the cursor.
     tier_rows CONSTANT TEXT := ' FROM prospect_search_view v
         WHERE v.search_vector @@ $1 AND ($2::tsquery IS NULL OR NOT v.search_vector @@ $2)' || filters || '
@@ -1166,13 +1172,14 @@ BEGIN
                 after := CASE WHEN plan.tier_scores[k] = p_after_score THEN p_after_id END;
                 ids := NULL;
                 IF length(plan.terms[1]) < 3 AND plan.tier_queries[k]::text LIKE '%:*' THEN
-                    -- The walk over the next `walk_rows` rows in key order, kept if it fills the page.
+                    -- The walk over the next `walk_rows` rows in key order that pass the filters (an
+                    -- index per filter keeps them in key order), kept if it fills the page.
                     EXECUTE 'SELECT array_agg(v.prospect_id) FROM (
                                  SELECT v.prospect_id FROM (
-                                     SELECT v.* FROM prospect_search_view v WHERE ($6::text IS NULL OR v.prospect_id > $6)
-                                     ORDER BY v.prospect_id LIMIT $8) v
-                                 WHERE v.search_vector @@ $1 AND ($2::tsquery IS NULL OR NOT v.search_vector @@ $2)'
-                                 || filters || ' LIMIT $7) v'
+                                     SELECT v.* FROM prospect_search_view v WHERE ($6::text IS NULL OR v.prospect_id > $6)'
+                                     || filters || ' ORDER BY v.prospect_id LIMIT $8) v
+                                 WHERE v.search_vector @@ $1 AND ($2::tsquery IS NULL OR NOT v.search_vector @@ $2)
+                                 LIMIT $7) v'
                         INTO ids
                         USING plan.tier_queries[k], covered, p_industry, p_country, p_department, after, remaining, walk_rows;
                     IF COALESCE(cardinality(ids), 0) < remaining THEN
