@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -177,7 +178,15 @@ end
 """
 
 
+def ensure_wrk():
+    """wrk, from Debian's packages, on a machine that lacks it (every load script calls run_wrk)."""
+    if not shutil.which("wrk"):
+        print("installing Debian's wrk", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+
+
 def run_wrk(requests, duration, workdir):
+    ensure_wrk()
     listing = os.path.join(workdir, "requests.txt")
     with open(listing, "w") as f:
         for path, headers in requests:

@@ -88,6 +88,7 @@ def wrk(instance, requests, duration, workdir):
     script = os.path.join(workdir, f"requests-{instance.name}.lua")
     with open(script, "w") as f:
         f.write(suite.WRK_SCRIPT)
+    suite.ensure_wrk()
     out = suite.sh("wrk", "-t1", f"-c{CLIENTS_PER_INSTANCE}", f"-d{duration}s", "-s", script, instance.base,
                    env=dict(os.environ, WRK_REQUESTS=listing))
     count, micros, p50, p99, _, socket_errors, status_errors = next(
