@@ -663,6 +663,12 @@ BEGIN
     IF models IS NULL THEN
         RETURN;
     END IF;
+    -- A round that began just before the last one committed, and took the lock just after, would
+    -- log a start before the last one's end: it starts, as logged, no earlier than that end, which
+    -- is still before its snapshot (the last round committed before this one's lock).
+    SELECT GREATEST(snapshot_time, max(l.finished_at)) INTO snapshot_time
+    FROM last_successful_refreshes() s JOIN materialized_view_log l ON l.id = s.log_id
+    WHERE s.view_name = ANY (models);
 
     WITH seen AS MATERIALIZED (
         SELECT snapshot FROM last_successful_refreshes()
