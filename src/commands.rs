@@ -152,7 +152,7 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 }
             }
             let pool = prepare_database(&args.database).await?;
-            let key = keys::create(&pool, &args.name, &args.role, args.expires).await?;
+            let created = keys::create(&pool, &args.name, &args.role, args.expires).await?;
             let expires = args.expires.map_or_else(
                 || "until revoked".to_owned(),
                 |valid| format!("for {}", humantime::format_duration(valid)),
@@ -161,7 +161,7 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "created key '{}' for role '{}', valid {expires}. It is shown only now: store it as a secret.",
                 args.name, args.role
             );
-            println!("{key}");
+            println!("{}", created.key);
         }
         KeysCommand::List(args) => {
             let pool = prepare_database(&args.database).await?;

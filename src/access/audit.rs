@@ -183,25 +183,33 @@ pub struct AuditRow {
     pub detail: Option<String>,
 }
 
-/// The newest rows before `before` (an id; None: the newest), at most `limit`, of one credential
-/// when given.
-pub async fn recent(
-    pool: &PgPool,
-    credential: Option<&str>,
-    before: Option<i64>,
-    limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
+/// Which rows `recent` lists: the newest `limit` before `before` (an id), of one credential and
+/// one UTC day when given.
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub credential: Option<String>,
+    pub day: Option<chrono::NaiveDate>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// The rows `filter` selects, newest first (the `at` and `(credential, at)` indexes bound a day).
+pub async fn recent(pool: &PgPool, filter: &AuditFilter) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as!(
         AuditRow,
         "SELECT id, at, request_id, credential, role, action, endpoint, filters, fields, rows,
                 bytes, client, outcome, detail
          FROM audit_log
          WHERE ($1::text IS NULL OR credential = $1) AND ($2::bigint IS NULL OR id < $2)
+           AND ($3::date IS NULL
+                OR (at >= $3::date::timestamp AT TIME ZONE 'UTC'
+                    AND at < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'))
          ORDER BY id DESC
-         LIMIT $3",
-        credential,
-        before,
-        limit
+         LIMIT $4",
+        filter.credential,
+        filter.before,
+        filter.day,
+        filter.limit
     )
     .fetch_all(pool)
     .await

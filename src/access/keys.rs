@@ -67,27 +67,35 @@ pub enum KeyError {
     Database(#[from] sqlx::Error),
 }
 
-/// Creates a key named `name` for `role`, valid for `valid_for` (None: until revoked); the key.
+/// A key just created: the secret (shown once) and when it expires.
+#[derive(Debug)]
+pub struct NewKey {
+    pub key: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a key named `name` for `role`, valid for `valid_for` (None: until revoked).
 pub async fn create(
     pool: &PgPool,
     name: &str,
     role: &str,
     valid_for: Option<Duration>,
-) -> Result<String, KeyError> {
+) -> Result<NewKey, KeyError> {
     let (key, hash) = generate();
     let valid_for_ms = valid_for.map(|d| d.as_millis().min(10_000_000_000_000) as i64);
-    let created = sqlx::query!(
+    let created = sqlx::query_scalar!(
         r#"INSERT INTO api_keys (name, role, key_hash, expires_at)
-           VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')"#,
+           VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')
+           RETURNING expires_at"#,
         name,
         role,
         &hash[..],
         valid_for_ms,
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await;
     match created {
-        Ok(_) => Ok(key),
+        Ok(expires_at) => Ok(NewKey { key, expires_at }),
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
             Err(KeyError::NameTaken(name.to_owned()))
         }

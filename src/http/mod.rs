@@ -136,6 +136,7 @@ pub fn router(state: AppState, settings: &HttpSettings, read_models: ReadModels)
             }),
         )
         .merge(docs::router())
+        .merge(admin::console_router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     middleware::around(router, &state, settings).with_state(state)

@@ -133,18 +133,114 @@ pub struct RefreshLogEntry {
     pub error_message: Option<String>,
 }
 
-/// The newest `limit` log rows, newest first.
+/// Which log rows `history` lists: the newest `limit` before `before` (an id), of one view when given.
+#[derive(Debug)]
+pub struct HistoryFilter {
+    pub view: Option<ViewName>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// Log rows, newest first (by the snapshot time, then id; `before` continues after that row).
 #[tracing::instrument(skip(pool))]
-pub async fn history(pool: &PgPool, limit: i64) -> Result<Vec<RefreshLogEntry>, sqlx::Error> {
+pub async fn history(
+    pool: &PgPool,
+    filter: &HistoryFilter,
+) -> Result<Vec<RefreshLogEntry>, sqlx::Error> {
     sqlx::query_as!(
         RefreshLogEntry,
         "SELECT id, view_name AS view, trigger, status, method, started_at, finished_at, duration_ms, row_count,
                 companies_changed, rows_changed, error_message
-         FROM materialized_view_log ORDER BY started_at DESC, id DESC LIMIT $1",
-        limit
+         FROM materialized_view_log
+         WHERE ($1::text IS NULL OR view_name = $1)
+           AND ($2::bigint IS NULL
+                OR (started_at, id) < (SELECT started_at, id FROM materialized_view_log WHERE id = $2))
+         ORDER BY started_at DESC, id DESC LIMIT $3",
+        filter.view.map(ViewName::as_str),
+        filter.before,
+        filter.limit
     )
     .fetch_all(pool)
     .await
+}
+
+/// The refresh log's last hours, per view, in equal buckets (what the console charts).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub bucket_seconds: f64,
+    pub views: Vec<ViewTimeline>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewTimeline {
+    pub view: ViewName,
+    /// Oldest first, one per bucket of the span.
+    pub buckets: Vec<TimelineBucket>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelineBucket {
+    pub starts_at: DateTime<Utc>,
+    /// Refreshes, applies and rebuilds that started in the bucket, failed or not.
+    pub runs: i64,
+    pub failures: i64,
+    pub max_duration_ms: Option<i64>,
+    pub mean_duration_ms: Option<f64>,
+    /// The oldest the served data was at any time in the bucket (just before a refresh landed, or
+    /// at its end); null while the view had never been refreshed.
+    pub max_data_age_seconds: Option<f64>,
+}
+
+/// The last `hours` of the log in `buckets` buckets per view. One pass over the span's rows (the
+/// `started_at` index) plus each view's last success before it: bounded by the span, not the log.
+#[tracing::instrument(skip(pool))]
+pub async fn timeline(pool: &PgPool, hours: u32, buckets: i32) -> Result<Timeline, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT view_name AS "view!", since AS "since!", until AS "until!", starts_at AS "starts_at!",
+                  runs AS "runs!", failures AS "failures!", max_duration_ms, mean_duration_ms,
+                  max_data_age_seconds
+           FROM refresh_timeline($1, $2)"#,
+        hours as i32,
+        buckets,
+    )
+    .fetch_all(pool)
+    .await?;
+    let (since, until) = rows
+        .first()
+        .map(|r| (r.since, r.until))
+        .unwrap_or_else(|| (Utc::now(), Utc::now()));
+    let mut views: Vec<ViewTimeline> = Vec::new();
+    for row in rows {
+        let Ok(view) = row.view.parse::<ViewName>() else {
+            continue;
+        };
+        if views.last().is_none_or(|v| v.view != view) {
+            views.push(ViewTimeline {
+                view,
+                buckets: Vec::new(),
+            });
+        }
+        views
+            .last_mut()
+            .expect("pushed above")
+            .buckets
+            .push(TimelineBucket {
+                starts_at: row.starts_at,
+                runs: row.runs,
+                failures: row.failures,
+                max_duration_ms: row.max_duration_ms,
+                mean_duration_ms: row.mean_duration_ms,
+                max_data_age_seconds: row.max_data_age_seconds,
+            });
+    }
+    Ok(Timeline {
+        since,
+        until,
+        bucket_seconds: (until - since).num_milliseconds() as f64 / 1000.0 / f64::from(buckets),
+        views,
+    })
 }
 
 /// Mode, last success and data age per view, for the gauges of `/metrics`.

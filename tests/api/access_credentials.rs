@@ -401,6 +401,7 @@ async fn create_key(
     prospect_api::access::keys::create(pool, name, role, valid_for)
         .await
         .unwrap()
+        .key
 }
 
 #[tokio::test]

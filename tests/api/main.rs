@@ -4,6 +4,7 @@ mod access_credentials;
 mod access_exports;
 mod access_policy;
 mod access_support;
+mod admin_console;
 mod cli;
 mod csv_export;
 mod differential;

@@ -506,7 +506,8 @@ async fn every_curl_example_in_the_readme_works_against_a_live_server() {
     let jwt = crate::access_support::token("frontend");
     let api_key = prospect_api::access::keys::create(&guarded.db.pool, "readme", "analyst", None)
         .await
-        .unwrap();
+        .unwrap()
+        .key;
 
     let examples = readme_curl_examples();
     assert!(

@@ -1,6 +1,4 @@
-//! The admin plane: `POST /admin/refresh`, `GET /admin/views`, `GET /admin/refresh/history`,
-//! `GET /admin/audit`. Every route here is reachable only through `auth::authenticate` (the router
-//! adds it as a layer), which wants an admin role's credential or `ADMIN_TOKEN`.
+//! `POST /admin/refresh` and `GET /admin/views`: bringing views up to date by hand, and their state.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,25 +7,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use super::error::{ApiError, InvalidParam, Problem};
-use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
-use super::params::{QueryParams, parse_limit};
-use super::state::AppState;
-use crate::access::audit::{self, AuditRow};
-use crate::refresh::status::{self, RefreshLogEntry, ViewStatus};
+use crate::http::error::{ApiError, InvalidParam, Problem};
+use crate::http::params::QueryParams;
+use crate::http::state::AppState;
+use crate::refresh::status::{self, ViewStatus};
 use crate::refresh::{RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::views::ViewName;
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(refresh))
-        .routes(routes!(views))
-        .routes(routes!(history))
-        .routes(routes!(audit_log))
-}
 
 /// The optional body of `POST /admin/refresh`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -95,7 +81,7 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
         (status = 500, description = "A refresh failed; `results` holds each view's outcome and error", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn refresh(
+pub async fn refresh(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
     body: Bytes,
@@ -142,7 +128,7 @@ async fn refresh(
         (status = 200, body = Vec<ViewStatus>),
     )
 )]
-async fn views(
+pub async fn views(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<ViewStatus>>, ApiError> {
@@ -155,92 +141,4 @@ async fn views(
         }
     }
     Ok(Json(statuses))
-}
-
-/// The query of `GET /admin/refresh/history`: `limit`, as on the lists.
-struct HistoryQuery;
-
-impl utoipa::IntoParams for HistoryQuery {
-    fn into_params(
-        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
-    ) -> Vec<utoipa::openapi::path::Parameter> {
-        parameters([super::openapi::limit_parameter("Entries")])
-    }
-}
-
-fn parameters(
-    declared: impl IntoIterator<Item = serde_json::Value>,
-) -> Vec<utoipa::openapi::path::Parameter> {
-    declared
-        .into_iter()
-        .map(|p| serde_json::from_value(p).expect("an OpenAPI parameter"))
-        .collect()
-}
-
-/// The refresh log, newest first.
-#[utoipa::path(
-    get, path = "/admin/refresh/history", tag = "admin",
-    params(HistoryQuery),
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, body = Vec<RefreshLogEntry>),
-        (status = 400, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn history(
-    State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<RefreshLogEntry>>, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let limit = parse_limit(&mut params, DEFAULT_LIMIT, MAX_LIMIT);
-    params.finish(&["limit"])?;
-    Ok(Json(status::history(&state.pool, limit).await?))
-}
-
-/// The query of `GET /admin/audit`.
-struct AuditQuery;
-
-impl utoipa::IntoParams for AuditQuery {
-    fn into_params(
-        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
-    ) -> Vec<utoipa::openapi::path::Parameter> {
-        let limit = super::openapi::limit_parameter("Entries");
-        let credential = serde_json::json!({
-            "name": "credential", "in": "query", "required": false,
-            "description": "Only this credential's entries (`key:NAME`, `jwt:SUBJECT`, `admin-token`, `anonymous`).",
-            "schema": {"type": "string"},
-        });
-        let before = serde_json::json!({
-            "name": "before", "in": "query", "required": false,
-            "description": "Only entries older than this id (the last id of the previous page).",
-            "schema": {"type": "integer", "format": "int64", "minimum": 1},
-        });
-        parameters([limit, credential, before])
-    }
-}
-
-/// The audit log, newest first: every export and admin action, pages by `before`.
-#[utoipa::path(
-    get, path = "/admin/audit", tag = "admin",
-    params(AuditQuery),
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, body = Vec<AuditRow>),
-        (status = 400, description = "Invalid parameters, each named", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn audit_log(
-    State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<AuditRow>>, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
-    let limit = parse_limit(&mut params, DEFAULT_LIMIT, MAX_LIMIT);
-    let credential = params.one("credential");
-    let before = params.parsed::<i64>("before", "an audit entry id");
-    if before.is_some_and(|id| id < 1) {
-        params.reject("before", "an audit entry id is 1 or more");
-    }
-    params.finish(&["limit", "credential", "before"])?;
-    let rows = audit::recent(&state.pool, credential.as_deref(), before, limit).await?;
-    Ok(Json(rows))
 }
