@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::access::keys;
 use crate::cli::{KeysCommand, MigrateArgs, RefreshArgs, SeedArgs, ServeArgs};
 use crate::db::prepare_database;
+use crate::progress::Progress;
 use crate::refresh::{self, RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::seed::{self, SeedOptions};
 
@@ -20,7 +21,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     );
     crate::views::check_catalog(&pool).await?;
     let mode = args.maintenance.view_maintenance;
-    for conversion in refresh::convert_all(&pool, mode, &args.refresh)
+    for conversion in refresh::convert_all(&pool, mode, &args.refresh, &Progress::new("migrate"))
         .await
         .context("converting the read models to VIEW_MAINTENANCE")?
     {
@@ -54,7 +55,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
         seed: args.seed,
         replace: args.replace,
     };
-    let summary = seed::seed(&pool, &options).await?;
+    let summary = seed::seed(&pool, &options, &Progress::new("seed")).await?;
     println!(
         "seeded {} companies and {} prospects in {:.1} s (seed {})",
         summary.companies,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod progress;
 pub mod reads;
 pub mod refresh;
 pub mod seed;

@@ -1,11 +1,18 @@
-//! Deterministic demo data, generated inside PostgreSQL (two INSERT ... SELECT statements, not row by
-//! row from Rust). Every value is a function of the row number and the seed (`hashint8extended`), so
-//! the same seed gives the same data whatever order the database produces rows in. All domains and
-//! emails use the reserved `.example` top-level domain: demo contact data must never be real.
+//! Deterministic demo data, generated inside PostgreSQL (INSERT ... SELECT statements over ranges of
+//! companies, not row by row from Rust; the ranges are for progress, in one transaction). Every value
+//! is a function of the row number and the seed (`hashint8extended`), so the same seed gives the same
+//! data whatever order the database produces rows in, and however it is cut into ranges. All domains
+//! and emails use the reserved `.example` top-level domain: demo contact data must never be real.
 
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+
+use crate::progress::{Progress, Step};
+
+/// Companies per statement: about 100,000 prospects at the demo's density, a second or so each.
+const COMPANIES_PER_STATEMENT: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct SeedOptions {
@@ -48,9 +55,13 @@ pub enum SeedError {
 /// Prospect ids are derived from `company number * this + prospect number`.
 const MAX_PROSPECTS_PER_COMPANY: u32 = 50_000;
 
-/// Fills the base tables with demo data in one transaction.
-#[tracing::instrument(skip(pool))]
-pub async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedSummary, SeedError> {
+/// Fills the base tables with demo data in one transaction, reporting to `progress` as it goes.
+#[tracing::instrument(skip(pool, progress))]
+pub async fn seed(
+    pool: &PgPool,
+    options: &SeedOptions,
+    progress: &Progress,
+) -> Result<SeedSummary, SeedError> {
     if options.prospects_per_company > MAX_PROSPECTS_PER_COMPANY {
         return Err(SeedError::TooManyPerCompany {
             max: MAX_PROSPECTS_PER_COMPANY,
@@ -65,9 +76,35 @@ pub async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedSummary, S
     } else if base_tables_hold_data(&mut tx).await? {
         return Err(SeedError::NotEmpty);
     }
-    let companies = insert_companies(&mut tx, options).await?;
-    let prospects = insert_prospects(&mut tx, options).await?;
+    let mut companies = 0;
+    for range in company_ranges(options.companies) {
+        companies += insert_companies(&mut tx, options, &range).await?;
+        progress.report(&Step {
+            phase: "companies".to_owned(),
+            done: Some((u64::from(*range.end()), u64::from(options.companies))),
+            unit: "companies",
+            rows: Some(companies),
+            ..Step::default()
+        });
+    }
+    let mut prospects = 0;
+    for range in company_ranges(options.companies) {
+        prospects += insert_prospects(&mut tx, options, &range).await?;
+        progress.report(&Step {
+            phase: "prospects".to_owned(),
+            done: Some((u64::from(*range.end()), u64::from(options.companies))),
+            unit: "companies",
+            rows: Some(prospects),
+            ..Step::default()
+        });
+    }
+    progress.report(&Step {
+        phase: "committing".to_owned(),
+        rows: Some(companies + prospects),
+        ..Step::default()
+    });
     tx.commit().await?;
+    progress.finish();
     Ok(SeedSummary {
         companies,
         prospects,
@@ -84,9 +121,27 @@ pub async fn base_tables_hold_data(conn: &mut sqlx::PgConnection) -> Result<bool
     .await
 }
 
+/// Company numbers 1 to `companies`, in ranges of `COMPANIES_PER_STATEMENT`.
+fn company_ranges(companies: u32) -> impl Iterator<Item = RangeInclusive<u32>> {
+    (1..=companies)
+        .step_by(COMPANIES_PER_STATEMENT as usize)
+        .map(move |first| {
+            first
+                ..=first
+                    .saturating_add(COMPANIES_PER_STATEMENT - 1)
+                    .min(companies)
+        })
+}
+
+/// A company's id: its number, zero-padded, so that ids sort as numbers do.
+fn company_id(number: u32) -> String {
+    format!("cmp_{number:08}")
+}
+
 async fn insert_companies(
     conn: &mut sqlx::PgConnection,
     options: &SeedOptions,
+    numbers: &RangeInclusive<u32>,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         r#"
@@ -141,7 +196,7 @@ SELECT
     CASE WHEN h.h[9] % 2 = 0 THEN NULL ELSE '+1 555 02' || lpad((h.h[9] % 100)::text, 2, '0') END,
     created.at,
     created.at + (h.h[11] % 31536000) * interval '1 second'
-FROM generate_series(1, $1::int) AS g(i)
+FROM generate_series($1::int, $3::int) AS g(i)
 CROSS JOIN lists l
 -- h[1] to h[13]: independent hashes of the row number, the raw material of every column.
 CROSS JOIN LATERAL (SELECT array_agg(hashint8extended(g.i, $2::bigint + k) & 9223372036854775807 ORDER BY k) AS h
@@ -159,8 +214,9 @@ CROSS JOIN LATERAL (SELECT
     timestamp '2018-01-01' + (h.h[10] % 157680000) * interval '1 second' AS at
 ) created
 "#,
-        options.companies as i32,
+        *numbers.start() as i32,
         options.seed,
+        *numbers.end() as i32,
     )
     .execute(&mut *conn)
     .await?;
@@ -170,6 +226,7 @@ CROSS JOIN LATERAL (SELECT
 async fn insert_prospects(
     conn: &mut sqlx::PgConnection,
     options: &SeedOptions,
+    companies: &RangeInclusive<u32>,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         r#"
@@ -200,7 +257,7 @@ companies AS (
            substr(c."id", 5)::bigint AS no,
            hashint8extended(substr(c."id", 5)::bigint, $2::bigint + 100) & 9223372036854775807 AS h
     FROM "Company" c
-    WHERE c."id" LIKE 'cmp\_%'
+    WHERE c."id" LIKE 'cmp\_%' AND c."id" BETWEEN $3 AND $4
 )
 INSERT INTO "Prospect" ("id", "companyId", "salutation", "firstName", "lastName", "email", "jobTitle",
                         "jobTitleLevel", "department", "jobTitleLink", "address", "city", "state", "country",
@@ -247,6 +304,8 @@ CROSS JOIN LATERAL (SELECT
 "#,
         options.prospects_per_company as i32,
         options.seed,
+        company_id(*companies.start()),
+        company_id(*companies.end()),
     )
     .execute(&mut *conn)
     .await?;

@@ -23,6 +23,7 @@ use crate::http::database_circuit::{self, DatabaseCircuit};
 use crate::http::response_cache::ResponseCache;
 use crate::http::{self, AppState, HttpSettings, ReadModels};
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::reads::{
     REPLICA_ACQUIRE_TIMEOUT, ReadRoute, ReadSource, ReplicaMonitor, ReplicaSettings, Server,
 };
@@ -291,10 +292,14 @@ async fn read_route(config: &ServeConfig) -> anyhow::Result<ReadRoute> {
 /// one's mode.
 async fn convert_read_models(pool: &PgPool, config: &ServeConfig) -> anyhow::Result<Modes> {
     crate::views::check_catalog(pool).await?;
-    let conversions =
-        refresh::convert_all(pool, config.maintenance.view_maintenance, &config.refresh)
-            .await
-            .context("converting the read models to VIEW_MAINTENANCE")?;
+    let conversions = refresh::convert_all(
+        pool,
+        config.maintenance.view_maintenance,
+        &config.refresh,
+        &Progress::new("convert"),
+    )
+    .await
+    .context("converting the read models to VIEW_MAINTENANCE")?;
     for conversion in conversions.iter().filter(|c| c.rebuilt) {
         tracing::info!(%conversion, "read model converted");
     }
@@ -307,7 +312,7 @@ async fn seed_demo_data_if_empty(pool: &PgPool) -> anyhow::Result<()> {
         tracing::info!("--demo: the base tables already hold data; not seeding");
         return Ok(());
     }
-    let summary = seed::seed(pool, &SeedOptions::DEMO).await?;
+    let summary = seed::seed(pool, &SeedOptions::DEMO, &Progress::new("--demo seed")).await?;
     tracing::info!(
         companies = summary.companies,
         prospects = summary.prospects,

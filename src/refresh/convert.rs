@@ -1,15 +1,21 @@
 //! Converting the read models between the modes: what `migrate` and `serve` do after the migrations.
 //! Each read model is converted in its own transaction by `convert_read_model()` (migration 0007): the
 //! new relation is built beside the old one, which keeps serving, and swapped in; readers wait only for
-//! the swap.
+//! the swap. Meanwhile another connection watches the converting backend (the statistics views
+//! PostgreSQL keeps of index builds, ANALYZE and lock waits) and reports its phase to a `Progress`.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use crate::config::{RefreshSettings, pg_duration};
 use crate::db::set_local;
+use crate::progress::{Progress, Step, thousands};
 use crate::views::{Mode, ViewName};
+
+/// How often the watcher samples the converting backend.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// What happened to one read model.
 #[derive(Debug, Clone)]
@@ -28,27 +34,35 @@ pub struct Conversion {
     pub swap_attempts: i32,
 }
 
-/// Brings every read model to `mode`, built from its definition, one at a time in the fixed order.
+/// Brings every read model to `mode`, built from its definition, one at a time in the fixed order,
+/// reporting each one's phase to `progress`.
 pub async fn convert_all(
     pool: &PgPool,
     mode: Mode,
     settings: &RefreshSettings,
+    progress: &Progress,
 ) -> Result<Vec<Conversion>, sqlx::Error> {
     let mut done = Vec::with_capacity(ViewName::ALL.len());
     for view in ViewName::ALL {
-        done.push(convert(pool, view, mode, settings).await?);
+        done.push(convert(pool, view, mode, settings, progress).await?);
     }
+    progress.finish();
     Ok(done)
 }
 
-#[tracing::instrument(skip(pool, settings))]
+#[tracing::instrument(skip(pool, settings, progress))]
 async fn convert(
     pool: &PgPool,
     view: ViewName,
     mode: Mode,
     settings: &RefreshSettings,
+    progress: &Progress,
 ) -> Result<Conversion, sqlx::Error> {
+    let expected = expected_build(pool, view).await?;
     let mut tx = pool.begin().await?;
+    let backend = sqlx::query_scalar!(r#"SELECT pg_backend_pid() AS "pid!""#)
+        .fetch_one(&mut *tx)
+        .await?;
     // A refresh or incremental round running elsewhere is waited for as long as one may run.
     let wait = pg_duration(settings.refresh_statement_timeout);
     let local = [
@@ -57,15 +71,18 @@ async fn convert(
         ("maintenance_work_mem", settings.refresh_work_mem.as_str()),
     ];
     set_local(&mut tx, &local).await?;
-    let built = sqlx::query!(
+    let converting = sqlx::query!(
         r#"SELECT from_mode AS "from_mode!", row_count, build_ms AS "build_ms!", swap_ms AS "swap_ms!",
                   swap_attempts AS "swap_attempts!"
            FROM convert_read_model($1, $2)"#,
         view.as_str(),
         mode.as_str(),
     )
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(&mut *tx);
+    let built = tokio::select! {
+        built = converting => built?,
+        never = watch(pool, backend, view, &expected, progress) => match never {},
+    };
     tx.commit().await?;
     let conversion = match built {
         Some(built) => Conversion {
@@ -90,6 +107,100 @@ async fn convert(
         },
     };
     Ok(conversion)
+}
+
+/// What the last full build of a view (a refresh, rebuild or conversion) says about the next one.
+struct ExpectedBuild {
+    rows: Option<i64>,
+    took: Option<Duration>,
+}
+
+async fn expected_build(pool: &PgPool, view: ViewName) -> Result<ExpectedBuild, sqlx::Error> {
+    let last = sqlx::query!(
+        r#"SELECT row_count, duration_ms FROM materialized_view_log
+           WHERE view_name = $1 AND status = 'ok' AND method IN ('refresh', 'rebuild', 'build')
+           ORDER BY started_at DESC LIMIT 1"#,
+        view.as_str()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(ExpectedBuild {
+        rows: last.as_ref().and_then(|l| l.row_count),
+        took: last
+            .and_then(|l| l.duration_ms)
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+    })
+}
+
+/// Reports what `backend` is doing every `SAMPLE_EVERY`, until the conversion ends (and this future
+/// is dropped). A sample that fails is skipped: progress is never worth failing a migration for.
+async fn watch(
+    pool: &PgPool,
+    backend: i32,
+    view: ViewName,
+    expected: &ExpectedBuild,
+    progress: &Progress,
+) -> std::convert::Infallible {
+    let started = Instant::now();
+    let expected_rows = expected
+        .rows
+        .map(|rows| format!("about {} rows", thousands(rows.max(0) as u64)));
+    // Past the indexes and ANALYZE, what is left is counting the rows and the swap.
+    let mut built = false;
+    loop {
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let Ok(Some(sample)) = sqlx::query!(
+            r#"SELECT a.wait_event_type, i.phase AS "index_phase?", i.blocks_done AS "blocks_done?",
+                      i.blocks_total AS "blocks_total?", i.tuples_done AS "tuples_done?",
+                      i.tuples_total AS "tuples_total?", z.phase AS "analyze_phase?"
+               FROM pg_stat_activity a
+               LEFT JOIN pg_stat_progress_create_index i ON i.pid = a.pid
+               LEFT JOIN pg_stat_progress_analyze z ON z.pid = a.pid
+               WHERE a.pid = $1"#,
+            backend
+        )
+        .fetch_optional(pool)
+        .await
+        else {
+            continue;
+        };
+        let mut step = Step {
+            phase: if built {
+                format!("{view}: finishing")
+            } else {
+                format!("{view}: building from its definition")
+            },
+            detail: expected_rows.clone(),
+            remaining: expected
+                .took
+                .and_then(|took| took.checked_sub(started.elapsed())),
+            ..Step::default()
+        };
+        if let Some(phase) = sample.index_phase {
+            built = true;
+            step.phase = format!("{view}: building indexes");
+            step.detail = Some(phase);
+            let blocks = (sample.blocks_done, sample.blocks_total);
+            let tuples = (sample.tuples_done, sample.tuples_total);
+            (step.done, step.unit) = match (blocks, tuples) {
+                (_, (Some(done), Some(total))) if total > 0 => {
+                    (Some((done as u64, total as u64)), "tuples")
+                }
+                ((Some(done), Some(total)), _) if total > 0 => {
+                    (Some((done as u64, total as u64)), "blocks")
+                }
+                _ => (None, ""),
+            };
+        } else if sample.analyze_phase.is_some() {
+            built = true;
+            step.phase = format!("{view}: analyzing");
+        } else if sample.wait_event_type.as_deref() == Some("Lock") {
+            step.phase = format!("{view}: waiting for a lock");
+            step.detail =
+                Some("a refresh elsewhere, or readers of the relation being swapped".to_owned());
+        }
+        progress.report(&step);
+    }
 }
 
 fn relation(mode: Mode) -> &'static str {

@@ -274,3 +274,68 @@ async fn serve_stops_cleanly_on_sigterm() {
         "nothing listens any more"
     );
 }
+
+#[tokio::test]
+async fn seed_reports_its_progress_as_log_lines_when_not_on_a_terminal() {
+    let db = TestDb::empty().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
+        .args([
+            "seed",
+            "--companies",
+            "25000",
+            "--prospects-per-company",
+            "1",
+            "--no-refresh",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("the binary runs");
+    succeeded(&output);
+    let log = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "companies, 10,000 of 25,000 companies (40%), 10,000 rows",
+        "companies, 25,000 of 25,000 companies (100%), 25,000 rows",
+        "prospects, 10,000 of 25,000 companies (40%)",
+        "committing",
+    ] {
+        assert!(log.contains(expected), "{expected:?} in:\n{log}");
+    }
+    assert!(
+        log.lines().filter(|l| l.contains("elapsed")).count() >= 4,
+        "a line per phase at least:\n{log}"
+    );
+    assert!(!log.contains('\r'), "no terminal redraws in a log:\n{log}");
+}
+
+#[tokio::test]
+async fn migrate_reports_what_a_conversion_waits_for() {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    crate::helpers::refresh_all_ok(&db.pool).await;
+    // A reader holding the view keeps the swap waiting for its lock for a while.
+    let mut reader = db.connection().await;
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM company_prospect_view;")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let migrate = Command::new(env!("CARGO_BIN_EXE_prospect-api"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .env("VIEW_MAINTENANCE", "incremental")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+    let output = migrate.wait_with_output().unwrap();
+    succeeded(&output);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("company_prospect_view: waiting for a lock") && log.contains("elapsed"),
+        "{log}"
+    );
+}

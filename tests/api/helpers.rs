@@ -76,9 +76,14 @@ impl TestDb {
 
     /// Converts the read models to `mode`, as `migrate` and `serve` do.
     pub async fn convert(&self, mode: Mode) -> Vec<prospect_api::refresh::Conversion> {
-        prospect_api::refresh::convert_all(&self.pool, mode, &quick_refresh_settings())
-            .await
-            .expect("converting the read models failed")
+        prospect_api::refresh::convert_all(
+            &self.pool,
+            mode,
+            &quick_refresh_settings(),
+            &prospect_api::progress::Progress::hidden("convert"),
+        )
+        .await
+        .expect("converting the read models failed")
     }
 
     /// A new database with nothing in it.

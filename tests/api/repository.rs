@@ -478,6 +478,7 @@ async fn seed_demo_companies(pool: &sqlx::PgPool) {
             seed: 42,
             replace: true,
         },
+        &prospect_api::progress::Progress::hidden("seed"),
     )
     .await
     .unwrap();

@@ -1,8 +1,13 @@
 //! Demo data: deterministic, realistic in shape, and never written over existing data by accident.
 
-use prospect_api::seed::{SeedError, SeedOptions, seed};
+use prospect_api::progress::Progress;
+use prospect_api::seed::{SeedError, SeedOptions, SeedSummary};
 
 use crate::helpers::TestDb;
+
+async fn seed(pool: &sqlx::PgPool, options: &SeedOptions) -> Result<SeedSummary, SeedError> {
+    prospect_api::seed::seed(pool, options, &Progress::hidden("seed")).await
+}
 
 fn options(seed_value: i64) -> SeedOptions {
     SeedOptions {
@@ -39,6 +44,48 @@ async fn the_same_seed_produces_identical_data_and_another_seed_different_data()
     assert_eq!((a.companies, a.prospects), (b.companies, b.prospects));
     assert_eq!(content_digest(&first).await, content_digest(&second).await);
     assert_ne!(content_digest(&first).await, content_digest(&third).await);
+}
+
+/// The rows of companies 1 to `last` and their prospects, as one digest.
+async fn digest_up_to(db: &TestDb, last: &str) -> String {
+    sqlx::query_scalar(
+        r#"SELECT md5(
+               (SELECT string_agg(c::text, '|' ORDER BY c."id") FROM "Company" c WHERE c."id" <= $1) ||
+               (SELECT string_agg(p::text, '|' ORDER BY p."id") FROM "Prospect" p WHERE p."companyId" <= $1)
+           )"#,
+    )
+    .bind(last)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_data_does_not_depend_on_how_seeding_is_cut_into_statements() {
+    // 25,000 companies are written in three statements per table (10,000 each), 12,000 in two: the
+    // companies 10,001 to 12,000 come from differently bounded statements, and are the same.
+    let (large, small) = (TestDb::new().await, TestDb::new().await);
+    let sized = |companies| SeedOptions {
+        companies,
+        prospects_per_company: 1,
+        ..options(3)
+    };
+    let large_summary = seed(&large.pool, &sized(25_000)).await.unwrap();
+    seed(&small.pool, &sized(12_000)).await.unwrap();
+    assert_eq!(large_summary.companies, 25_000);
+    assert_eq!(
+        digest_up_to(&large, "cmp_00012000").await,
+        digest_up_to(&small, "cmp_00012000").await
+    );
+    let prospects_of_the_last_range: i64 =
+        sqlx::query_scalar(r#"SELECT count(*) FROM "Prospect" WHERE "companyId" > 'cmp_00020000'"#)
+            .fetch_one(&large.pool)
+            .await
+            .unwrap();
+    assert!(
+        prospects_of_the_last_range > 4_000,
+        "the last range has its prospects"
+    );
 }
 
 #[tokio::test]
