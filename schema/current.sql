@@ -387,7 +387,9 @@ $$;
 CREATE OR REPLACE FUNCTION refresh_timeline(hours INT, buckets INT)
 RETURNS TABLE (view_name TEXT, since TIMESTAMPTZ, until TIMESTAMPTZ, starts_at TIMESTAMPTZ, runs BIGINT,
                failures BIGINT, max_duration_ms BIGINT, mean_duration_ms FLOAT8, max_data_age_seconds FLOAT8)
-LANGUAGE sql STABLE AS $$
+-- A day of applies (100,000 rows at one every 2.6 s per view) sorted in memory, without JIT (its
+-- compilation would cost more than the query).
+LANGUAGE sql STABLE SET work_mem = '32MB' SET jit = off AS $$
     WITH span AS (
         SELECT c.now - hours * interval '1 hour' AS since, c.now AS until,
                hours * interval '1 hour' / buckets AS width
@@ -397,8 +399,9 @@ LANGUAGE sql STABLE AS $$
         FROM materialized_view_log l, span WHERE l.started_at >= span.since
     ), successes AS (
         SELECT o.view_name, o.started_at, o.finished_at,
-               o.finished_at - lag(o.started_at) OVER (PARTITION BY o.view_name ORDER BY o.finished_at, o.started_at)
-                   AS age_before
+               -- (By bytes: a day of applies is 100,000 rows, and a collation's sort costs twice.)
+               o.finished_at - lag(o.started_at) OVER (PARTITION BY o.view_name COLLATE "C"
+                                                       ORDER BY o.finished_at, o.started_at) AS age_before
         FROM (
             SELECT g.view_name, g.started_at, g.finished_at FROM logged g WHERE g.status = 'ok'
             UNION ALL
