@@ -27,11 +27,12 @@ pub struct Step {
     pub remaining: Option<Duration>,
 }
 
-/// The phase being reported: its name, when it started and was last logged, and whether its end
-/// was logged.
+/// The phase being reported: its name, when it started, was last reported and last logged, and
+/// whether its end was logged.
 struct Phase {
     name: String,
     started: Instant,
+    reported: Instant,
     logged: Instant,
     end_logged: bool,
 }
@@ -78,14 +79,19 @@ impl Progress {
         let mut current = self.phase.lock().expect("never poisoned");
         let new_phase = current.as_ref().is_none_or(|p| p.name != step.phase);
         if new_phase {
+            // A phase's first report comes after its first piece of work: it began when the one
+            // before last reported (or when the task began).
+            let started = current.as_ref().map_or(self.started, |p| p.reported);
             *current = Some(Phase {
                 name: step.phase.clone(),
-                started: now,
+                started,
+                reported: now,
                 logged: now,
                 end_logged: false,
             });
         }
         let phase = current.as_mut().expect("set above");
+        phase.reported = now;
         let line = describe(step, now - phase.started, now - self.started);
         if let Some(bar) = &self.bar {
             bar.set_message(format!("{}: {line}", self.task));
