@@ -56,6 +56,10 @@ pub struct Problem {
 pub enum ApiError {
     #[error("invalid parameters")]
     InvalidParams(Vec<InvalidParam>),
+    /// Parameters well-formed but at odds with the server's state (a name already taken, a role
+    /// the access policy does not declare): 409, each named.
+    #[error("conflicting parameters")]
+    ConflictingParams(Vec<InvalidParam>),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("route not found")]
@@ -163,6 +167,10 @@ impl Described {
 }
 
 impl ApiError {
+    pub fn conflicting(name: impl Into<String>, reason: impl Into<String>) -> ApiError {
+        ApiError::ConflictingParams(vec![InvalidParam::new(name, reason)])
+    }
+
     pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> ApiError {
         ApiError::InvalidParams(vec![InvalidParam::new(name, reason)])
     }
@@ -190,6 +198,17 @@ impl ApiError {
                         S::BAD_REQUEST,
                         "urn:prospect-api:problem:invalid-parameters",
                         format!("{count} invalid: {}", names.join(", ")),
+                    )
+                }
+            }
+            ApiError::ConflictingParams(params) => {
+                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                Described {
+                    invalid_params: params.clone(),
+                    ..Described::new(
+                        S::CONFLICT,
+                        "urn:prospect-api:problem:conflict",
+                        format!("in conflict with this server's state: {}", names.join(", ")),
                     )
                 }
             }

@@ -315,7 +315,7 @@ async fn api_keys_are_created_once_listed_without_the_secret_revoked_and_audited
         &app,
         reqwest::Method::POST,
         "/admin/keys",
-        Some(json_value!({"name": "dashboard", "role": "analyst", "valid_days": 30})),
+        Some(json_value!({"name": "dashboard", "role": "analyst", "valid_days": 30.0})),
     )
     .await;
     let created = json(created, 201).await;
@@ -342,24 +342,32 @@ async fn api_keys_are_created_once_listed_without_the_secret_revoked_and_audited
     assert_eq!(listed[0]["name"], "dashboard");
     assert_eq!(listed[0]["role"], "analyst");
 
-    // Refusals, each naming what is wrong.
-    for (body, name) in [
+    // Refusals, each naming what is wrong: malformed (400) or at odds with what exists (409).
+    for (body, name, status) in [
         (
             json_value!({"name": "dashboard", "role": "analyst"}),
             "name",
+            409,
         ),
-        (json_value!({"name": "-bad", "role": "analyst"}), "name"),
+        (
+            json_value!({"name": "-bad", "role": "analyst"}),
+            "name",
+            400,
+        ),
         (
             json_value!({"name": "other", "role": "no_such_role"}),
             "role",
+            409,
         ),
         (
             json_value!({"name": "other", "role": "analyst", "valid_days": 0}),
             "valid_days",
+            400,
         ),
         (
             json_value!({"name": "other", "role": "analyst", "extra": 1}),
             "body",
+            400,
         ),
     ] {
         let response = admin_send(
@@ -369,7 +377,16 @@ async fn api_keys_are_created_once_listed_without_the_secret_revoked_and_audited
             Some(body.clone()),
         )
         .await;
-        assert_eq!(rejected_params(response).await, [name], "{body}");
+        let problem = json(response, status).await;
+        assert_eq!(
+            problem["invalid_params"][0]["name"], name,
+            "{body}: {problem}"
+        );
+        assert_eq!(
+            problem["invalid_params"].as_array().unwrap().len(),
+            1,
+            "{problem}"
+        );
     }
     let as_reader = app
         .client
@@ -434,7 +451,7 @@ async fn without_a_policy_keys_cannot_be_made_for_lack_of_roles() {
         Some(json_value!({"name": "k", "role": "analyst"})),
     )
     .await;
-    let problem = json(response, 400).await;
+    let problem = json(response, 409).await;
     assert!(problem.to_string().contains("ACCESS_POLICY"));
     let instance = json(app.admin_get("/admin/instance").await, 200).await;
     assert_eq!(instance["roles"], json_value!([]));

@@ -25,12 +25,19 @@ const MAX_VALID_DAYS: u32 = 3650;
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     /// 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit; never reused.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     name: String,
     /// A role of the access policy.
     role: String,
-    /// Days the key is valid; until revoked when absent.
-    #[schema(minimum = 1, maximum = 3650)]
-    valid_days: Option<u32>,
+    /// Days the key is valid; until revoked when absent. (A JSON number: `30.0` is 30, as JSON
+    /// Schema's integer says.)
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 3650)]
+    valid_days: Option<serde_json::Number>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,7 +70,8 @@ pub async fn list(
     security(("admin_token" = [])),
     responses(
         (status = 201, body = CreatedKey),
-        (status = 400, description = "A bad body, name or role, or a name already used", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed body, name or validity", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A name already used, or a role the access policy does not declare (or no policy)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
@@ -75,26 +83,27 @@ pub async fn create(
     let new: NewKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("is not a valid new key: {e}")))?;
     if !state.auth.policy.enforced() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::conflicting(
             "role",
             "keys take their role from ACCESS_POLICY, and this server has none",
         ));
     }
     if state.auth.policy.role(&new.role).is_none() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::conflicting(
             "role",
             format!("the access policy declares no role '{}'", new.role),
         ));
     }
-    let valid_for = match new.valid_days {
+    let valid_days = new.valid_days.as_ref().map(whole_days);
+    let valid_for = match valid_days {
         None => None,
-        Some(days @ 1..=MAX_VALID_DAYS) => {
+        Some(Some(days @ 1..=MAX_VALID_DAYS)) => {
             Some(std::time::Duration::from_secs(u64::from(days) * 86_400))
         }
         Some(_) => {
             return Err(ApiError::invalid(
                 "valid_days",
-                format!("must be from 1 to {MAX_VALID_DAYS}"),
+                format!("must be a whole number of days from 1 to {MAX_VALID_DAYS}"),
             ));
         }
     };
@@ -102,6 +111,7 @@ pub async fn create(
         .await
         .map_err(|error| match error {
             KeyError::Database(error) => ApiError::from(error),
+            taken @ KeyError::NameTaken(_) => ApiError::conflicting("name", taken.to_string()),
             refused => ApiError::invalid("name", refused.to_string()),
         })?;
     let created = CreatedKey {
@@ -111,6 +121,17 @@ pub async fn create(
         expires_at: created.expires_at,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// A number of days, if it is a whole number that fits (`30` or `30.0`).
+fn whole_days(number: &serde_json::Number) -> Option<u32> {
+    match number.as_u64() {
+        Some(days) => u32::try_from(days).ok(),
+        None => number
+            .as_f64()
+            .filter(|days| days.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(days))
+            .map(|days| days as u32),
+    }
 }
 
 /// Revokes a key: every instance refuses it within a second.
