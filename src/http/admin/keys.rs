@@ -33,11 +33,9 @@ pub struct NewKey {
     name: String,
     /// A role of the access policy.
     role: String,
-    /// Days the key is valid; until revoked when absent. (A JSON number: `30.0` is 30, as JSON
-    /// Schema's integer says.)
-    #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 3650)]
-    valid_days: Option<serde_json::Number>,
+    /// Days the key is valid, a whole number; until revoked when absent.
+    #[schema(minimum = 1, maximum = 3650, multiple_of = 1.0)]
+    valid_days: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -94,7 +92,7 @@ pub async fn create(
             format!("the access policy declares no role '{}'", new.role),
         ));
     }
-    let valid_days = new.valid_days.as_ref().map(whole_days);
+    let valid_days = new.valid_days.map(whole_days);
     let valid_for = match valid_days {
         None => None,
         Some(Some(days @ 1..=MAX_VALID_DAYS)) => {
@@ -124,14 +122,8 @@ pub async fn create(
 }
 
 /// A number of days, if it is a whole number that fits (`30` or `30.0`).
-fn whole_days(number: &serde_json::Number) -> Option<u32> {
-    match number.as_u64() {
-        Some(days) => u32::try_from(days).ok(),
-        None => number
-            .as_f64()
-            .filter(|days| days.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(days))
-            .map(|days| days as u32),
-    }
+fn whole_days(days: f64) -> Option<u32> {
+    (days.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&days)).then_some(days as u32)
 }
 
 /// Revokes a key: every instance refuses it within a second.

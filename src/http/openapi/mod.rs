@@ -149,7 +149,7 @@ const SOMETIMES_OMITTED: &[(&str, &str)] = &[
 ];
 
 /// Schemas of request bodies: their optional keys may really be left out.
-const REQUEST_BODIES: &[&str] = &["RefreshRequest"];
+const REQUEST_BODIES: &[&str] = &["RefreshRequest", "NewKey"];
 
 /// The whole document: `derived` (from the annotated handlers) with the read models' operations.
 pub fn complete(derived: OpenApi, read_models: Operations) -> OpenApi {
