@@ -295,8 +295,9 @@ CREATE TABLE materialized_view_log (
     -- with base_table_changes to tell whether the base tables changed since.
     snapshot      pg_snapshot,
     -- 'refresh' (REFRESH MATERIALIZED VIEW), 'apply' (the rows of the changed companies recomputed),
-    -- 'rebuild' (a table diffed against its whole definition), 'build' (built anew by a conversion).
-    method        TEXT        CHECK (method IN ('refresh', 'apply', 'rebuild', 'build')),
+    -- 'rebuild' (a table diffed against its whole definition), 'build' (built anew, beside the one
+    -- readers use, by a conversion or a build), 'repair' (the last round of a repair).
+    method        TEXT        CHECK (method IN ('refresh', 'apply', 'rebuild', 'build', 'repair')),
     -- For an apply: the companies recomputed. For an apply or rebuild: rows deleted plus inserted.
     companies_changed BIGINT,
     rows_changed  BIGINT,
@@ -333,6 +334,37 @@ CREATE TABLE base_table_changes (
     company_ids TEXT[]
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_cost_delay = 0);
+
+-- A read model built beside (in prospect_api_staging) and not yet swapped in: the snapshot it was
+-- built from, which the round that swaps it in brings it up from. Written in the build's own
+-- transaction, so a row exists exactly when its table does.
+CREATE TABLE staged_read_models (
+    view_name     TEXT        PRIMARY KEY REFERENCES read_model_catalog (name),
+    snapshot      pg_snapshot NOT NULL,
+    snapshot_time TIMESTAMPTZ NOT NULL,
+    row_count     BIGINT      NOT NULL,
+    staged_at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+
+-- A build or repair in progress, whichever process runs it, as it last reported: written outside
+-- the work's own transactions, so that every instance's /admin/views and /metrics see it. A row
+-- not updated for a minute belongs to a process that stopped.
+CREATE TABLE read_model_work (
+    view_name  TEXT        PRIMARY KEY REFERENCES read_model_catalog (name),
+    kind       TEXT        NOT NULL CHECK (kind IN ('build', 'repair')),
+    phase      TEXT        NOT NULL,
+    -- Progress in `unit`s (companies compared, tuples indexed, ...), when known.
+    done       BIGINT,
+    total      BIGINT,
+    unit       TEXT,
+    -- Repairs: the ranges (chunks) done, and the rows they changed.
+    chunks     BIGINT,
+    rows       BIGINT,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    -- Which process: host name and process id.
+    owner      TEXT        NOT NULL
+);
 
 -- Secrets the API instances share, so that any instance accepts what another one issued.
 -- cursor_hmac signs pagination cursors (two gen_random_uuid() give 244 random bits).
@@ -463,10 +495,15 @@ LANGUAGE sql STABLE SET work_mem = '32MB' SET jit = off AS $$
 $$;
 
 
--- Forgets the changes every view's last refresh already includes.
+-- Forgets the changes every view's last refresh, and every build waiting to be swapped in, already
+-- includes.
 CREATE OR REPLACE FUNCTION prune_base_table_changes() RETURNS VOID
 LANGUAGE sql AS $$
-    WITH seen AS MATERIALIZED (SELECT snapshot FROM last_successful_refreshes())
+    WITH seen AS MATERIALIZED (
+        SELECT snapshot FROM last_successful_refreshes()
+        UNION ALL
+        SELECT snapshot FROM staged_read_models
+    )
     DELETE FROM base_table_changes c
     WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.snapshot IS NULL OR NOT pg_visible_in_snapshot(c.xid, s.snapshot))
 $$;
@@ -610,9 +647,10 @@ END
 $$;
 
 -- For DBAs and pg_cron, in both modes: each materialized view is refreshed as in 0003, then every
--- table-backed read model is rebuilt (diffed against its definition) in one block; a failure is logged
--- and recorded in materialized_view_errors and the rest still runs. It runs as ONE transaction (see
--- 0003 for what that means for locks) and must run in READ COMMITTED, the default.
+-- table-backed read model is rebuilt (diffed against its definition) in one block, except one being
+-- built beside; a failure is logged and recorded in materialized_view_errors and the rest still runs.
+-- It runs as ONE transaction (see 0003 for what that means for locks) and must run in READ
+-- COMMITTED, the default.
 CREATE OR REPLACE FUNCTION refresh_materialized_views(p_trigger TEXT DEFAULT 'sql')
 RETURNS SETOF materialized_view_log
 LANGUAGE plpgsql AS $$
@@ -620,6 +658,7 @@ DECLARE
     model read_models;
     attempt_started TIMESTAMPTZ;
     incremental TEXT[];
+    maintained RECORD;
     message TEXT;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -644,7 +683,11 @@ BEGIN
         attempt_started := clock_timestamp();
         BEGIN
             LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE;
-            RETURN QUERY SELECT * FROM maintain_incremental_read_models(p_trigger, incremental);
+            -- The log rows are read after the round, which inserted them (the round's own
+            -- statement could not see them).
+            FOR maintained IN SELECT * FROM maintain_incremental_read_models(p_trigger, incremental) LOOP
+                RETURN QUERY SELECT * FROM materialized_view_log WHERE id = maintained.log_id;
+            END LOOP;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
             FOR i IN 1 .. cardinality(incremental) LOOP
@@ -656,83 +699,280 @@ END
 $$;
 
 -- ===================================================================================================
--- Maintaining the table-backed read models (mode incremental; 0007).
+-- Maintaining the table-backed read models (mode incremental; 0007, 0014): applies, builds beside, repairs.
 -- ===================================================================================================
 
--- Makes a table-backed read model equal to its definition for the given companies (NULL: all of
--- them), writing only rows that differ, as REFRESH ... CONCURRENTLY does for a whole view: first the
--- rows whose exact image the definition no longer has are deleted, then the definition's rows whose
--- key is now missing are inserted. Readers are never blocked. Returns how many rows of each.
-CREATE OR REPLACE FUNCTION sync_read_model(p_view TEXT, p_companies TEXT[], OUT removed BIGINT, OUT added BIGINT)
+-- Makes a table-backed read model (or p_relation, a table of its shape) equal to its definition
+-- for the given companies, or (p_companies NULL) for the companies with ids in (p_after, p_upto]
+-- (a NULL bound is open; both NULL: every company), writing only rows that differ, as REFRESH ...
+-- CONCURRENTLY does for a whole view: first the rows whose exact image the definition no longer
+-- has are deleted, then the definition's rows whose key is now missing are inserted. Readers are
+-- never blocked. Returns how many rows of each, and the companies of the inserted rows (NULL when
+-- it compared every company).
+CREATE OR REPLACE FUNCTION sync_read_model(
+    p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL, p_after TEXT DEFAULT NULL,
+    p_upto TEXT DEFAULT NULL, OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[])
 LANGUAGE plpgsql AS $$
 DECLARE
     model read_model_catalog;
+    target REGCLASS := COALESCE(p_relation, to_regclass(p_view));
     same_key TEXT;
-    fresh TEXT;
-    table_scope TEXT := '';
+    scope TEXT;
+    fresh TEXT := 'fresh';
+    whole BOOLEAN := p_companies IS NULL AND p_after IS NULL AND p_upto IS NULL;
 BEGIN
     SELECT * INTO STRICT model FROM read_model_catalog WHERE name = p_view;
     SELECT string_agg(format('d.%1$I = t.%1$I', k), ' AND ') INTO same_key FROM unnest(model.key_columns) k;
-    IF p_companies IS NULL THEN
-        fresh := format('%I', model.definition);
+    IF p_companies IS NOT NULL THEN
+        scope := '%1$s.company_id = ANY ($1)';
     ELSE
-        -- The companies' rows are computed first, once: joined to the table inside one plan, the
-        -- planner expects the anti-join to find almost nothing and nests a scan of the companies in
-        -- it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
-        fresh := 'fresh';
-        table_scope := 'AND t.company_id = ANY ($1)';
+        scope := concat_ws(' AND ', 'true', CASE WHEN p_after IS NOT NULL THEN '%1$s.company_id > $2' END,
+                                            CASE WHEN p_upto IS NOT NULL THEN '%1$s.company_id <= $3' END);
     END IF;
+    IF whole THEN
+        -- Joined whole, the definition is better planned as itself than as a materialized scan.
+        fresh := format('%I', model.definition);
+    END IF;
+    -- The scope's rows of the definition are computed first, once: joined to the table inside one
+    -- plan, the planner expects the anti-join to find almost nothing and nests a scan of the
+    -- companies in it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
     -- ROW(...) IS NOT DISTINCT FROM ROW(...) compares every column, NULLs equal: the row image.
     EXECUTE format(
-        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
-         DELETE FROM %1$I t WHERE true %3$s AND NOT EXISTS (
-             SELECT FROM %4$s d WHERE %5$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
-        p_view, model.definition, table_scope, fresh, same_key)
-        USING p_companies;
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s)
+         DELETE FROM %1$s t WHERE %4$s AND NOT EXISTS (
+             SELECT FROM %5$s d WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
+        target, model.definition, format(scope, 'd'), format(scope, 't'), fresh, same_key)
+        USING p_companies, p_after, p_upto;
     GET DIAGNOSTICS removed = ROW_COUNT;
     EXECUTE format(
-        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1))
-         INSERT INTO %1$I SELECT d.* FROM %3$s d WHERE NOT EXISTS (SELECT FROM %1$I t WHERE %4$s)',
-        p_view, model.definition, fresh, same_key)
-        USING p_companies;
-    GET DIAGNOSTICS added = ROW_COUNT;
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s),
+              inserted AS (INSERT INTO %1$s SELECT d.* FROM %4$s d WHERE NOT EXISTS (SELECT FROM %1$s t WHERE %5$s)
+                           RETURNING company_id)
+         SELECT count(*), CASE WHEN $4 THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
+         FROM inserted',
+        target, model.definition, format(scope, 'd'), fresh, same_key)
+        INTO added, companies
+        USING p_companies, p_after, p_upto, whole;
 END
 $$;
 
--- One round of incremental maintenance, in the caller's transaction: every table-backed read model
--- recomputes the rows of the companies changed by transactions that its last snapshot does not see
--- (or, for the models in p_rebuild, when the change record cannot say which companies, or when more
--- than p_rebuild_share of all companies changed, diffs its whole definition), all in this one
--- transaction, and logs
--- this transaction's snapshot for each. Changes this snapshot cannot see (transactions still running)
--- stay in the change record for the next round. Returns one log row per table-backed read model, or
--- none when there was nothing to do.
+-- The changes that a read model whose data reflects p_snapshot has not seen: the companies they
+-- touched, and whether one of them cannot say (a TRUNCATE; also every change, for a model never
+-- synced, whose snapshot is NULL).
+CREATE OR REPLACE FUNCTION pending_companies(p_snapshot pg_snapshot, OUT unknown BOOLEAN, OUT companies TEXT[])
+LANGUAGE sql STABLE AS $$
+    WITH unseen AS MATERIALIZED (
+        SELECT c.company_ids FROM base_table_changes c
+        WHERE p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(c.xid, p_snapshot)
+    )
+    SELECT p_snapshot IS NULL OR COALESCE((SELECT bool_or(u.company_ids IS NULL) FROM unseen u), false),
+           (SELECT COALESCE(array_agg(DISTINCT id), '{}') FROM unseen u, unnest(u.company_ids) id)
+$$;
+
+-- The planner's estimate of the companies (counted when the table was never analyzed).
+CREATE OR REPLACE FUNCTION company_estimate() RETURNS DOUBLE PRECISION
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    estimate DOUBLE PRECISION;
+BEGIN
+    SELECT reltuples INTO estimate FROM pg_class WHERE oid = '"Company"'::regclass;
+    IF estimate < 0 THEN
+        SELECT count(*) INTO estimate FROM "Company";
+    END IF;
+    RETURN GREATEST(estimate, 1);
+END
+$$;
+
+-- The table-backed read models (of p_among, all when NULL) that only a build from their whole
+-- definition can bring up to date: never synced, changed by what the change record cannot
+-- attribute (a TRUNCATE), or with more than p_rebuild_share of all companies changed (past it a
+-- build costs less than recomputing company by company); and those of p_asked that are empty while
+-- their definition is not (loaded with the triggers off). A model built and waiting to be swapped
+-- in is not among them. The changed companies are only counted exactly when their sum with
+-- repeats passes the share (a bulk load records millions).
+CREATE OR REPLACE FUNCTION read_models_to_build(p_rebuild_share DOUBLE PRECISION, p_asked TEXT[] DEFAULT '{}',
+                                     p_among TEXT[] DEFAULT NULL)
+RETURNS SETOF TEXT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    model RECORD;
+    threshold DOUBLE PRECISION := p_rebuild_share * company_estimate();
+    unknown BOOLEAN;
+    touched BIGINT;
+    empty BOOLEAN;
+BEGIN
+    FOR model IN
+        SELECT m.name, m.definition, s.snapshot
+        FROM read_models m JOIN last_successful_refreshes() s ON s.view_name = m.name
+        WHERE m.mode = 'incremental' AND (p_among IS NULL OR m.name = ANY (p_among))
+          AND NOT EXISTS (SELECT 1 FROM staged_read_models b WHERE b.view_name = m.name)
+        ORDER BY m.position
+    LOOP
+        IF model.snapshot IS NULL THEN
+            RETURN NEXT model.name;
+            CONTINUE;
+        END IF;
+        SELECT COALESCE(bool_or(c.company_ids IS NULL), false), COALESCE(sum(cardinality(c.company_ids)), 0)
+        INTO unknown, touched
+        FROM base_table_changes c WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot);
+        IF unknown OR (touched > threshold AND (
+                SELECT count(DISTINCT id) FROM base_table_changes c, unnest(c.company_ids) id
+                WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot)) > threshold) THEN
+            RETURN NEXT model.name;
+        ELSIF model.name = ANY (p_asked) THEN
+            EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %I) AND EXISTS (SELECT 1 FROM %I)',
+                           model.name, model.definition) INTO empty;
+            IF empty THEN
+                RETURN NEXT model.name;
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Drops a build of p_view waiting to be swapped in (a conversion replaces the model anyway; a
+-- build whose catch-up cannot be computed is built again).
+CREATE OR REPLACE FUNCTION discard_staged_build(p_view TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM staged_read_models WHERE view_name = p_view) THEN
+        EXECUTE format('DROP TABLE IF EXISTS prospect_api_staging.%I', p_view);
+        DELETE FROM staged_read_models WHERE view_name = p_view;
+    END IF;
+END
+$$;
+
+-- Builds table-backed read model p_view beside the one readers use, from this transaction's
+-- snapshot: the table in prospect_api_staging filled from its definition, its indexes built after
+-- the load, analyzed, its search words added; recorded in staged_read_models for the next round to
+-- bring up to date and swap in. Run it in a REPEATABLE READ transaction, alone or with the builds
+-- of other models (then all are built from one snapshot), holding the model's lock (lock_key of
+-- read_models) since before the transaction's first statement: rounds leave a locked model alone,
+-- so no round moves its data past this snapshot meanwhile. Returns the rows built, or NULL when the
+-- model is already built and waiting, or its lock is another session's.
+CREATE OR REPLACE FUNCTION build_read_model(p_view TEXT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    model read_models;
+    rows BIGINT;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'repeatable read' THEN
+        RAISE EXCEPTION 'build_read_model() must run in a REPEATABLE READ transaction: its snapshot is what it builds'
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    SELECT * INTO model FROM read_models WHERE name = p_view;
+    IF NOT FOUND OR model.mode IS DISTINCT FROM 'incremental' THEN
+        RAISE EXCEPTION '% is not a table-backed read model', p_view USING ERRCODE = 'wrong_object_type';
+    END IF;
+    -- Advisory locks are reentrant: this succeeds when the caller's session holds the lock. The
+    -- catalog (to_regclass) is read afresh, unlike staged_read_models under this snapshot.
+    IF NOT pg_try_advisory_xact_lock(model.lock_key)
+       OR to_regclass(format('prospect_api_staging.%I', p_view)) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    rows := stage_read_model(p_view, 'incremental', true);
+    PERFORM read_model_synced(p_view, NULL, format('prospect_api_staging.%I', p_view)::regclass);
+    INSERT INTO staged_read_models (view_name, snapshot, snapshot_time, row_count)
+    VALUES (p_view, pg_current_snapshot(), transaction_timestamp(), rows);
+    RETURN rows;
+END
+$$;
+
+-- In a round (the caller holds the maintenance lock, in REPEATABLE READ): brings the staged build
+-- of p_view up to this round's snapshot by recomputing the companies changed since the build's
+-- snapshot. Returns the companies recomputed, the rows deleted plus inserted and the rows it holds
+-- now; or nothing when nothing is staged, or when the build cannot be caught up (a TRUNCATE since:
+-- it is discarded, to be built again).
+CREATE OR REPLACE FUNCTION catch_up_staged_build(p_view TEXT, OUT companies TEXT[], OUT rows_changed BIGINT,
+                                      OUT row_count BIGINT)
+RETURNS SETOF RECORD
+LANGUAGE plpgsql AS $$
+DECLARE
+    staged staged_read_models;
+    pending RECORD;
+    synced RECORD;
+BEGIN
+    SELECT * INTO staged FROM staged_read_models WHERE view_name = p_view;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO pending FROM pending_companies(staged.snapshot);
+    IF pending.unknown THEN
+        PERFORM discard_staged_build(p_view);
+        RETURN;
+    END IF;
+    SELECT * INTO synced
+    FROM sync_read_model(p_view, pending.companies, format('prospect_api_staging.%I', p_view)::regclass);
+    PERFORM read_model_synced(p_view, synced.companies, format('prospect_api_staging.%I', p_view)::regclass);
+    companies := pending.companies;
+    rows_changed := synced.removed + synced.added;
+    row_count := staged.row_count + synced.added - synced.removed;
+    RETURN NEXT;
+END
+$$;
+
+-- Swaps the caught-up build of p_view in for the table readers use. Readers wait from here to the
+-- round's commit: the old table's ACCESS EXCLUSIVE lock is asked for p_lock_timeout at a time.
+CREATE OR REPLACE FUNCTION swap_in_staged_build(p_view TEXT, p_lock_timeout TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM swap_read_model(p_view, 'incremental', 'incremental', p_lock_timeout, 50);
+    DELETE FROM staged_read_models WHERE view_name = p_view;
+END
+$$;
+
+-- One round of incremental maintenance, in the caller's transaction. For each table-backed model:
+-- - 'busy': another session holds its lock (a build beside): left alone;
+-- - 'swapped': built beside and waiting (staged_read_models): brought up to this round's snapshot
+--   and swapped in, last (method 'build');
+-- - 'to_build': only a build beside can bring it up to date (read_models_to_build()): left alone,
+--   for the caller to build; readers keep their data, or the 503 of a model never populated;
+-- - otherwise the rows of the companies changed by transactions that its last snapshot does not see
+--   are recomputed (method 'apply'); the models of p_rebuild are diffed against their whole
+--   definition instead (method 'rebuild': refresh_materialized_views(), for DBAs); those of p_repair
+--   are also compared with their definition for the companies with ids in (p_repair_after,
+--   p_repair_upto] and repaired. 'maintained' when a log row was written, 'unchanged' when a
+--   repaired range changed nothing and nothing was pending.
+-- Each model maintained logs this transaction's snapshot. Changes this snapshot cannot see
+-- (transactions still running) stay in the change record for the next round. p_repair_last: the
+-- repair's last range, whose round logs method 'repair' for the models repaired, with the rows the
+-- whole repair changed (p_repaired_before: those of the earlier ranges, by model name).
 --
 -- One process at a time: the caller holds `LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE`.
 -- In REPEATABLE READ (the applier) the lock must come before the transaction's snapshot (LOCK takes
--- none; a SELECT would), so the snapshot sees every earlier round; then every model reflects exactly
--- that snapshot, and all agree. In READ COMMITTED (refresh_materialized_views()) each statement sees a
--- newer snapshot than the one logged, which only makes data newer than its log says: the changes
--- behind it are not visible in the logged snapshot, so the next round recomputes them anyway.
+-- none; a SELECT would), so the snapshot sees every earlier round; then every model maintained
+-- reflects exactly that snapshot, and all agree. In READ COMMITTED (refresh_materialized_views())
+-- each statement sees a newer snapshot than the one logged, which only makes data newer than its
+-- log says: the changes behind it are not visible in the logged snapshot, so the next round
+-- recomputes them anyway.
 CREATE OR REPLACE FUNCTION maintain_incremental_read_models(
-    p_trigger TEXT, p_rebuild TEXT[] DEFAULT '{}', p_rebuild_share DOUBLE PRECISION DEFAULT 1)
-RETURNS SETOF materialized_view_log
+    p_trigger TEXT, p_rebuild TEXT[] DEFAULT '{}', p_rebuild_share DOUBLE PRECISION DEFAULT 1,
+    p_repair TEXT[] DEFAULT '{}', p_repair_after TEXT DEFAULT NULL, p_repair_upto TEXT DEFAULT NULL,
+    p_repair_last BOOLEAN DEFAULT false, p_repaired_before JSONB DEFAULT '{}',
+    p_swap_lock_timeout TEXT DEFAULT '500ms')
+RETURNS TABLE (view_name TEXT, outcome TEXT, log_id BIGINT, method TEXT, started_at TIMESTAMPTZ,
+               duration_ms BIGINT, row_count BIGINT, rows_changed BIGINT, companies_changed BIGINT,
+               repaired BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
     models TEXT[];
+    busy TEXT[] := '{}';
+    building TEXT[];
     snapshot_time TIMESTAMPTZ;
     snapshot_xids pg_snapshot;
     pending BIGINT;
-    unknown BOOLEAN;
-    never_synced BOOLEAN;
     companies TEXT[];
-    rebuild_all BOOLEAN;
-    all_companies DOUBLE PRECISION;
     v TEXT;
     how TEXT;
+    caught_up RECORD;
+    swaps JSONB := '{}';
+    synced RECORD;
     removed BIGINT;
     added BIGINT;
+    inserted TEXT[];
+    fixed BIGINT;
     rows BIGINT;
+    logged materialized_view_log;
 BEGIN
     -- The snapshot's time, never later than the snapshot: in REPEATABLE READ the transaction began
     -- before its snapshot was taken; in READ COMMITTED the next statement takes a newer one.
@@ -743,7 +983,16 @@ BEGIN
     END IF;
     SELECT pg_current_snapshot() INTO snapshot_xids;
 
-    SELECT array_agg(name ORDER BY position) INTO models FROM read_models WHERE mode = 'incremental';
+    FOR v IN SELECT name FROM read_models WHERE mode = 'incremental' ORDER BY position LOOP
+        IF pg_try_advisory_xact_lock(view_refresh_lock_key(v)) THEN
+            models := array_append(models, v);
+        ELSE
+            busy := array_append(busy, v);
+        END IF;
+    END LOOP;
+    RETURN QUERY SELECT b, 'busy', NULL::bigint, NULL, NULL::timestamptz, NULL::bigint, NULL::bigint,
+                        NULL::bigint, NULL::bigint, NULL::bigint
+                 FROM unnest(busy) b;
     IF models IS NULL THEN
         RETURN;
     END IF;
@@ -754,51 +1003,101 @@ BEGIN
     FROM last_successful_refreshes() s JOIN materialized_view_log l ON l.id = s.log_id
     WHERE s.view_name = ANY (models);
 
+    -- Builds waiting are caught up first; their swaps wait for the end, so that readers wait least.
+    FOREACH v IN ARRAY models LOOP
+        SELECT * INTO caught_up FROM catch_up_staged_build(v);
+        IF FOUND THEN
+            swaps := swaps || jsonb_build_object(v, jsonb_build_object(
+                'companies', cardinality(caught_up.companies), 'rows_changed', caught_up.rows_changed,
+                'row_count', caught_up.row_count));
+        END IF;
+    END LOOP;
+    models := ARRAY(SELECT m FROM unnest(models) m WHERE NOT swaps ? m);
+    building := ARRAY(SELECT b FROM read_models_to_build(p_rebuild_share, '{}', models) b
+                      WHERE b <> ALL (p_rebuild));
+    RETURN QUERY SELECT b, 'to_build', NULL::bigint, NULL, NULL::timestamptz, NULL::bigint, NULL::bigint,
+                        NULL::bigint, NULL::bigint, NULL::bigint
+                 FROM unnest(building) b;
+    models := ARRAY(SELECT m FROM unnest(models) m WHERE m <> ALL (building));
+
     WITH seen AS MATERIALIZED (
         SELECT snapshot FROM last_successful_refreshes()
-        WHERE view_name = ANY (models) AND snapshot IS NOT NULL
+        WHERE last_successful_refreshes.view_name = ANY (models) AND snapshot IS NOT NULL
     ), unseen AS (
         SELECT c.company_ids FROM base_table_changes c
         WHERE EXISTS (SELECT 1 FROM seen s WHERE NOT pg_visible_in_snapshot(c.xid, s.snapshot))
     )
     SELECT (SELECT count(*) FROM unseen),
-           (SELECT COALESCE(bool_or(company_ids IS NULL), false) FROM unseen),
            (SELECT COALESCE(array_agg(DISTINCT id), '{}') FROM unseen, unnest(company_ids) id)
-    INTO pending, unknown, companies;
-    SELECT EXISTS (SELECT 1 FROM last_successful_refreshes()
-                   WHERE view_name = ANY (models) AND snapshot IS NULL)
-    INTO never_synced;
-
-    IF pending = 0 AND NOT never_synced AND cardinality(p_rebuild) = 0 THEN
+    INTO pending, companies;
+    IF pending = 0 AND cardinality(p_rebuild) = 0 AND cardinality(p_repair) = 0 AND swaps = '{}' THEN
         RETURN;
     END IF;
-    -- Past this share of all companies, diffing the whole definitions costs less than recomputing
-    -- company by company (measured: bench/README.md). The planner's estimate of the company count is
-    -- enough here; a table never analyzed has none, and is counted.
-    SELECT reltuples INTO all_companies FROM pg_class WHERE oid = '"Company"'::regclass;
-    IF all_companies < 0 THEN
-        SELECT count(*) INTO all_companies FROM "Company";
-    END IF;
-    rebuild_all := unknown OR never_synced
-        OR cardinality(companies) > p_rebuild_share * GREATEST(all_companies, 1);
 
     FOREACH v IN ARRAY models LOOP
-        IF rebuild_all OR v = ANY (p_rebuild) THEN
+        fixed := NULL;
+        inserted := '{}';
+        IF v = ANY (p_rebuild) THEN
             how := 'rebuild';
-            SELECT s.removed, s.added INTO removed, added FROM sync_read_model(v, NULL) s;
+            SELECT * INTO synced FROM sync_read_model(v, NULL);
+            removed := synced.removed;
+            added := synced.added;
+            inserted := NULL;
             EXECUTE format('SELECT count(*) FROM %I', v) INTO rows;
         ELSE
             how := 'apply';
-            SELECT s.removed, s.added INTO removed, added FROM sync_read_model(v, companies) s;
-            SELECT l.row_count + added - removed INTO rows FROM last_successful_refreshes() l WHERE l.view_name = v;
+            removed := 0;
+            added := 0;
+            IF pending > 0 THEN
+                SELECT * INTO synced FROM sync_read_model(v, companies);
+                removed := synced.removed;
+                added := synced.added;
+                inserted := synced.companies;
+            END IF;
+            IF v = ANY (p_repair) THEN
+                SELECT * INTO synced FROM sync_read_model(v, NULL, NULL, p_repair_after, p_repair_upto);
+                fixed := synced.removed + synced.added;
+                removed := removed + synced.removed;
+                added := added + synced.added;
+                inserted := inserted || synced.companies;
+                IF p_repair_last OR pending = 0 THEN
+                    how := 'repair';
+                END IF;
+            END IF;
+            IF pending = 0 AND COALESCE(fixed, 0) = 0 AND NOT (p_repair_last AND v = ANY (p_repair)) THEN
+                IF fixed IS NOT NULL THEN
+                    RETURN QUERY SELECT v, 'unchanged', NULL::bigint, 'repair', NULL::timestamptz,
+                                        NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, 0::bigint;
+                END IF;
+                CONTINUE;
+            END IF;
+            SELECT l.row_count + added - removed INTO rows
+            FROM last_successful_refreshes() l WHERE l.view_name = v;
         END IF;
-        PERFORM read_model_synced(v, CASE how WHEN 'apply' THEN companies END);
-        RETURN QUERY
-            INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at,
+        PERFORM read_model_synced(v, inserted);
+        INSERT INTO materialized_view_log AS l (view_name, trigger, status, method, started_at, finished_at,
                                                row_count, snapshot, companies_changed, rows_changed)
-            VALUES (v, p_trigger, 'ok', how, snapshot_time, clock_timestamp(), rows, snapshot_xids,
-                    CASE how WHEN 'apply' THEN cardinality(companies) END, removed + added)
-            RETURNING *;
+        VALUES (v, p_trigger, 'ok', how, snapshot_time, clock_timestamp(), rows, snapshot_xids,
+                CASE how WHEN 'rebuild' THEN NULL ELSE cardinality(companies) END,
+                removed + added + CASE WHEN how = 'repair' AND p_repair_last
+                                       THEN COALESCE((p_repaired_before ->> v)::bigint, 0) ELSE 0 END)
+        RETURNING * INTO logged;
+        RETURN QUERY SELECT v, 'maintained', logged.id, how, logged.started_at, logged.duration_ms,
+                            logged.row_count, logged.rows_changed, logged.companies_changed, fixed;
+    END LOOP;
+
+    -- Last, the swaps, in the catalog's order: readers of a swapped model wait from its swap to this
+    -- round's commit.
+    FOR v IN SELECT name FROM read_models WHERE swaps ? name ORDER BY position LOOP
+        PERFORM swap_in_staged_build(v, p_swap_lock_timeout);
+        INSERT INTO materialized_view_log AS l (view_name, trigger, status, method, started_at, finished_at,
+                                               row_count, snapshot, companies_changed, rows_changed)
+        VALUES (v, p_trigger, 'ok', 'build', snapshot_time, clock_timestamp(),
+                (swaps -> v ->> 'row_count')::bigint, snapshot_xids, (swaps -> v ->> 'companies')::bigint,
+                (swaps -> v ->> 'rows_changed')::bigint)
+        RETURNING * INTO logged;
+        RETURN QUERY SELECT v, 'swapped', logged.id, 'build', logged.started_at, logged.duration_ms,
+                            logged.row_count, logged.rows_changed, logged.companies_changed, NULL::bigint;
     END LOOP;
     PERFORM prune_base_table_changes();
 END
@@ -922,9 +1221,10 @@ BEGIN
 END
 $$;
 
--- As in 0007: converts one read model to p_mode, or rebuilds it from its definition when it is not
--- built from it; does nothing when it is current. The new relation is built beside the old one,
--- which keeps serving (stage_read_model), and then swapped in (swap_read_model).
+-- Converts one read model to p_mode, or rebuilds it from its definition when it is not built from
+-- it; does nothing when it is current. The new relation is built beside the old one, which keeps
+-- serving (stage_read_model), its search words are added, and it is swapped in (swap_read_model):
+-- readers wait only for the swap. A build of the model waiting to be swapped in is dropped.
 --
 -- Run it in its own READ COMMITTED transaction. It holds the read model's refresh lock and the
 -- incremental maintenance lock throughout, so no refresh or apply runs meanwhile; the snapshot it logs
@@ -971,6 +1271,7 @@ BEGIN
     IF read_model_is_current(p_view, p_mode) THEN
         RETURN;
     END IF;
+    PERFORM discard_staged_build(p_view);
     SELECT * INTO model FROM read_models WHERE name = p_view;
     with_data := p_mode = 'incremental' OR model.populated;
 
@@ -978,9 +1279,11 @@ BEGIN
     snapshot_time := clock_timestamp();
     snapshot_xids := pg_current_snapshot();
     rows := stage_read_model(p_view, p_mode, with_data);
+    IF with_data THEN
+        PERFORM read_model_synced(p_view, NULL, format('prospect_api_staging.%I', p_view)::regclass);
+    END IF;
     SELECT * INTO swap FROM swap_read_model(p_view, model.mode, p_mode, p_swap_lock_timeout, p_swap_attempts);
     IF with_data THEN
-        PERFORM read_model_synced(p_view, NULL);
         INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, finished_at, row_count, snapshot)
         VALUES (p_view, 'migrate', 'ok', 'build', snapshot_time, clock_timestamp(), rows, snapshot_xids)
         RETURNING id INTO logged;
@@ -1004,23 +1307,32 @@ CREATE TABLE search_vocabulary (
 );
 CREATE INDEX search_vocabulary_trigrams ON search_vocabulary USING gin (word gin_trgm_ops);
 
--- Adds the words of the given companies' rows (NULL: every row) to the vocabulary.
-CREATE OR REPLACE FUNCTION add_search_vocabulary(p_companies TEXT[]) RETURNS VOID
-LANGUAGE sql AS $$
-    INSERT INTO search_vocabulary (word)
-    SELECT DISTINCT substr(w, 2)
-    FROM prospect_search_view v, unnest(tsvector_to_array(v.search_vector)) w
-    WHERE (p_companies IS NULL OR v.company_id = ANY (p_companies)) AND left(w, 1) <> 'e' AND length(w) >= 5
-    ON CONFLICT DO NOTHING
+-- Adds the words of the given companies' rows (NULL: every row) of p_relation (the search view, or
+-- a table or materialized view of its shape) to the vocabulary. (A regclass default naming the view
+-- would make the function depend on it, and the view could not be swapped.)
+CREATE OR REPLACE FUNCTION add_search_vocabulary(p_companies TEXT[], p_relation REGCLASS)
+RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format(
+        'INSERT INTO search_vocabulary (word)
+         SELECT DISTINCT substr(w, 2)
+         FROM %s v, unnest(tsvector_to_array(v.search_vector)) w
+         WHERE ($1::text[] IS NULL OR v.company_id = ANY ($1)) AND left(w, 1) <> ''e'' AND length(w) >= 5
+         ON CONFLICT DO NOTHING', p_relation)
+        USING p_companies;
+END
 $$;
 
 -- What follows a read model's rows besides its readers, called by every path that changes them
--- (p_companies: the companies whose rows changed; NULL: any).
-CREATE OR REPLACE FUNCTION read_model_synced(p_view TEXT, p_companies TEXT[]) RETURNS VOID
+-- (p_companies: the companies whose rows were inserted; NULL: any), on the relation readers use or
+-- on p_relation, one of its shape about to replace it.
+CREATE OR REPLACE FUNCTION read_model_synced(p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL)
+RETURNS VOID
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_view = 'prospect_search_view' AND to_regclass('prospect_search_view') IS NOT NULL THEN
-        PERFORM add_search_vocabulary(p_companies);
+    IF p_view = 'prospect_search_view' AND COALESCE(p_relation, to_regclass(p_view)) IS NOT NULL THEN
+        PERFORM add_search_vocabulary(p_companies, COALESCE(p_relation, to_regclass(p_view)));
     END IF;
 END
 $$;

@@ -8,6 +8,7 @@ use crate::db::prepare_database;
 use crate::progress::Progress;
 use crate::refresh::{self, RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger};
 use crate::seed::{self, SeedOptions};
+use crate::views::ViewName;
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let pool = prepare_database(&args.database).await?;
@@ -32,12 +33,19 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 pub async fn refresh(args: RefreshArgs) -> anyhow::Result<()> {
     let pool = prepare_database(&args.database).await?;
-    let reports = match args.view {
-        Some(view) => {
-            vec![refresh::refresh_view(&pool, view, RefreshTrigger::Cli, &args.refresh).await?]
-        }
-        None => refresh::refresh_all(&pool, RefreshTrigger::Cli, &args.refresh).await?,
+    let views = match args.view {
+        Some(view) => vec![view],
+        None => ViewName::ALL.to_vec(),
     };
+    let progress = Progress::new("refresh");
+    let reports = refresh::refresh_views_reporting(
+        &pool,
+        &views,
+        RefreshTrigger::Cli,
+        &args.refresh,
+        &progress,
+    )
+    .await?;
     for report in &reports {
         println!("{}", describe(report));
     }
@@ -64,8 +72,15 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
         options.seed
     );
     if !args.no_refresh {
-        for report in
-            refresh::refresh_all(&pool, RefreshTrigger::Cli, &args.refresh_settings).await?
+        let progress = Progress::new("refresh");
+        for report in refresh::refresh_views_reporting(
+            &pool,
+            &ViewName::ALL,
+            RefreshTrigger::Cli,
+            &args.refresh_settings,
+            &progress,
+        )
+        .await?
         {
             println!("{}", describe(&report));
         }
@@ -85,6 +100,13 @@ fn describe(report: &RefreshReport) -> String {
             match (report.method, report.rows_changed) {
                 (Some(RefreshMethod::Rebuild), Some(changed)) =>
                     format!("table rebuilt, {changed} rows changed"),
+                (Some(RefreshMethod::Build), _) => format!(
+                    "table built beside and swapped in, {} rows changed while it was built",
+                    report.rows_changed.unwrap_or_default()
+                ),
+                (Some(RefreshMethod::Repair), Some(changed)) => format!(
+                    "table compared with its definition and repaired, {changed} rows changed"
+                ),
                 (Some(RefreshMethod::Apply), Some(changed)) =>
                     format!("changes applied, {changed} rows changed"),
                 _ => "materialized view refreshed".to_owned(),

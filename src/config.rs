@@ -95,11 +95,18 @@ pub struct RefreshSettings {
     #[arg(long, env = "REFRESH_WORK_MEM", default_value = "256MB", value_parser = parse_pg_memory)]
     pub refresh_work_mem: String,
 
-    /// In incremental mode, a round in which more than this share of all companies changed rebuilds
-    /// the tables in full (a diff against the whole definitions, as a scheduled rebuild does) instead
-    /// of recomputing company by company: past it, the full diff costs less (bench/README.md).
+    /// In incremental mode, a table in which more than this share of all companies changed since its
+    /// last round is built anew beside the one readers use (from its whole definition, indexes built
+    /// after the load) instead of being recomputed company by company: past it, the build costs less
+    /// (bench/README.md).
     #[arg(long, env = "INCREMENTAL_REBUILD_SHARE", default_value = "0.05", value_parser = parse_share)]
     pub incremental_rebuild_share: f64,
+
+    /// statement_timeout of a build beside (incremental mode): a table built from its whole definition
+    /// while readers keep the old one, which takes minutes at tens of millions of rows; past this it
+    /// is cancelled (and tried again later). 0: no limit.
+    #[arg(long, env = "REFRESH_BUILD_TIMEOUT", default_value = "2h", value_parser = parse_duration)]
+    pub refresh_build_timeout: Duration,
 }
 
 /// How the read models are kept fresh; `migrate` and `serve` convert them to it.

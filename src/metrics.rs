@@ -93,6 +93,31 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Seconds since the snapshot of the data the view serves.",
     ),
     (
+        "view_work_in_progress",
+        Kind::Gauge,
+        "1 while a build beside (kind=build) or a repair (kind=repair) of the view runs in any process, else 0 (incremental mode).",
+    ),
+    (
+        "view_work_done",
+        Kind::Gauge,
+        "How far the view's build or repair is, in its unit (tuples indexed, companies compared); 0 when none runs.",
+    ),
+    (
+        "view_work_total",
+        Kind::Gauge,
+        "The total of view_work_done's unit for the build or repair that runs; 0 when none runs or it is not known.",
+    ),
+    (
+        "view_work_chunks",
+        Kind::Gauge,
+        "Ranges of companies the view's running repair has compared; 0 when none runs.",
+    ),
+    (
+        "view_work_rows",
+        Kind::Gauge,
+        "Rows the view's running repair has deleted plus inserted; 0 when none runs.",
+    ),
+    (
         "refresh_notifications_total",
         Kind::Counter,
         "Base-table changes seen: notifications received (REFRESH_NOTIFY) or changes found by polling.",
@@ -250,13 +275,29 @@ pub struct RefreshObservation {
     pub rows_changed: Option<i64>,
 }
 
-/// What the database says about one view, for the freshness and mode gauges.
+/// What the database says about one view, for the freshness, mode and work gauges.
 pub struct ViewFreshness {
     pub view: ViewName,
     pub mode: Option<Mode>,
     pub last_success_unix: Option<f64>,
     pub age_seconds: Option<f64>,
+    /// A build or repair in progress in any process.
+    pub work: Option<WorkGauges>,
 }
+
+/// A build or repair in progress, as its gauges show it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkGauges {
+    /// `build` or `repair`.
+    pub kind: &'static str,
+    pub done: Option<i64>,
+    pub total: Option<i64>,
+    pub chunks: Option<i64>,
+    pub rows: Option<i64>,
+}
+
+/// The kinds of work `view_work_in_progress` tells apart.
+const WORK_KINDS: [&str; 2] = ["build", "repair"];
 
 /// This instance's response cache (src/http/response_cache.rs), read at scrape time.
 #[derive(Debug, Default)]
@@ -449,7 +490,27 @@ impl Metrics {
                 self.gauge("view_data_age_seconds", view_label(view.view))
                     .set(age);
             }
+            self.set_work(view.view, view.work.as_ref());
         }
+    }
+
+    /// The work gauges of one view: set to 0 when none runs, so that a finished one does not linger.
+    fn set_work(&self, view: ViewName, work: Option<&WorkGauges>) {
+        for kind in WORK_KINDS {
+            let labels = vec![Label::new("view", view.as_str()), Label::new("kind", kind)];
+            let running = work.is_some_and(|w| w.kind == kind);
+            self.gauge("view_work_in_progress", labels)
+                .set(f64::from(u8::from(running)));
+        }
+        let figure = |value: Option<i64>| value.unwrap_or(0) as f64;
+        self.gauge("view_work_done", view_label(view))
+            .set(figure(work.and_then(|w| w.done)));
+        self.gauge("view_work_total", view_label(view))
+            .set(figure(work.and_then(|w| w.total)));
+        self.gauge("view_work_chunks", view_label(view))
+            .set(figure(work.and_then(|w| w.chunks)));
+        self.gauge("view_work_rows", view_label(view))
+            .set(figure(work.and_then(|w| w.rows)));
     }
 
     fn set_response_cache(&self, cache: &ResponseCacheFigures) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use super::watch::{self, Activity};
 use crate::config::{RefreshSettings, pg_duration};
 use crate::db::set_local;
 use crate::progress::{Progress, Step, thousands};
@@ -60,9 +61,7 @@ async fn convert(
 ) -> Result<Conversion, sqlx::Error> {
     let expected = expected_build(pool, view).await?;
     let mut tx = pool.begin().await?;
-    let backend = sqlx::query_scalar!(r#"SELECT pg_backend_pid() AS "pid!""#)
-        .fetch_one(&mut *tx)
-        .await?;
+    let backend = watch::backend_pid(&mut tx).await?;
     // A refresh or incremental round running elsewhere is waited for as long as one may run.
     let wait = pg_duration(settings.refresh_statement_timeout);
     let local = [
@@ -81,7 +80,7 @@ async fn convert(
     .fetch_optional(&mut *tx);
     let built = tokio::select! {
         built = converting => built?,
-        never = watch(pool, backend, view, &expected, progress) => match never {},
+        never = report_phases(pool, backend, view, &expected, progress) => match never {},
     };
     tx.commit().await?;
     let conversion = match built {
@@ -110,12 +109,15 @@ async fn convert(
 }
 
 /// What the last full build of a view (a refresh, rebuild or conversion) says about the next one.
-struct ExpectedBuild {
-    rows: Option<i64>,
-    took: Option<Duration>,
+pub(super) struct ExpectedBuild {
+    pub rows: Option<i64>,
+    pub took: Option<Duration>,
 }
 
-async fn expected_build(pool: &PgPool, view: ViewName) -> Result<ExpectedBuild, sqlx::Error> {
+pub(super) async fn expected_build(
+    pool: &PgPool,
+    view: ViewName,
+) -> Result<ExpectedBuild, sqlx::Error> {
     let last = sqlx::query!(
         r#"SELECT row_count, duration_ms FROM materialized_view_log
            WHERE view_name = $1 AND status = 'ok' AND method IN ('refresh', 'rebuild', 'build')
@@ -133,8 +135,8 @@ async fn expected_build(pool: &PgPool, view: ViewName) -> Result<ExpectedBuild, 
 }
 
 /// Reports what `backend` is doing every `SAMPLE_EVERY`, until the conversion ends (and this future
-/// is dropped). A sample that fails is skipped: progress is never worth failing a migration for.
-async fn watch(
+/// is dropped).
+async fn report_phases(
     pool: &PgPool,
     backend: i32,
     view: ViewName,
@@ -149,19 +151,7 @@ async fn watch(
     let mut built = false;
     loop {
         tokio::time::sleep(SAMPLE_EVERY).await;
-        let Ok(Some(sample)) = sqlx::query!(
-            r#"SELECT a.wait_event_type, i.phase AS "index_phase?", i.blocks_done AS "blocks_done?",
-                      i.blocks_total AS "blocks_total?", i.tuples_done AS "tuples_done?",
-                      i.tuples_total AS "tuples_total?", z.phase AS "analyze_phase?"
-               FROM pg_stat_activity a
-               LEFT JOIN pg_stat_progress_create_index i ON i.pid = a.pid
-               LEFT JOIN pg_stat_progress_analyze z ON z.pid = a.pid
-               WHERE a.pid = $1"#,
-            backend
-        )
-        .fetch_optional(pool)
-        .await
-        else {
+        let Some(activity) = watch::sample(pool, backend).await else {
             continue;
         };
         let mut step = Step {
@@ -176,28 +166,24 @@ async fn watch(
                 .and_then(|took| took.checked_sub(started.elapsed())),
             ..Step::default()
         };
-        if let Some(phase) = sample.index_phase {
-            built = true;
-            step.phase = format!("{view}: building indexes");
-            step.detail = Some(phase);
-            let blocks = (sample.blocks_done, sample.blocks_total);
-            let tuples = (sample.tuples_done, sample.tuples_total);
-            (step.done, step.unit) = match (blocks, tuples) {
-                (_, (Some(done), Some(total))) if total > 0 => {
-                    (Some((done as u64, total as u64)), "tuples")
-                }
-                ((Some(done), Some(total)), _) if total > 0 => {
-                    (Some((done as u64, total as u64)), "blocks")
-                }
-                _ => (None, ""),
-            };
-        } else if sample.analyze_phase.is_some() {
-            built = true;
-            step.phase = format!("{view}: analyzing");
-        } else if sample.wait_event_type.as_deref() == Some("Lock") {
-            step.phase = format!("{view}: waiting for a lock");
-            step.detail =
-                Some("a refresh elsewhere, or readers of the relation being swapped".to_owned());
+        match activity {
+            Activity::Working => {}
+            Activity::Indexing { phase, done, unit } => {
+                built = true;
+                step.phase = format!("{view}: building indexes");
+                step.detail = Some(phase);
+                (step.done, step.unit) = (done, unit);
+            }
+            Activity::Analyzing => {
+                built = true;
+                step.phase = format!("{view}: analyzing");
+            }
+            Activity::WaitingForLock => {
+                step.phase = format!("{view}: waiting for a lock");
+                step.detail = Some(
+                    "a refresh elsewhere, or readers of the relation being swapped".to_owned(),
+                );
+            }
         }
         progress.report(&step);
     }

@@ -1,18 +1,16 @@
 //! Maintaining the table-backed read models (mode `incremental`): one round brings every one of them up
 //! to date in one REPEATABLE READ transaction, so they all reflect the same snapshot (`/companies`
 //! counts and `/prospects` rows agree), and logs that snapshot for each. A round applies the pending
-//! changes per company, or diffs whole definitions when asked to rebuild (or when the change record
-//! cannot say which companies changed, or too many did): see `maintain_incremental_read_models()` in
-//! migration 0007.
+//! changes per company, swaps in the models built beside (`build`), compares one range of companies
+//! with the definitions when a repair asks it to (`repair`), and says which models only a build can
+//! bring up to date: see `maintain_incremental_read_models()` in migration 0014.
 //!
 //! One process at a time maintains them: the round locks `read_model_catalog` before its first
 //! snapshot-taking statement (`LOCK` takes none), so its snapshot sees every earlier round. The lock is
 //! taken NOWAIT: while another process holds it, an apply has nothing to do here (that process is
-//! applying, and the next poll looks again) and a rebuild waits its turn.
+//! applying, and the next poll looks again) and a repair's range waits for the next turn.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::PgPool;
 
 use super::report::{
@@ -20,43 +18,68 @@ use super::report::{
 };
 use crate::config::{RefreshSettings, pg_duration};
 use crate::db::set_local;
-use crate::views::ViewName;
+use crate::views::{PerView, ViewName};
 
-/// How often a rebuild that found the lock taken tries again.
-const RETRY_LOCK_EVERY: Duration = Duration::from_millis(100);
+/// One range of a repair: the companies with ids in `(after, upto]` (an open bound when `None`).
+#[derive(Debug, Clone, Default)]
+pub struct RepairRange {
+    pub views: Vec<ViewName>,
+    pub after: Option<String>,
+    pub upto: Option<String>,
+    /// The repair's last range: its round logs method `repair` with the rows the whole repair
+    /// changed (`repaired_before`: those of the earlier ranges).
+    pub last: bool,
+    pub repaired_before: PerView<i64>,
+}
 
-/// One round: the pending changes applied to every table-backed view, and the views in `rebuild`
-/// diffed against their whole definition, in one transaction. Returns a report per table-backed view,
-/// or none when there was nothing to do (or, for a plain apply, another process is applying).
+/// What a round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The models brought up to date (applied, repaired, swapped in), or failed.
+    pub reports: Vec<RefreshReport>,
+    /// Left alone: only a build beside can bring them up to date.
+    pub to_build: Vec<ViewName>,
+    /// Left alone: another session holds their lock (a build beside).
+    pub busy: Vec<ViewName>,
+    /// Rows the repair's range deleted plus inserted, per model.
+    pub repaired: PerView<i64>,
+    /// Another process held the maintenance lock: nothing was done.
+    pub locked_elsewhere: bool,
+}
+
+impl Round {
+    pub fn failed(&self) -> bool {
+        self.reports
+            .iter()
+            .any(|r| r.status == RefreshStatus::Error)
+    }
+}
+
+/// One round: the pending changes applied to every table-backed view, builds waiting swapped in,
+/// and `repair`'s range compared with the definitions, in one transaction.
 ///
 /// A failed round is rolled back (the tables keep serving what they had, and the change record keeps
 /// every change for the next round) and recorded for every table-backed view: `Ok` with status
 /// `error`. `Err` means the outcome could not even be recorded.
-#[tracing::instrument(skip(pool, settings), fields(trigger = %trigger))]
+#[tracing::instrument(skip_all, fields(trigger = %trigger))]
 pub async fn round(
     pool: &PgPool,
     trigger: RefreshTrigger,
-    rebuild: &[ViewName],
+    repair: Option<&RepairRange>,
     settings: &RefreshSettings,
-) -> Result<Vec<RefreshReport>, sqlx::Error> {
-    // A rebuild compares this with the log, so it comes from the database's clock; a plain apply
-    // only records it if it fails, as a refresh does, and saves the round trip.
-    let requested_at = if rebuild.is_empty() {
-        Utc::now()
-    } else {
-        database_clock(pool).await?
-    };
-    match round_when_free(pool, trigger, rebuild, settings, requested_at).await {
-        Ok(reports) => {
-            if !reports.is_empty() {
+) -> Result<Round, sqlx::Error> {
+    let requested_at = Utc::now();
+    match try_round(pool, trigger, repair, settings).await {
+        Ok(round) => {
+            if !round.reports.is_empty() {
                 tracing::info!(
-                    views = reports.len(),
-                    rows_changed = reports.iter().filter_map(|r| r.rows_changed).sum::<i64>(),
-                    duration_ms = ?reports.last().and_then(|r| r.duration_ms),
+                    views = round.reports.len(),
+                    rows_changed = round.reports.iter().filter_map(|r| r.rows_changed).sum::<i64>(),
+                    duration_ms = ?round.reports.last().and_then(|r| r.duration_ms),
                     "incremental round finished"
                 );
             }
-            Ok(reports)
+            Ok(round)
         }
         Err(error) => {
             let message = database_message(&error);
@@ -65,44 +88,20 @@ pub async fn round(
             for view in incremental_views(pool).await? {
                 reports.push(record_failure(pool, view, trigger, requested_at, &message).await?);
             }
-            Ok(reports)
+            Ok(Round {
+                reports,
+                ..Round::default()
+            })
         }
     }
 }
 
-/// Runs the round once the lock is free. A plain apply does not wait: whoever holds the lock is
-/// applying the same changes. A rebuild waits (up to the statement timeout), then skips the views
-/// another process rebuilt after it was requested.
-async fn round_when_free(
-    pool: &PgPool,
-    trigger: RefreshTrigger,
-    rebuild: &[ViewName],
-    settings: &RefreshSettings,
-    requested_at: DateTime<Utc>,
-) -> Result<Vec<RefreshReport>, sqlx::Error> {
-    let give_up = tokio::time::Instant::now() + settings.refresh_statement_timeout;
-    loop {
-        match try_round(pool, trigger, rebuild, settings, requested_at).await? {
-            Some(reports) => return Ok(reports),
-            None if rebuild.is_empty() => return Ok(Vec::new()),
-            None if tokio::time::Instant::now() >= give_up => {
-                return Err(sqlx::Error::Protocol(
-                    "another process kept the incremental maintenance lock past REFRESH_STATEMENT_TIMEOUT".into(),
-                ));
-            }
-            None => tokio::time::sleep(RETRY_LOCK_EVERY).await,
-        }
-    }
-}
-
-/// `None`: another process holds the lock.
 async fn try_round(
     pool: &PgPool,
     trigger: RefreshTrigger,
-    rebuild: &[ViewName],
+    repair: Option<&RepairRange>,
     settings: &RefreshSettings,
-    requested_at: DateTime<Utc>,
-) -> Result<Option<Vec<RefreshReport>>, sqlx::Error> {
+) -> Result<Round, sqlx::Error> {
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await?;
@@ -114,7 +113,10 @@ async fn try_round(
             if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
         {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Round {
+                locked_elsewhere: true,
+                ..Round::default()
+            });
         }
         locked => locked?,
     };
@@ -127,77 +129,62 @@ async fn try_round(
         ("jit", "off"),
     ];
     set_local(&mut tx, &local).await?;
-    let still = if rebuild.is_empty() {
-        Vec::new()
-    } else {
-        still_to_rebuild(&mut tx, rebuild, requested_at).await?
-    };
-    let logged = sqlx::query!(
-        r#"SELECT id AS "id!", view_name AS "view_name!", method, started_at AS "started_at!",
-                  duration_ms, row_count, rows_changed, companies_changed
-           FROM maintain_incremental_read_models($1, $2, $3)"#,
+    let no_repair = RepairRange::default();
+    let range = repair.unwrap_or(&no_repair);
+    let repair_views: Vec<&str> = range.views.iter().map(|v| v.as_str()).collect();
+    let repaired_before = serde_json::Value::Object(
+        range
+            .repaired_before
+            .iter()
+            .map(|(view, rows)| (view.as_str().to_owned(), (*rows).into()))
+            .collect(),
+    );
+    let rows = sqlx::query!(
+        r#"SELECT view_name AS "view_name!", outcome AS "outcome!", log_id, method, started_at,
+                  duration_ms, row_count, rows_changed, companies_changed, repaired
+           FROM maintain_incremental_read_models($1, '{}', $2, $3, $4, $5, $6, $7)"#,
         trigger.as_str(),
-        &still,
         settings.incremental_rebuild_share,
+        &repair_views as &[&str],
+        range.after.as_deref(),
+        range.upto.as_deref(),
+        range.last,
+        repaired_before,
     )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut reports: Vec<RefreshReport> = logged
-        .into_iter()
-        .filter_map(|row| {
-            Some(RefreshReport {
-                view: row.view_name.parse().ok()?,
-                status: RefreshStatus::Ok,
-                method: row.method.as_deref().and_then(RefreshMethod::parse),
-                started_at: row.started_at,
-                duration_ms: row.duration_ms,
-                rows: row.row_count,
-                rows_changed: row.rows_changed,
-                companies_changed: row.companies_changed,
-                error: None,
-                log_id: Some(row.id),
-            })
-        })
-        .collect();
-    // What was asked of the views another process rebuilt meanwhile: that rebuild did it.
-    for view in rebuild {
-        if !still.iter().any(|name| name == view.as_str()) {
-            reports.retain(|report| report.view != *view);
-            reports.push(RefreshReport::skipped(*view, requested_at));
+    let mut round = Round::default();
+    for row in rows {
+        let Ok(view) = row.view_name.parse::<ViewName>() else {
+            continue;
+        };
+        round.repaired[view] += row.repaired.unwrap_or(0);
+        match (row.outcome.as_str(), row.log_id, row.started_at) {
+            ("to_build", ..) => round.to_build.push(view),
+            ("busy", ..) => round.busy.push(view),
+            ("maintained" | "swapped", Some(log_id), Some(started_at)) => {
+                round.reports.push(RefreshReport {
+                    view,
+                    status: RefreshStatus::Ok,
+                    method: row.method.as_deref().and_then(RefreshMethod::parse),
+                    started_at,
+                    duration_ms: row.duration_ms,
+                    rows: row.row_count,
+                    rows_changed: row.rows_changed,
+                    companies_changed: row.companies_changed,
+                    error: None,
+                    log_id: Some(log_id),
+                })
+            }
+            _ => {} // a repaired range that changed nothing
         }
     }
-    reports.sort_by_key(|report| report.view);
-    Ok(Some(reports))
+    round.reports.sort_by_key(|report| report.view);
+    Ok(round)
 }
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";
-
-/// The views of `rebuild` that no rebuild begun after `requested_at` already covers (another process
-/// may have rebuilt them while this request waited for the lock).
-async fn still_to_rebuild(
-    tx: &mut sqlx::PgConnection,
-    rebuild: &[ViewName],
-    requested_at: DateTime<Utc>,
-) -> Result<Vec<String>, sqlx::Error> {
-    let names: Vec<String> = rebuild.iter().map(|v| v.as_str().to_owned()).collect();
-    sqlx::query_scalar!(
-        r#"SELECT v AS "view!" FROM unnest($1::text[]) v
-           WHERE NOT EXISTS (SELECT 1 FROM materialized_view_log l
-                             WHERE l.view_name = v AND l.status = 'ok' AND l.method = 'rebuild'
-                               AND l.started_at >= $2)"#,
-        &names,
-        requested_at,
-    )
-    .fetch_all(tx)
-    .await
-}
-
-async fn database_clock(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar!(r#"SELECT clock_timestamp() AS "now!""#)
-        .fetch_one(pool)
-        .await
-}
 
 /// The views that are tables now.
 pub async fn incremental_views(pool: &PgPool) -> Result<Vec<ViewName>, sqlx::Error> {

@@ -1,32 +1,39 @@
-//! The in-process refresher: one worker that runs this process's refreshes, incremental applies and
-//! rebuilds, one at a time (two at once would only fight over the same cores and the same rows).
+//! The in-process refresher: one worker that runs this process's refreshes, incremental rounds and
+//! repairs, one at a time (two at once would only fight over the same cores and the same rows), and
+//! the builds beside that it starts in the background (they take minutes at scale, and rounds go on
+//! meanwhile).
 //!
-//! Two kinds of job are queued: a full refresh of a view (CONCURRENTLY for a materialized view, a
-//! rebuild for a table), and an incremental apply (every table-backed view at once). Requests are
-//! single-flight: a request that arrives while a batch runs cannot join it (its snapshot may predate
-//! the write that prompted the request), so it waits for the next batch, which serves every request
-//! queued meanwhile: a burst of requests costs at most two runs. A batch refreshes the materialized
-//! views (one transaction each, in the fixed order), then runs one incremental round that rebuilds
-//! the table-backed views asked for and applies the pending changes to the others: a rebuild absorbs
-//! the incremental work rather than queueing behind it. Across processes, the advisory locks
-//! (refresh) and the catalog lock (incremental) do the same job.
+//! Jobs: a full refresh of a view, and an incremental apply (every table-backed view at once). A full
+//! refresh of a materialized view is one REFRESH ... CONCURRENTLY; of a table, a build beside (when
+//! only its whole definition can bring it up to date) or else a repair, walked one range of
+//! companies per batch so that applies run between ranges. Requests are single-flight: a request
+//! that arrives while a batch runs cannot join it (its snapshot may predate the write that prompted
+//! the request), so it waits for the next batch, which serves every request queued meanwhile: a
+//! burst of requests costs at most two runs. Across processes, the advisory locks (refreshes,
+//! builds), the catalog lock (rounds) and `read_model_work` (repairs) do the same job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::full::{Modes, in_mode, modes};
-use super::incremental;
+use super::build::build_beside;
+use super::full::{Modes, in_mode, modes, to_build};
+use super::incremental::{self, Round};
 use super::materialized::refresh_materialized_view;
-use super::report::{RefreshReport, RefreshStatus, RefreshTrigger};
+use super::repair::{Progressed, Repair};
+use super::report::{
+    RefreshMethod, RefreshReport, RefreshStatus, RefreshTrigger, database_message, record_failure,
+};
 use super::{sleep_until_optional, stopped};
 use crate::config::RefreshSettings;
 use crate::metrics::{Metrics, RefreshObservation};
+use crate::progress::Progress;
 use crate::views::{Mode, PerView, ViewName};
 
 /// A refresh that could not even be recorded (the database was unreachable), or a refresher that is
@@ -43,6 +50,7 @@ struct Inner {
     settings: RefreshSettings,
     metrics: Arc<Metrics>,
     queue: Mutex<Queue>,
+    tables: Mutex<TableWork>,
     wake: Notify,
     busy: AtomicBool,
     /// Per view: whether a job touching it runs now, and how many have finished (whatever their
@@ -71,6 +79,30 @@ impl Queue {
     }
 }
 
+/// The table-backed views' longer work: builds beside, and the repair walking now.
+#[derive(Default)]
+struct TableWork {
+    /// The views a build of this process is building now.
+    building: PerView<bool>,
+    /// Full refreshes waiting for a build's swap.
+    build_waiters: PerView<Vec<Waiter>>,
+    /// After a failed build, the next one the rounds ask for waits until then (a request does not).
+    build_backoff: PerView<Option<(Instant, Duration)>>,
+    repair: Option<Walk>,
+    /// Full refreshes that came while a repair walked: the next repair serves them.
+    repair_next: PerView<Vec<Waiter>>,
+    /// When the walk's next step may run (another process held the lock, or a round failed), and
+    /// the back-off after a failed one.
+    repair_not_before: Option<Instant>,
+    repair_backoff: Option<Duration>,
+}
+
+/// A repair walking, and who waits for its end.
+struct Walk {
+    repair: Repair,
+    waiters: PerView<Vec<Waiter>>,
+}
+
 struct Waiter {
     trigger: RefreshTrigger,
     reply: oneshot::Sender<RefreshOutcome>,
@@ -80,11 +112,13 @@ struct Waiter {
 struct Batch {
     full: PerView<Vec<Waiter>>,
     apply: bool,
+    /// The walking repair's next range.
+    repair_step: bool,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        !self.apply && self.full.iter().all(|(_, waiters)| waiters.is_empty())
+        !self.apply && !self.repair_step && self.full.iter().all(|(_, waiters)| waiters.is_empty())
     }
 
     fn views(&self) -> Vec<ViewName> {
@@ -99,8 +133,15 @@ impl Batch {
     }
 }
 
-const FIRST_APPLY_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_APPLY_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How soon a repair tries again while another process holds the maintenance lock or the models.
+const REPAIR_WAIT: Duration = Duration::from_millis(100);
+
+/// The back-off after one more failure.
+fn next_backoff(last: Option<Duration>) -> Duration {
+    last.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(MAX_BACKOFF))
+}
 
 impl Refresher {
     /// Starts the worker; it stops when `shutdown` turns true, after the job at hand.
@@ -117,6 +158,7 @@ impl Refresher {
                 settings,
                 metrics,
                 queue: Mutex::default(),
+                tables: Mutex::default(),
                 wake: Notify::new(),
                 busy: AtomicBool::new(false),
                 running: Default::default(),
@@ -176,12 +218,15 @@ impl Refresher {
     /// Whether nothing runs and nothing waits.
     pub fn is_idle(&self) -> bool {
         let queue = self.queue();
+        let tables = self.tables();
         !self.inner.busy.load(Ordering::SeqCst)
             && !queue.apply
             && queue.full.iter().all(|(_, waiters)| waiters.is_empty())
+            && tables.repair.is_none()
+            && !tables.building.contains(&true)
     }
 
-    /// Whether this process is refreshing, applying to or rebuilding `view` right now.
+    /// Whether this process is refreshing, applying to, building or repairing `view` right now.
     pub fn is_running(&self, view: ViewName) -> bool {
         self.inner.running[view].load(Ordering::SeqCst)
     }
@@ -200,8 +245,12 @@ impl Refresher {
         self.inner.queue.lock().expect("not poisoned")
     }
 
-    /// The work queued now; an apply stays queued while backing off. Also when to look again if
-    /// nothing is to be done now but an apply waits for its back-off.
+    fn tables(&self) -> std::sync::MutexGuard<'_, TableWork> {
+        self.inner.tables.lock().expect("not poisoned")
+    }
+
+    /// The work to do now; an apply stays queued while backing off, and so does a repair's next
+    /// range. Also when to look again if nothing is to be done now but something waits.
     fn take_batch(&self) -> (Batch, Option<Instant>) {
         let mut queue = self.queue();
         let backing_off = queue.backing_off();
@@ -209,11 +258,23 @@ impl Refresher {
         if apply {
             queue.apply = false;
         }
+        let tables = self.tables();
+        let repair_at = tables
+            .repair
+            .as_ref()
+            .map(|_| tables.repair_not_before.unwrap_or_else(Instant::now));
+        let repair_step = repair_at.is_some_and(|at| at <= Instant::now());
         let batch = Batch {
             full: std::mem::take(&mut queue.full),
             apply,
+            repair_step,
         };
-        (batch, backing_off.filter(|_| queue.apply))
+        let retry_at = backing_off
+            .filter(|_| queue.apply)
+            .into_iter()
+            .chain(repair_at.filter(|_| !repair_step))
+            .min();
+        (batch, retry_at)
     }
 
     async fn work(self, mut shutdown: watch::Receiver<bool>) {
@@ -258,14 +319,20 @@ impl Refresher {
                     .map(|report| vec![report])
             };
             let outcome = self
-                .job(&[view], trigger, refresh)
+                .job(&[view], trigger, refresh, |reports| reports)
                 .await
                 .map(|mut reports| reports.remove(0));
             reply(std::mem::take(&mut batch.full[view]), outcome);
         }
-        let rebuild = in_mode(&modes, &asked, Mode::Incremental);
-        if !rebuild.is_empty() || (batch.apply && modes.contains(&Some(Mode::Incremental))) {
-            self.incremental_round(&mut batch, &rebuild, &modes).await;
+        let tables = in_mode(&modes, &asked, Mode::Incremental);
+        if !tables.is_empty() {
+            self.start_table_work(&mut batch, &tables).await;
+        }
+        if batch.repair_step {
+            // Its round applies whatever is pending too.
+            self.repair_step().await;
+        } else if batch.apply && modes.contains(&Some(Mode::Incremental)) {
+            self.apply_round(&modes).await;
         }
         for view in ViewName::ALL {
             let waiters = std::mem::take(&mut batch.full[view]);
@@ -273,40 +340,251 @@ impl Refresher {
         }
     }
 
-    /// One round for every table-backed view: rebuilds `rebuild`, applies pending changes to the rest.
-    async fn incremental_round(&self, batch: &mut Batch, rebuild: &[ViewName], modes: &Modes) {
-        let trigger = rebuild
-            .first()
-            .map_or(RefreshTrigger::Incremental, |view| batch.trigger(*view));
-        let tables = in_mode(modes, &ViewName::ALL, Mode::Incremental);
-        let round = self
-            .job(
-                &tables,
-                trigger,
-                incremental::round(&self.inner.pool, trigger, rebuild, &self.inner.settings),
-            )
-            .await;
-        if rebuild.is_empty() {
-            self.note_apply_outcome(&round);
+    /// Full refreshes of table-backed `tables`: the ones only their whole definition can bring up
+    /// to date are built beside; the others join a repair (the one walking, or the next).
+    async fn start_table_work(&self, batch: &mut Batch, tables: &[ViewName]) {
+        let to_build = match to_build(&self.inner.pool, tables, &self.inner.settings).await {
+            Ok(to_build) => to_build,
+            Err(error) => {
+                for view in tables {
+                    reply(
+                        std::mem::take(&mut batch.full[*view]),
+                        Err(error.to_string()),
+                    );
+                }
+                return;
+            }
+        };
+        let trigger = batch.trigger(tables[0]);
+        let mut repair = PerView::<Vec<Waiter>>::default();
+        {
+            let mut work = self.tables();
+            for view in tables {
+                let waiters = std::mem::take(&mut batch.full[*view]);
+                if to_build.contains(view) {
+                    work.build_waiters[*view].extend(waiters);
+                } else if work.repair.is_some() {
+                    work.repair_next[*view].extend(waiters);
+                } else {
+                    repair[*view] = waiters;
+                }
+            }
         }
-        for view in rebuild {
-            let outcome = round.clone().and_then(|reports| {
-                reports
+        self.spawn_build(&to_build, tables, true);
+        self.start_repair(repair, trigger);
+    }
+
+    /// Starts a repair of the views `waiters` has waiters for (if any).
+    fn start_repair(&self, waiters: PerView<Vec<Waiter>>, trigger: RefreshTrigger) {
+        let views: Vec<ViewName> = ViewName::ALL
+            .into_iter()
+            .filter(|view| !waiters[*view].is_empty())
+            .collect();
+        if views.is_empty() {
+            return;
+        }
+        let mut work = self.tables();
+        work.repair = Some(Walk {
+            repair: Repair::new(views, trigger, Utc::now()),
+            waiters,
+        });
+        work.repair_not_before = None;
+    }
+
+    /// One range of the walking repair.
+    async fn repair_step(&self) {
+        let Some(mut walk) = self.tables().repair.take() else {
+            return;
+        };
+        let views = walk.repair.views().to_vec();
+        let trigger = walk.repair.trigger();
+        let step = walk.repair.step(&self.inner.pool, &self.inner.settings);
+        let outcome = self
+            .job(&views, trigger, step, |progressed| match progressed {
+                Progressed::Continuing(round) | Progressed::Failed(round) => &round.reports,
+                Progressed::Finished { round, .. } => &round.reports,
+                Progressed::Waiting => &[],
+            })
+            .await;
+        let mut work = self.tables();
+        match outcome {
+            Ok(Progressed::Continuing(round)) => {
+                work.repair_backoff = None;
+                work.repair = Some(walk);
+                drop(work);
+                self.after_round(&round);
+            }
+            Ok(Progressed::Waiting) => {
+                work.repair_not_before = Some(Instant::now() + REPAIR_WAIT);
+                work.repair = Some(walk);
+            }
+            Ok(Progressed::Failed(_)) => {
+                let wait = next_backoff(work.repair_backoff);
+                work.repair_backoff = Some(wait);
+                work.repair_not_before = Some(Instant::now() + wait);
+                work.repair = Some(walk);
+            }
+            Ok(Progressed::Finished { reports, round }) => {
+                for (view, waiters) in walk.waiters.iter_mut() {
+                    let report = reports.iter().find(|r| r.view == view).cloned();
+                    let requested_at = Utc::now();
+                    reply(
+                        std::mem::take(waiters),
+                        Ok(report.unwrap_or_else(|| RefreshReport::skipped(view, requested_at))),
+                    );
+                }
+                work.repair_backoff = None;
+                let next = std::mem::take(&mut work.repair_next);
+                drop(work);
+                self.after_round(&round);
+                let trigger = ViewName::ALL
                     .into_iter()
-                    .find(|report| report.view == *view)
-                    .ok_or_else(|| format!("{view} was not maintained"))
-            });
-            reply(std::mem::take(&mut batch.full[*view]), outcome);
+                    .find_map(|view| next[view].first().map(|w| w.trigger))
+                    .unwrap_or(trigger);
+                self.start_repair(next, trigger);
+            }
+            Err(error) => {
+                for (_, waiters) in walk.waiters.iter_mut() {
+                    reply(std::mem::take(waiters), Err(error.clone()));
+                }
+            }
         }
     }
 
-    /// Runs one job touching `views`: marks them running meanwhile, counts it finished, records metrics.
-    async fn job(
+    /// One round applying the pending changes to every table-backed view.
+    async fn apply_round(&self, modes: &Modes) {
+        let tables = in_mode(modes, &ViewName::ALL, Mode::Incremental);
+        let trigger = RefreshTrigger::Incremental;
+        let round = incremental::round(&self.inner.pool, trigger, None, &self.inner.settings);
+        let round = self
+            .job(&tables, trigger, round, |round: &Round| &round.reports)
+            .await;
+        self.note_apply_outcome(&round);
+        if let Ok(round) = &round {
+            self.after_round(round);
+        }
+    }
+
+    /// What a round tells the refresher: builds it swapped in (their waiters get the swap's
+    /// report), and models that only a build can bring up to date (built unless backing off).
+    fn after_round(&self, round: &Round) {
+        {
+            let mut work = self.tables();
+            for report in &round.reports {
+                if report.method == Some(RefreshMethod::Build) {
+                    reply(
+                        std::mem::take(&mut work.build_waiters[report.view]),
+                        Ok(report.clone()),
+                    );
+                }
+            }
+        }
+        if !round.to_build.is_empty() {
+            self.spawn_build(&round.to_build, &[], false);
+        }
+    }
+
+    /// Builds `views` beside in the background (those no build of this process is building, and,
+    /// unless `asked`, not backing off from a failure), then asks for the round that swaps them in.
+    fn spawn_build(&self, views: &[ViewName], asked: &[ViewName], asked_now: bool) {
+        let views: Vec<ViewName> = {
+            let mut work = self.tables();
+            let now = Instant::now();
+            let views: Vec<ViewName> = views
+                .iter()
+                .copied()
+                .filter(|view| !work.building[*view])
+                .filter(|view| {
+                    asked_now || work.build_backoff[*view].is_none_or(|(until, _)| until <= now)
+                })
+                .collect();
+            for view in &views {
+                work.building[*view] = true;
+            }
+            views
+        };
+        if views.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let asked = asked.to_vec();
+        tokio::spawn(async move {
+            let inner = &this.inner;
+            let requested_at = Utc::now();
+            let progress = Progress::hidden("build");
+            let build = build_beside(&inner.pool, &views, &asked, &inner.settings, &progress);
+            let built = this
+                .job(&views, RefreshTrigger::Incremental, build, |_| &[])
+                .await;
+            this.finish_build(&views, built, requested_at).await;
+        });
+    }
+
+    /// After a build: what was built waits for the round that swaps it in; what another process
+    /// took over (or no longer needed a build) is skipped; a failure is recorded and backed off.
+    async fn finish_build(
+        &self,
+        views: &[ViewName],
+        built: Result<Vec<super::build::Built>, String>,
+        requested_at: chrono::DateTime<Utc>,
+    ) {
+        let failure = match &built {
+            Ok(_) => None,
+            Err(message) => {
+                tracing::warn!(error = %message, ?views, "the build beside failed; readers keep the old tables");
+                for view in views {
+                    let recorded = record_failure(
+                        &self.inner.pool,
+                        *view,
+                        RefreshTrigger::Incremental,
+                        requested_at,
+                        message,
+                    )
+                    .await;
+                    if let Ok(report) = &recorded {
+                        self.observe(report, RefreshTrigger::Incremental, Duration::ZERO);
+                    }
+                }
+                Some(message.clone())
+            }
+        };
+        {
+            let mut work = self.tables();
+            for view in views {
+                work.building[*view] = false;
+                match (&built, &failure) {
+                    (Ok(built), _) if built.iter().any(|b| b.view == *view) => {
+                        work.build_backoff[*view] = None;
+                    }
+                    (Ok(_), _) => reply(
+                        std::mem::take(&mut work.build_waiters[*view]),
+                        Ok(RefreshReport::skipped(*view, requested_at)),
+                    ),
+                    (Err(_), message) => {
+                        let wait = next_backoff(work.build_backoff[*view].map(|(_, wait)| wait));
+                        work.build_backoff[*view] = Some((Instant::now() + wait, wait));
+                        reply(
+                            std::mem::take(&mut work.build_waiters[*view]),
+                            Err(message.clone().unwrap_or_default()),
+                        );
+                    }
+                }
+            }
+        }
+        if built.is_ok() {
+            self.request_apply();
+        }
+    }
+
+    /// Runs one job touching `views`: marks them running meanwhile, counts it finished, records the
+    /// metrics of the reports `reports` finds in its outcome.
+    async fn job<T>(
         &self,
         views: &[ViewName],
         trigger: RefreshTrigger,
-        work: impl Future<Output = Result<Vec<RefreshReport>, sqlx::Error>>,
-    ) -> Result<Vec<RefreshReport>, String> {
+        work: impl Future<Output = Result<T, sqlx::Error>>,
+        reports: impl Fn(&T) -> &[RefreshReport],
+    ) -> Result<T, String> {
         for view in views {
             self.inner.running[*view].store(true, Ordering::SeqCst);
         }
@@ -317,11 +595,11 @@ impl Refresher {
             self.inner.finished[*view].fetch_add(1, Ordering::SeqCst);
         }
         match outcome {
-            Ok(reports) => {
-                for report in &reports {
+            Ok(done) => {
+                for report in reports(&done) {
                     self.observe(report, trigger, started.elapsed());
                 }
-                Ok(reports)
+                Ok(done)
             }
             Err(error) => {
                 tracing::error!(?views, %error, "refresh could not be recorded: database unreachable");
@@ -334,7 +612,7 @@ impl Refresher {
                         rows_changed: None,
                     });
                 }
-                Err(error.to_string())
+                Err(database_message(&error))
             }
         }
     }
@@ -355,19 +633,15 @@ impl Refresher {
     }
 
     /// Backs applies off after a failure, and resets the back-off after a success.
-    fn note_apply_outcome(&self, round: &Result<Vec<RefreshReport>, String>) {
+    fn note_apply_outcome(&self, round: &Result<Round, String>) {
         let failed = match round {
-            Ok(reports) => reports.iter().any(|r| r.status == RefreshStatus::Error),
+            Ok(round) => round.failed(),
             Err(_) => true,
         };
         let mut queue = self.queue();
         queue.apply_backoff = if failed {
             queue.apply = true;
-            let wait = queue
-                .apply_backoff
-                .map_or(FIRST_APPLY_BACKOFF, |(_, wait)| {
-                    (wait * 2).min(MAX_APPLY_BACKOFF)
-                });
+            let wait = next_backoff(queue.apply_backoff.map(|(_, wait)| wait));
             Some((Instant::now() + wait, wait))
         } else {
             None

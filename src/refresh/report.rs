@@ -76,8 +76,12 @@ pub enum RefreshMethod {
     Apply,
     /// The table diffed against its whole definition (mode `incremental`).
     Rebuild,
-    /// Built anew while converting between modes.
+    /// Built anew beside the relation readers use (converting between modes, or a table only its
+    /// whole definition could bring up to date), then swapped in.
     Build,
+    /// A table compared with its definition a range of companies at a time, and repaired (the log
+    /// row of the repair's last range).
+    Repair,
 }
 
 impl RefreshMethod {
@@ -87,6 +91,7 @@ impl RefreshMethod {
             "apply" => Some(RefreshMethod::Apply),
             "rebuild" => Some(RefreshMethod::Rebuild),
             "build" => Some(RefreshMethod::Build),
+            "repair" => Some(RefreshMethod::Repair),
             _ => None,
         }
     }
@@ -129,6 +134,34 @@ impl RefreshReport {
             log_id: None,
         }
     }
+}
+
+/// The last successful refresh of `view` (what its data reflects), as a report.
+pub(super) async fn last_success(
+    pool: &PgPool,
+    view: ViewName,
+) -> Result<Option<RefreshReport>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT l.id, l.method, l.started_at, l.duration_ms, l.row_count, l.rows_changed,
+                  l.companies_changed
+           FROM last_successful_refreshes() s JOIN materialized_view_log l ON l.id = s.log_id
+           WHERE s.view_name = $1"#,
+        view.as_str()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| RefreshReport {
+        view,
+        status: RefreshStatus::Ok,
+        method: row.method.as_deref().and_then(RefreshMethod::parse),
+        started_at: row.started_at,
+        duration_ms: row.duration_ms,
+        rows: row.row_count,
+        rows_changed: row.rows_changed,
+        companies_changed: row.companies_changed,
+        error: None,
+        log_id: Some(row.id),
+    }))
 }
 
 /// Records a failed attempt (after its transaction rolled back) in the log and the error table.

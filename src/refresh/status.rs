@@ -7,7 +7,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::metrics::{ViewCacheCounts, ViewFreshness};
+use super::work::{self, Work};
+use crate::metrics::{ViewCacheCounts, ViewFreshness, WorkGauges};
 use crate::views::{Mode, ViewName};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,6 +28,9 @@ pub struct ViewStatus {
     /// Whether any process is refreshing it right now (holds its refresh lock or, for a table, the
     /// incremental maintenance lock).
     pub refreshing: bool,
+    /// A build beside or a repair in progress (any process), as last reported: its phase and how
+    /// far it is. Null when none runs.
+    pub work: Option<Work>,
     /// This instance's response cache for the view's endpoints since it started (absent with
     /// `RESPONSE_CACHE_BYTES=0`).
     pub response_cache: Option<ViewCacheCounts>,
@@ -38,7 +42,7 @@ pub struct LastSuccess {
     pub started_at: DateTime<Utc>,
     pub duration_ms: Option<i64>,
     pub trigger: String,
-    /// `refresh`, `apply`, `rebuild` or `build`.
+    /// `refresh`, `apply`, `rebuild`, `build` or `repair`.
     pub method: Option<String>,
 }
 
@@ -80,11 +84,17 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
     )
     .fetch_all(pool)
     .await?;
+    let mut works = work::in_progress(pool).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {
+            let view: ViewName = r.view.parse().ok()?;
+            let work = works
+                .iter()
+                .position(|(v, _)| *v == view)
+                .map(|at| works.swap_remove(at).1);
             Some(ViewStatus {
-                view: r.view.parse().ok()?,
+                view,
                 mode: r.mode.and_then(|mode| mode.parse().ok()),
                 populated: r.populated,
                 row_count: r.row_count,
@@ -107,6 +117,7 @@ pub async fn view_statuses(pool: &PgPool) -> Result<Vec<ViewStatus>, sqlx::Error
                 },
                 data_age_seconds: r.age_seconds,
                 refreshing: r.refreshing,
+                work,
                 response_cache: None,
             })
         })
@@ -120,7 +131,7 @@ pub struct RefreshLogEntry {
     pub view: String,
     pub trigger: String,
     pub status: String,
-    /// `refresh`, `apply`, `rebuild` or `build` (for successes).
+    /// `refresh`, `apply`, `rebuild`, `build` or `repair` (for successes).
     pub method: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -243,7 +254,7 @@ pub async fn timeline(pool: &PgPool, hours: u32, buckets: i32) -> Result<Timelin
     })
 }
 
-/// Mode, last success and data age per view, for the gauges of `/metrics`.
+/// Mode, last success, data age and work in progress per view, for the gauges of `/metrics`.
 pub async fn freshness_for_metrics(pool: &PgPool) -> Result<Vec<ViewFreshness>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT m.name AS "view!", m.mode,
@@ -254,14 +265,26 @@ pub async fn freshness_for_metrics(pool: &PgPool) -> Result<Vec<ViewFreshness>, 
     )
     .fetch_all(pool)
     .await?;
+    let works = work::in_progress(pool).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {
+            let view: ViewName = r.view.parse().ok()?;
             Some(ViewFreshness {
-                view: r.view.parse().ok()?,
+                view,
                 mode: r.mode.and_then(|mode| mode.parse().ok()),
                 last_success_unix: r.last_success,
                 age_seconds: r.age,
+                work: works
+                    .iter()
+                    .find(|(v, _)| *v == view)
+                    .map(|(_, w)| WorkGauges {
+                        kind: w.kind.as_str(),
+                        done: w.done,
+                        total: w.total,
+                        chunks: w.chunks,
+                        rows: w.rows,
+                    }),
             })
         })
         .collect())

@@ -18,6 +18,11 @@ impl<T> PerView<T> {
         ViewName::ALL.into_iter().zip(self.0.iter())
     }
 
+    /// Each view with its value, mutable, in `ViewName::ALL` order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ViewName, &mut T)> {
+        ViewName::ALL.into_iter().zip(self.0.iter_mut())
+    }
+
     pub fn contains(&self, value: &T) -> bool
     where
         T: PartialEq,

@@ -1,18 +1,33 @@
 //! The oracle for incremental maintenance: seeded random sequences of writes of every kind (with
-//! transactions left open across an apply's snapshot), interleaved with applies and full rebuilds;
-//! whenever the read models have caught up, each one equals its definition computed live (EXCEPT ALL
-//! both ways) and its logged row count equals its rows. Converting to materialized views and back
-//! must give the same rows.
+//! transactions left open across an apply's snapshot, and writes made behind the triggers' back),
+//! interleaved with applies, repairs walked one range of companies at a time, and builds beside
+//! whose snapshot is taken before later writes and rounds (as a long build's is); whenever the read
+//! models have caught up, each one equals its definition computed live (EXCEPT ALL both ways) and
+//! its logged row count equals its rows. Converting to materialized views and back must give the
+//! same rows.
 //!
 //! Fast form in every `cargo test`: DIFFERENTIAL_SEEDS seeds (default 12) of DIFFERENTIAL_STEPS steps
 //! (default 80). The long form: `reliability/differential.sh` (hundreds of seeds, longer runs). A
 //! failure prints the seed, the step and the operations so far; DIFFERENTIAL_FIRST_SEED reruns it.
 
-use prospect_api::refresh::{RefreshStatus, RefreshTrigger, incremental_round};
-use prospect_api::views::Mode;
+use prospect_api::config::RefreshSettings;
+use prospect_api::progress::Progress;
+use prospect_api::refresh::{
+    BuildBeside, Progressed, RefreshStatus, RefreshTrigger, Repair, Round, incremental_round,
+};
+use prospect_api::views::{Mode, ViewName};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::helpers::{TestDb, quick_refresh_settings};
+
+/// The oracle's settings: a round in which more than 40% of the companies changed leaves the tables
+/// to a build beside (a few companies: it happens).
+fn settings() -> RefreshSettings {
+    RefreshSettings {
+        incremental_rebuild_share: 0.4,
+        ..quick_refresh_settings()
+    }
+}
 
 /// splitmix64: a few lines, deterministic per seed, good enough to pick operations.
 struct Rng(u64);
@@ -102,6 +117,14 @@ struct Run {
     world: World,
     open: Vec<OpenWriter>,
     journal: Vec<String>,
+    /// A write behind the triggers' back that no finished repair has covered yet.
+    hidden: bool,
+    /// A repair walking, and whether a hidden write came since it began (it may have passed it).
+    walk: Option<(Repair, bool)>,
+    /// A build begun: its snapshot taken, not yet built.
+    build: Option<BuildBeside>,
+    /// What the last round left to a build.
+    to_build: Vec<ViewName>,
 }
 
 impl Run {
@@ -115,6 +138,10 @@ impl Run {
             world: World::default(),
             open: Vec::new(),
             journal: Vec::new(),
+            hidden: false,
+            walk: None,
+            build: None,
+            to_build: Vec::new(),
         };
         for _ in 0..6 {
             run.insert_company(None).await;
@@ -395,9 +422,41 @@ impl Run {
                 self.commit(writer).await;
                 note
             }
+            95..=98 => self.hidden_write().await,
             _ => return,
         };
         self.journal.push(note);
+    }
+
+    /// A write the triggers do not see (session_replication_role = replica, as a restore or a bulk
+    /// load makes): only a repair (or a build) brings it into the tables.
+    async fn hidden_write(&mut self) -> String {
+        let Some((p, _)) = self.free_prospect() else {
+            return "no hidden write".into();
+        };
+        let mut conn = self.db.pool.acquire().await.unwrap();
+        sqlx::query!("SELECT set_config('session_replication_role', 'replica', false)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let last = *self.rng.pick(&NAMES);
+        sqlx::query!(
+            r#"UPDATE "Prospect" SET "lastName" = $2, "jobTitle" = 'Hidden' WHERE "id" = $1"#,
+            p,
+            last
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::query!("SELECT set_config('session_replication_role', 'origin', false)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        self.hidden = true;
+        if let Some((_, since)) = &mut self.walk {
+            *since = true;
+        }
+        format!("hidden write to prospect {p}")
     }
 
     /// Opens a transaction on another connection that inserts a company with prospects, and moves or
@@ -437,30 +496,96 @@ impl Run {
         note
     }
 
-    async fn apply(&mut self, rebuild: bool) {
-        let views: &[_] = if rebuild {
-            &prospect_api::views::ViewName::ALL
-        } else {
-            &[]
-        };
-        let reports = incremental_round(
+    async fn apply(&mut self) {
+        let round = incremental_round(
             &self.db.pool,
             RefreshTrigger::Incremental,
-            views,
-            &quick_refresh_settings(),
+            None,
+            &settings(),
         )
         .await
         .unwrap();
+        self.note_round(&round, "apply");
+    }
+
+    fn note_round(&mut self, round: &Round, what: &str) {
         assert!(
-            reports.iter().all(|r| r.status == RefreshStatus::Ok),
-            "{reports:?}\n{}",
+            round.reports.iter().all(|r| r.status == RefreshStatus::Ok),
+            "{round:?}\n{}",
             self.journal.join("\n")
         );
-        self.journal.push(if rebuild {
-            "rebuild".into()
-        } else {
-            format!("apply ({} views)", reports.len())
-        });
+        self.to_build.clone_from(&round.to_build);
+        self.journal.push(format!(
+            "{what}: {} maintained, to build {:?}, busy {:?}",
+            round.reports.len(),
+            round.to_build,
+            round.busy
+        ));
+    }
+
+    /// Whether the tables should equal their definitions now: nothing open, hidden, left to a
+    /// build or being built.
+    fn caught_up(&self) -> bool {
+        self.open.is_empty() && !self.hidden && self.build.is_none() && self.to_build.is_empty()
+    }
+
+    /// Starts a repair walking in ranges of a few companies.
+    fn start_walk(&mut self) {
+        let companies = 1 + self.rng.below(4) as i64;
+        let repair = Repair::new(
+            ViewName::ALL.to_vec(),
+            RefreshTrigger::Schedule,
+            chrono::Utc::now(),
+        )
+        .in_ranges_of(companies);
+        self.walk = Some((repair, false));
+        self.journal
+            .push(format!("start a repair in ranges of {companies}"));
+    }
+
+    /// One range of the walking repair; at its end, the hidden writes before it are covered.
+    async fn walk_step(&mut self) {
+        let Some((mut repair, since)) = self.walk.take() else {
+            return;
+        };
+        match repair.step(&self.db.pool, &settings()).await.unwrap() {
+            Progressed::Continuing(round) => {
+                self.note_round(&round, "repair range");
+                self.walk = Some((repair, since));
+            }
+            Progressed::Finished { reports, round } => {
+                self.note_round(&round, "last repair range");
+                let skipped = reports.iter().any(|r| r.status == RefreshStatus::Skipped);
+                assert!(
+                    reports.iter().all(|r| r.status != RefreshStatus::Error),
+                    "{reports:?}"
+                );
+                self.hidden = since || skipped;
+            }
+            other => panic!("{other:?}\n{}", self.journal.join("\n")),
+        }
+    }
+
+    /// Takes a build's locks and snapshot for what the last round left to a build.
+    async fn begin_build(&mut self) {
+        let build = BuildBeside::begin(&self.db.pool, &self.to_build, &[], &settings())
+            .await
+            .unwrap();
+        self.journal.push(format!(
+            "begin a build of {:?}",
+            build.as_ref().map(|b| b.views().to_vec())
+        ));
+        self.build = build;
+    }
+
+    async fn finish_build(&mut self) {
+        if let Some(build) = self.build.take() {
+            let built = build
+                .finish(&self.db.pool, &Progress::hidden("build"))
+                .await
+                .unwrap();
+            self.journal.push(format!("finish the build: {built:?}"));
+        }
     }
 
     /// Every read model equals its definition now, and its logged row count its rows.
@@ -508,12 +633,26 @@ impl Run {
         }
     }
 
-    /// Commits every open writer and applies until nothing is pending.
+    /// Commits every open writer, finishes builds and repairs, and applies until nothing is
+    /// pending.
     async fn settle(&mut self) {
         for writer in std::mem::take(&mut self.open) {
             self.commit(writer).await;
         }
-        self.apply(false).await;
+        self.finish_build().await;
+        self.apply().await;
+        while !self.to_build.is_empty() {
+            self.begin_build().await;
+            self.finish_build().await;
+            self.apply().await;
+        }
+        if self.hidden && self.walk.is_none() {
+            self.start_walk();
+        }
+        while self.walk.is_some() {
+            self.walk_step().await;
+        }
+        self.apply().await;
     }
 }
 
@@ -526,18 +665,29 @@ fn setting(name: &str, default: u64) -> u64 {
 
 async fn differential(seed: u64, steps: u64) {
     let mut run = Run::new(seed).await;
-    run.apply(false).await;
-    run.assert_exact(seed, "after the first apply").await;
+    // Every company is new: more than the share changed, so the first round leaves it to a build.
+    run.settle().await;
+    run.assert_exact(seed, "after the first build").await;
     for step in 0..steps {
         run.step().await;
         if run.rng.chance(20) {
-            let rebuild = run.rng.chance(10);
-            run.apply(rebuild).await;
-            if run.open.is_empty() {
-                // Nothing was running during the apply: it saw every write.
+            run.apply().await;
+            if run.caught_up() {
+                // Nothing was running, hidden or left behind: the apply saw every write.
                 run.assert_exact(seed, &format!("step {step}, right after an apply"))
                     .await;
             }
+        }
+        if run.walk.is_none() && run.rng.chance(4) {
+            run.start_walk();
+        }
+        if run.walk.is_some() && run.rng.chance(40) {
+            run.walk_step().await;
+        }
+        if run.build.is_none() && !run.to_build.is_empty() && run.rng.chance(50) {
+            run.begin_build().await;
+        } else if run.build.is_some() && run.rng.chance(30) {
+            run.finish_build().await;
         }
     }
     run.settle().await;

@@ -201,6 +201,7 @@ pub fn quick_refresh_settings() -> RefreshSettings {
         refresh_work_mem: "64MB".to_owned(),
         // The fixtures are a few companies: any change would be a large share of them.
         incremental_rebuild_share: 1.0,
+        refresh_build_timeout: std::time::Duration::from_secs(60),
     }
 }
 

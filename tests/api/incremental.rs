@@ -1,12 +1,15 @@
 //! Incremental mode through the real server and the real database: changes applied per company,
-//! conversions between the modes, the schedule's repairing rebuild, failures that lose nothing, one
-//! applier at a time, retention of the log.
+//! conversions between the modes, builds beside, the schedule's repair, failures that lose nothing,
+//! one applier at a time, retention of the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prospect_api::refresh::{RefreshStatus, RefreshTrigger, incremental_round, refresh_all};
+use prospect_api::progress::Progress;
+use prospect_api::refresh::{
+    RefreshMethod, RefreshStatus, RefreshTrigger, build_beside, incremental_round, refresh_all,
+};
 use prospect_api::views::{Mode, ViewName};
 use sqlx::Connection;
 
@@ -309,7 +312,7 @@ async fn an_instance_started_in_incremental_mode_converts_a_served_database_and_
 }
 
 #[tokio::test]
-async fn the_scheduled_rebuild_repairs_writes_the_triggers_could_not_see() {
+async fn the_scheduled_repair_finds_and_fixes_writes_the_triggers_could_not_see() {
     let db = TestDb::new().await;
     db.execute(include_str!("../fixtures/formatting_cases.sql"))
         .await;
@@ -343,11 +346,11 @@ async fn the_scheduled_rebuild_repairs_writes_the_triggers_could_not_see() {
     .unwrap();
     assert_eq!(recorded, 0, "the triggers did not fire");
 
-    eventually(10, "the scheduled rebuild", || visible(&app, "p_unseen")).await;
+    eventually(10, "the scheduled repair", || visible(&app, "p_unseen")).await;
     let (trigger, status, method, _, rows) = last_log(&app.db, "company_summary_view").await;
     assert_eq!(
         (trigger.as_str(), status.as_str(), method.as_deref()),
-        ("schedule", "ok", Some("rebuild"))
+        ("schedule", "ok", Some("repair"))
     );
     assert!(
         rows.unwrap() >= 2,
@@ -459,12 +462,16 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
     assert_eq!(differences(&app.db).await, [0, 0, 0]);
 }
 
-async fn round(db: &TestDb, share: f64) -> Vec<(String, Option<String>)> {
+/// One round with `share` as the rebuild share: each model maintained with its method, and the
+/// models left to a build.
+async fn round(db: &TestDb, share: f64) -> (Vec<(String, Option<String>)>, Vec<ViewName>) {
     let mut settings = quick_refresh_settings();
     settings.incremental_rebuild_share = share;
-    incremental_round(&db.pool, RefreshTrigger::Incremental, &[], &settings)
+    let round = incremental_round(&db.pool, RefreshTrigger::Incremental, None, &settings)
         .await
-        .unwrap()
+        .unwrap();
+    let maintained = round
+        .reports
         .into_iter()
         .map(|r| {
             assert_eq!(r.status, RefreshStatus::Ok, "{r:?}");
@@ -473,7 +480,8 @@ async fn round(db: &TestDb, share: f64) -> Vec<(String, Option<String>)> {
                 r.method.map(|m| format!("{m:?}").to_lowercase()),
             )
         })
-        .collect()
+        .collect();
+    (maintained, round.to_build)
 }
 
 async fn fixture_in_incremental_mode() -> TestDb {
@@ -489,19 +497,20 @@ fn methods(round: &[(String, Option<String>)]) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn a_truncate_or_more_than_the_share_of_companies_changing_makes_the_round_a_full_rebuild() {
+async fn a_truncate_or_more_than_the_share_of_companies_changing_is_built_beside_and_swapped_in() {
     let db = fixture_in_incremental_mode().await;
     sqlx::query!(r#"ANALYZE "Company""#)
         .execute(&db.pool)
         .await
         .unwrap();
-    assert!(round(&db, 0.3).await.is_empty(), "nothing pending");
+    assert_eq!(round(&db, 0.3).await, (vec![], vec![]), "nothing pending");
 
     db.execute(r#"UPDATE "Company" SET "revenue" = 7 WHERE "id" IN ('c_0', 'c_999')"#)
         .await;
+    let (applied, to_build) = round(&db, 0.3).await;
     assert_eq!(
-        methods(&round(&db, 0.3).await),
-        ["apply"; 3],
+        (methods(&applied), to_build),
+        (vec!["apply"; 3], vec![]),
         "2 of 10 companies"
     );
     db.execute(
@@ -509,18 +518,37 @@ async fn a_truncate_or_more_than_the_share_of_companies_changing_makes_the_round
     )
     .await;
     assert_eq!(
-        methods(&round(&db, 0.3).await),
-        ["rebuild"; 3],
+        round(&db, 0.3).await,
+        (vec![], ViewName::ALL.to_vec()),
         "4 of 10 companies"
     );
+    let mut settings = quick_refresh_settings();
+    settings.incremental_rebuild_share = 0.3;
+    let built = build_beside(
+        &db.pool,
+        &ViewName::ALL,
+        &[],
+        &settings,
+        &Progress::hidden("build"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(built.len(), 3, "{built:?}");
+    let (swapped, _) = round(&db, 0.3).await;
+    assert_eq!(methods(&swapped), ["build"; 3]);
     assert_eq!(differences(&db).await, [0, 0, 0]);
 
     db.execute(r#"TRUNCATE "Prospect""#).await;
     assert_eq!(
-        methods(&round(&db, 1.0).await),
-        ["rebuild"; 3],
+        round(&db, 1.0).await,
+        (vec![], ViewName::ALL.to_vec()),
         "TRUNCATE names no company"
     );
+    let reports = refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
+        .await
+        .unwrap();
+    let how: Vec<_> = reports.iter().map(|r| (r.status, r.method)).collect();
+    assert_eq!(how, [(RefreshStatus::Ok, Some(RefreshMethod::Build)); 3]);
     assert_eq!(differences(&db).await, [0, 0, 0]);
 }
 
@@ -566,7 +594,7 @@ async fn refresh_materialized_views_rebuilds_tables_too_but_only_in_read_committ
 }
 
 #[tokio::test]
-async fn a_rebuild_requested_while_another_process_maintains_waits_and_skips_what_it_did() {
+async fn a_repair_requested_while_another_process_repairs_waits_and_skips_what_it_did() {
     let db = fixture_in_incremental_mode().await;
     let other = sqlx::PgPool::connect(&db.url).await.unwrap();
     let settings = quick_refresh_settings();
@@ -584,7 +612,7 @@ async fn a_rebuild_requested_while_another_process_maintains_waits_and_skips_wha
     assert!(statuses.contains(&RefreshStatus::Ok), "{statuses:?}");
     let rounds = sqlx::query!(
         "SELECT started_at, max(finished_at) AS finished_at FROM materialized_view_log
-         WHERE status = 'ok' AND method = 'rebuild' GROUP BY started_at ORDER BY started_at"
+         WHERE status = 'ok' AND method = 'repair' GROUP BY started_at ORDER BY started_at"
     )
     .fetch_all(&db.pool)
     .await

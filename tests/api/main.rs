@@ -5,6 +5,7 @@ mod access_exports;
 mod access_policy;
 mod access_support;
 mod admin_console;
+mod build_and_repair;
 mod cli;
 mod csv_export;
 mod differential;

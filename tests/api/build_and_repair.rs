@@ -1,0 +1,308 @@
+//! Incremental mode at any size: a table that only its whole definition can bring up to date is
+//! built beside the one readers use and swapped in, losing nothing committed meanwhile; a repair
+//! walks the companies a range at a time, fixing what the triggers missed while applies go on
+//! between ranges. Their progress shows in `/admin/views`, `/metrics` and `read_model_work`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prospect_api::refresh::{
+    Progressed, RefreshMethod, RefreshStatus, RefreshTrigger, Repair, incremental_round,
+};
+use prospect_api::views::{Mode, ViewName};
+use sqlx::{Connection, PgPool};
+
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
+    spawn_app_with,
+};
+
+/// Rows of each read model that differ from its definition (both ways).
+async fn differences(pool: &PgPool) -> [i64; 3] {
+    let row = sqlx::query!(
+        r#"SELECT
+             (SELECT count(*) FROM (SELECT * FROM company_prospect_view EXCEPT ALL SELECT * FROM company_prospect_view_definition
+                                    UNION ALL
+                                    (SELECT * FROM company_prospect_view_definition EXCEPT ALL SELECT * FROM company_prospect_view)) x) AS "cpv!",
+             (SELECT count(*) FROM (SELECT * FROM company_summary_view EXCEPT ALL SELECT * FROM company_summary_view_definition
+                                    UNION ALL
+                                    (SELECT * FROM company_summary_view_definition EXCEPT ALL SELECT * FROM company_summary_view)) x) AS "summary!",
+             (SELECT count(*) FROM (SELECT * FROM prospect_search_view EXCEPT ALL SELECT * FROM prospect_search_view_definition
+                                    UNION ALL
+                                    (SELECT * FROM prospect_search_view_definition EXCEPT ALL SELECT * FROM prospect_search_view)) x) AS "search!""#
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    [row.cpv, row.summary, row.search]
+}
+
+/// One reader of `/prospects` until stopped: each answer's status and row count, in order.
+fn read_until_stopped(
+    app: &TestApp,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<(u16, usize)>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = app.client.clone();
+    let url = format!("{}/prospects?limit=100", app.address);
+    let stopping = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stopping.load(Ordering::SeqCst) {
+            let response = client.get(&url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let rows = body["data"].as_array().map_or(0, Vec::len);
+            seen.push((status, rows));
+        }
+        seen
+    });
+    (stop, reader)
+}
+
+async fn work_kinds(app: &TestApp) -> Vec<Option<String>> {
+    let views = json(app.admin_get("/admin/views").await, 200).await;
+    views
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["work"]["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_readers_keep_their_answer_and_writes_made_during_the_build_survive()
+ {
+    let db = TestDb::in_mode(Mode::Incremental).await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    db.execute(r#"ANALYZE "Company""#).await;
+    // A writer that holds the companies' table while it writes: the build, whose snapshot cannot
+    // see this write, waits for the table, so the write commits during the build.
+    let mut writer = db.connection().await;
+    let mut writing = writer.begin().await.unwrap();
+    sqlx::query!(r#"LOCK TABLE "Company" IN ACCESS EXCLUSIVE MODE"#)
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    sqlx::query!(
+        r#"INSERT INTO "Company" ("id", "name", "industry") VALUES ('c_during', 'During Build', 'Software')"#
+    )
+    .execute(&mut *writing)
+    .await
+    .unwrap();
+    sqlx::query!(
+        r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName") VALUES ('p_during', 'c_during', 'Dora', 'During')"#
+    )
+    .execute(&mut *writing)
+    .await
+    .unwrap();
+
+    let mut config = serve_config(&db);
+    config.maintenance.view_maintenance = Mode::Incremental;
+    config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
+    // Every company of the fixture is new: far more than 5% of them changed.
+    config.refresh.incremental_rebuild_share = 0.05;
+    let app = spawn_app_with(db, config).await;
+    let (stop, reader) = read_until_stopped(&app);
+
+    let building = || async {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM pg_stat_activity
+               WHERE datname = current_database() AND query LIKE '%build_read_model%'
+                 AND wait_event_type = 'Lock'"#
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            == 1
+    };
+    eventually(15, "the build waiting for the companies' table", building).await;
+    eventually(10, "the build in /admin/views", || async {
+        work_kinds(&app).await == vec![Some("build".to_owned()); 3]
+    })
+    .await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("view_work_in_progress{view=\"company_prospect_view\",kind=\"build\"} 1"),
+        "{metrics}"
+    );
+    writing.commit().await.unwrap();
+
+    eventually(15, "the write made during the build", || async {
+        app.get("/prospects/p_during").await.status() == 200
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    assert!(
+        seen.iter()
+            .all(|(status, _)| *status == 200 || *status == 503),
+        "{seen:?}"
+    );
+    // The old answer (no rows) until the swap, then the full data, never back.
+    let first_full = seen.iter().position(|(_, rows)| *rows > 0);
+    let before: Vec<usize> = seen[..first_full.unwrap_or(seen.len())]
+        .iter()
+        .map(|(_, rows)| *rows)
+        .collect();
+    assert!(before.iter().all(|rows| *rows == 0), "{seen:?}");
+    let full = seen.last().unwrap().1;
+    assert!(full > 0, "{seen:?}");
+    assert!(
+        seen[first_full.unwrap()..]
+            .iter()
+            .all(|(_, rows)| *rows == full),
+        "{seen:?}"
+    );
+    assert_eq!(differences(&app.db.pool).await, [0, 0, 0]);
+    let methods = sqlx::query_scalar!(
+        r#"SELECT method AS "method!" FROM materialized_view_log l
+           JOIN last_successful_refreshes() s ON s.log_id = l.id ORDER BY s.view_name"#
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        methods.iter().all(|m| m == "build" || m == "apply"),
+        "{methods:?}"
+    );
+    let built = sqlx::query_scalar!(
+        r#"SELECT count(DISTINCT view_name) AS "n!" FROM materialized_view_log
+           WHERE method = 'build' AND trigger = 'incremental' AND status = 'ok'"#
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(built, 3);
+    eventually(5, "the build's progress cleared", || async {
+        work_kinds(&app).await == vec![None; 3]
+    })
+    .await;
+}
+
+/// Writes the triggers do not see, as a restore or a bulk load with them off makes them.
+async fn write_behind_the_triggers_back(db: &TestDb) {
+    let mut conn = db.connection().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query!("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query!(r#"UPDATE "Prospect" SET "lastName" = 'Hidden' WHERE "id" = 'p_both'"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query!(r#"DELETE FROM "Prospect" WHERE "id" = 'p_2e9'"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_zz_hidden', 'Hidden Co')"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_and_lets_applies_through_between_ranges()
+ {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    db.convert(Mode::Incremental).await;
+    write_behind_the_triggers_back(&db).await;
+    assert_ne!(differences(&db.pool).await, [0, 0, 0]);
+
+    let settings = quick_refresh_settings();
+    let mut repair = Repair::new(
+        ViewName::ALL.to_vec(),
+        RefreshTrigger::Manual,
+        chrono::Utc::now(),
+    )
+    .in_ranges_of(3);
+    let mut ranges = 0;
+    let reports = loop {
+        // A write between ranges is applied by the next round, the repair's or an apply.
+        let name = format!("Step {ranges}");
+        sqlx::query!(
+            r#"UPDATE "Prospect" SET "firstName" = $1 WHERE "id" = 'p_1000'"#,
+            name
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        if ranges % 2 == 1 {
+            let round = incremental_round(&db.pool, RefreshTrigger::Incremental, None, &settings)
+                .await
+                .unwrap();
+            assert!(
+                round.busy.is_empty() && round.to_build.is_empty(),
+                "{round:?}"
+            );
+        }
+        let progressed = repair.step(&db.pool, &settings).await.unwrap();
+        let applied: String = sqlx::query_scalar!(
+            r#"SELECT first_name AS "name!" FROM company_prospect_view WHERE prospect_id = 'p_1000'"#
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(applied, name, "the write before range {ranges} is served");
+        ranges += 1;
+        match progressed {
+            Progressed::Continuing(_) => {
+                let work = sqlx::query!(
+                    r#"SELECT kind, done AS "done!", total AS "total!", chunks AS "chunks!"
+                       FROM read_model_work WHERE view_name = 'company_prospect_view'"#
+                )
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+                assert_eq!(
+                    (work.kind.as_str(), work.done, work.chunks),
+                    ("repair", 3 * ranges, ranges)
+                );
+                assert!(work.total >= work.done, "{}", work.total);
+            }
+            Progressed::Finished { reports, .. } => break reports,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        ranges, 4,
+        "11 companies in ranges of 3, the last open-ended"
+    );
+    let outcomes: Vec<_> = reports
+        .iter()
+        .map(|r| (r.view, r.status, r.method))
+        .collect();
+    let expected: Vec<_> = ViewName::ALL
+        .iter()
+        .map(|v| (*v, RefreshStatus::Ok, Some(RefreshMethod::Repair)))
+        .collect();
+    assert_eq!(outcomes, expected);
+    assert_eq!(differences(&db.pool).await, [0, 0, 0]);
+    let hidden: String = sqlx::query_scalar!(
+        r#"SELECT last_name AS "name!" FROM company_prospect_view WHERE prospect_id = 'p_both'"#
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(hidden, "Hidden");
+    let left = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM read_model_work"#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the repair's progress is cleared at its end");
+    // Every round, the repair's ranges and the applies between them, logged one after another.
+    let logged = sqlx::query!(
+        r#"SELECT method AS "method!", rows_changed AS "rows!" FROM materialized_view_log
+           WHERE view_name = 'company_summary_view' AND status = 'ok' AND method IN ('apply', 'repair')
+           ORDER BY id"#
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(logged.len() >= 4, "{logged:?}");
+    assert_eq!(logged.last().unwrap().method, "repair");
+}
