@@ -4,7 +4,7 @@
 -- TRUNCATE since, more than the rebuild share of companies changed, or emptied behind the
 -- triggers' back) is built beside the one readers use, from one snapshot, with its indexes built
 -- after the load (build_read_model()); the next round brings that build up to the round's snapshot
--- and swaps it in under a short lock (catch_up_staged_build(), swap_in_staged_build()). Meanwhile
+-- and swaps it in under a short lock (catch_up_staged_build(), swap_read_model()). Meanwhile
 -- readers keep what they had, and the other read models keep being applied to.
 --
 -- A repair compares the tables with their definitions one range of companies at a time, each range
@@ -89,6 +89,8 @@ DECLARE
     threshold DOUBLE PRECISION := p_rebuild_share * company_estimate();
     unknown BOOLEAN;
     touched BIGINT;
+    judged TEXT;
+    too_many BOOLEAN;
     empty BOOLEAN;
 BEGIN
     FOR model IN
@@ -102,12 +104,19 @@ BEGIN
             RETURN NEXT model.name;
             CONTINUE;
         END IF;
-        SELECT COALESCE(bool_or(c.company_ids IS NULL), false), COALESCE(sum(cardinality(c.company_ids)), 0)
-        INTO unknown, touched
-        FROM base_table_changes c WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot);
-        IF unknown OR (touched > threshold AND (
-                SELECT count(DISTINCT id) FROM base_table_changes c, unnest(c.company_ids) id
-                WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot)) > threshold) THEN
+        -- Models usually share their snapshot: judged once for all of them (at 10M prospects after
+        -- a bulk load, counting the companies takes seconds).
+        IF judged IS DISTINCT FROM model.snapshot::text THEN
+            judged := model.snapshot::text;
+            SELECT COALESCE(bool_or(c.company_ids IS NULL), false), COALESCE(sum(cardinality(c.company_ids)), 0)
+            INTO unknown, touched
+            FROM base_table_changes c WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot);
+            too_many := unknown OR (touched > threshold AND (
+                SELECT count(*) FROM (
+                    SELECT id FROM base_table_changes c, unnest(c.company_ids) id
+                    WHERE NOT pg_visible_in_snapshot(c.xid, model.snapshot) GROUP BY id) changed) > threshold);
+        END IF;
+        IF too_many THEN
             RETURN NEXT model.name;
         ELSIF model.name = ANY (p_asked) THEN
             EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %I) AND EXISTS (SELECT 1 FROM %I)',
@@ -285,16 +294,6 @@ BEGIN
     rows_changed := synced.removed + synced.added;
     row_count := staged.row_count + synced.added - synced.removed;
     RETURN NEXT;
-END
-$$;
-
--- Swaps the caught-up build of p_view in for the table readers use. Readers wait from here to the
--- round's commit: the old table's ACCESS EXCLUSIVE lock is asked for p_lock_timeout at a time.
-CREATE FUNCTION swap_in_staged_build(p_view TEXT, p_lock_timeout TEXT) RETURNS VOID
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM swap_read_model(p_view, 'incremental', 'incremental', p_lock_timeout, 50);
-    DELETE FROM staged_read_models WHERE view_name = p_view;
 END
 $$;
 
@@ -477,10 +476,10 @@ BEGIN
                             logged.row_count, logged.rows_changed, logged.companies_changed, fixed;
     END LOOP;
 
-    -- Last, the swaps, in the catalog's order: readers of a swapped model wait from its swap to this
-    -- round's commit.
+    -- Last, the builds waiting: logged, then the changes every model has now seen forgotten (after a
+    -- bulk load, millions of rows), and only then swapped in, in the catalog's order, so that readers
+    -- of a swapped model wait only from its swap to this round's commit.
     FOR v IN SELECT name FROM read_models WHERE swaps ? name ORDER BY position LOOP
-        PERFORM swap_in_staged_build(v, p_swap_lock_timeout);
         INSERT INTO materialized_view_log AS l (view_name, trigger, status, method, started_at, finished_at,
                                                row_count, snapshot, companies_changed, rows_changed)
         VALUES (v, p_trigger, 'ok', 'build', snapshot_time, clock_timestamp(),
@@ -490,7 +489,13 @@ BEGIN
         RETURN QUERY SELECT v, 'swapped', logged.id, 'build', logged.started_at, logged.duration_ms,
                             logged.row_count, logged.rows_changed, logged.companies_changed, NULL::bigint;
     END LOOP;
+    DELETE FROM staged_read_models WHERE swaps ? staged_read_models.view_name;
     PERFORM prune_base_table_changes();
+    FOR v IN SELECT name FROM read_models WHERE swaps ? name ORDER BY position LOOP
+        -- Readers wait from here to the round's commit: the old table's ACCESS EXCLUSIVE lock is
+        -- asked for p_swap_lock_timeout at a time.
+        PERFORM swap_read_model(v, 'incremental', 'incremental', p_swap_lock_timeout, 50);
+    END LOOP;
 END
 $$;
 

@@ -565,7 +565,7 @@ class ConsoleCheck:
         return f"#who: {who!r}"
 
     def views(self):
-        cells = ("mode", "rows", "size", "age", "last", "duration", "error")
+        cells = ("mode", "rows", "size", "age", "last", "duration", "work", "error")
         self.page.wait_for(f"""(() => {{ const shown = Array.from(document.querySelectorAll('#views tbody tr[data-view]'))
                                                 .map(r => r.dataset.view);
                                           return {js(list(VIEWS))}.every(v => shown.includes(v)); }})()""",

@@ -174,6 +174,7 @@ async function loadViews() {
     const last = view.last_refresh;
     cell(row, last ? `${formatTime(last.started_at)} (${last.method || "refresh"}, ${last.trigger})` : "never", "last");
     cell(row, last ? formatMs(last.duration_ms) : "–", "duration");
+    cell(row, describeWork(view.work), "work");
     const error = view.last_error;
     cell(row, error ? `${formatTime(error.occurred_at)}: ${error.message}` : "", "error");
     const actions = document.createElement("td");
@@ -184,6 +185,19 @@ async function loadViews() {
     body.appendChild(row);
   }
   tickAges();
+}
+
+// A build beside or a repair under way (any instance): "repair: comparing with its definition,
+// 40,000 of 100,000 companies (40%), 12 ranges, 3 rows changed".
+function describeWork(work) {
+  if (!work) return "";
+  const parts = [`${work.kind}: ${work.phase}`];
+  if (work.total) {
+    parts.push(`${formatCount(work.done)} of ${formatCount(work.total)} ${work.unit || ""} (${Math.floor((100 * work.done) / work.total)}%)`);
+  }
+  if (work.chunks !== null && work.chunks !== undefined) parts.push(`${formatCount(work.chunks)} ranges`);
+  if (work.rows !== null && work.rows !== undefined) parts.push(`${formatCount(work.rows)} rows changed`);
+  return parts.join(", ");
 }
 
 function tickAges() {

@@ -181,6 +181,15 @@ async fn try_round(
         }
     }
     round.reports.sort_by_key(|report| report.view);
+    if round
+        .reports
+        .iter()
+        .any(|r| r.method == Some(RefreshMethod::Build))
+    {
+        // The swap forgot every change the builds covered: after a bulk load, millions of dead rows
+        // that every poll and round would scan until the next minute's vacuum.
+        super::vacuum_change_record(pool).await?;
+    }
     Ok(round)
 }
 

@@ -41,6 +41,19 @@ pub use scheduler::{
     run_housekeeping, run_schedule,
 };
 
+/// `base_table_changes` is a queue: every write appends to it, and its rows are deleted once every
+/// view has seen them. After a bulk write it holds millions of dead rows that every poll and round
+/// scans until a vacuum removes them, and autovacuum may be busy with the base tables themselves for
+/// a long while then: measured at 10M prospects, 30 minutes after the seed it had not vacuumed the
+/// table (1.1 GB, no live row) and a one-company round took 460 ms instead of 41 ms at 1M. Vacuuming
+/// the small table every minute costs milliseconds.
+async fn vacuum_change_record(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("VACUUM (SKIP_LOCKED) base_table_changes")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_optional(deadline: Option<tokio::time::Instant>) {
     match deadline {

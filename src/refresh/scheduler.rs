@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::refresher::{RefreshOutcome, Refresher};
 use super::report::{RefreshStatus, RefreshTrigger};
-use super::{sleep_until_optional, stopped};
+use super::{sleep_until_optional, stopped, vacuum_change_record};
 use crate::config::{DatabaseUrl, Schedule};
 use crate::metrics::Metrics;
 use crate::views::{Mode, ViewName};
@@ -174,23 +174,13 @@ async fn poll_changes(
     let mut last_count: Option<i64> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let polled = sqlx::query!(
-            r#"SELECT (SELECT count(*) FROM base_table_changes) AS "changes!",
-                      COALESCE(bool_or(mode = 'refresh'), false) AS "materialized!",
-                      COALESCE(bool_or(mode = 'incremental'), false) AS "tables!"
-               FROM read_models_behind()"#
-        )
-        .fetch_one(&pool)
-        .await;
-        match polled {
-            Ok(row) => {
+        match poll(&pool).await {
+            Ok((behind, changes)) => {
                 backoff.reset();
-                let grew = last_count.is_some_and(|last| row.changes > last);
-                last_count = Some(row.changes);
-                let behind = Behind {
-                    materialized: row.materialized,
-                    tables: row.tables,
-                };
+                let grew = last_count
+                    .zip(changes)
+                    .is_some_and(|(last, now)| now > last);
+                last_count = changes;
                 if behind.materialized || behind.tables {
                     if grew {
                         metrics.record_notification();
@@ -210,6 +200,33 @@ async fn poll_changes(
             }
         }
     }
+}
+
+/// Which kinds of view are behind the base tables, and, when a materialized view is, how many changes
+/// the record holds (to tell a burst that goes on). The count is a scan: after a bulk load the record
+/// holds millions of rows until the tables catch up, which an incremental build does not need
+/// counted four times a second.
+async fn poll(pool: &PgPool) -> Result<(Behind, Option<i64>), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT COALESCE(bool_or(mode = 'refresh'), false) AS "materialized!",
+                  COALESCE(bool_or(mode = 'incremental'), false) AS "tables!"
+           FROM read_models_behind()"#
+    )
+    .fetch_one(pool)
+    .await?;
+    let behind = Behind {
+        materialized: row.materialized,
+        tables: row.tables,
+    };
+    let changes = if behind.materialized {
+        let count = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM base_table_changes"#)
+            .fetch_one(pool)
+            .await?;
+        Some(count)
+    } else {
+        None
+    };
+    Ok((behind, changes))
 }
 
 /// Brings up to date the views whose base data changed since their last refresh: a full refresh of
@@ -288,19 +305,6 @@ pub async fn run_housekeeping(pool: PgPool, keep: Retention, mut shutdown: watch
             () = stopped(&mut shutdown) => return,
         }
     }
-}
-
-/// `base_table_changes` is a queue: every write appends to it, and its rows are deleted once every
-/// view has seen them. After a bulk write it holds millions of dead rows that every poll and round
-/// scans until a vacuum removes them, and autovacuum may be busy with the base tables themselves for
-/// a long while then: measured at 10M prospects, 30 minutes after the seed it had not vacuumed the
-/// table (1.1 GB, no live row) and a one-company round took 460 ms instead of 41 ms at 1M. Vacuuming
-/// the small table every minute costs milliseconds.
-async fn vacuum_change_record(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query!("VACUUM (SKIP_LOCKED) base_table_changes")
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 async fn prune_log(pool: &PgPool, keep: Duration) -> Result<(), sqlx::Error> {

@@ -86,6 +86,45 @@ async fn seed_then_refresh_print_what_they_did() {
 }
 
 #[tokio::test]
+async fn in_incremental_mode_refresh_builds_beside_what_a_bulk_load_changed_then_repairs_what_the_triggers_missed()
+ {
+    let db = TestDb::in_mode(prospect_api::views::Mode::Incremental).await;
+    let seeded = prospect_api(
+        &db.url,
+        &[
+            "seed",
+            "--companies",
+            "40",
+            "--prospects-per-company",
+            "3",
+            "--no-refresh",
+        ],
+    );
+    succeeded(&seeded);
+    let built = prospect_api(&db.url, &["refresh"]);
+    succeeded(&built);
+    let lines: Vec<String> = stdout(&built).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert!(line.contains("table built beside and swapped in"), "{line}");
+    }
+    db.execute(
+        r#"BEGIN; SET LOCAL session_replication_role = replica;
+           UPDATE "Prospect" SET "lastName" = 'Behind The Triggers' WHERE "id" = (SELECT min("id") FROM "Prospect");
+           COMMIT"#,
+    )
+    .await;
+    let repaired = prospect_api(&db.url, &["refresh", "--view", "company_prospect_view"]);
+    succeeded(&repaired);
+    let line = stdout(&repaired);
+    assert!(
+        line.starts_with("company_prospect_view")
+            && line.contains("compared with its definition and repaired, 2 rows changed"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn migrate_converts_the_read_models_to_view_maintenance_and_says_what_it_did() {
     let db = TestDb::new().await;
     db.execute(include_str!("../fixtures/formatting_cases.sql"))
