@@ -705,8 +705,8 @@ $$;
 -- Makes a table-backed read model (or p_relation, a table of its shape) equal to its definition
 -- for the given companies, or (p_companies NULL) for the companies with ids in (p_after, p_upto]
 -- (a NULL bound is open; both NULL: every company), writing only rows that differ, as REFRESH ...
--- CONCURRENTLY does for a whole view: first the rows whose exact image the definition no longer
--- has are deleted, then the definition's rows whose key is now missing are inserted. Readers are
+-- CONCURRENTLY does for a whole view: the rows whose exact image the definition no longer has are
+-- deleted, then the definition's rows the table does not hold exactly are inserted. Readers are
 -- never blocked. Returns how many rows of each, and the companies of the inserted rows (NULL when
 -- it compared every company).
 CREATE OR REPLACE FUNCTION sync_read_model(
@@ -733,25 +733,28 @@ BEGIN
         -- Joined whole, the definition is better planned as itself than as a materialized scan.
         fresh := format('%I', model.definition);
     END IF;
-    -- The scope's rows of the definition are computed first, once: joined to the table inside one
-    -- plan, the planner expects the anti-join to find almost nothing and nests a scan of the
-    -- companies in it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
+    -- The scope's rows of the definition are computed first, once, for both the delete and the
+    -- insert (computing them is most of the cost: the search view's words): joined to the table
+    -- inside one plan, the planner expects the anti-join to find almost nothing and nests a scan of
+    -- the companies in it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
     -- ROW(...) IS NOT DISTINCT FROM ROW(...) compares every column, NULLs equal: the row image.
-    EXECUTE format(
-        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s)
-         DELETE FROM %1$s t WHERE %4$s AND NOT EXISTS (
-             SELECT FROM %5$s d WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))',
-        target, model.definition, format(scope, 'd'), format(scope, 't'), fresh, same_key)
-        USING p_companies, p_after, p_upto;
-    GET DIAGNOSTICS removed = ROW_COUNT;
+    -- The insert waits for the delete (it reads its count first), so a changed row's new image
+    -- never meets its old one in the unique index; both see the statement's snapshot, in which the
+    -- deleted rows are the ones no fresh row matches exactly.
     EXECUTE format(
         'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s),
-              inserted AS (INSERT INTO %1$s SELECT d.* FROM %4$s d WHERE NOT EXISTS (SELECT FROM %1$s t WHERE %5$s)
+              removed AS (DELETE FROM %1$s t WHERE %4$s AND NOT EXISTS (
+                              SELECT FROM %5$s d WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
+                          RETURNING 1),
+              inserted AS (INSERT INTO %1$s SELECT d.* FROM %5$s d
+                           WHERE (SELECT count(*) FROM removed) >= 0
+                             AND NOT EXISTS (SELECT FROM %1$s t WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
                            RETURNING company_id)
-         SELECT count(*), CASE WHEN $4 THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
+         SELECT (SELECT count(*) FROM removed), count(*),
+                CASE WHEN $4 THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
          FROM inserted',
-        target, model.definition, format(scope, 'd'), fresh, same_key)
-        INTO added, companies
+        target, model.definition, format(scope, 'd'), format(scope, 't'), fresh, same_key)
+        INTO removed, added, companies
         USING p_companies, p_after, p_upto, whole;
 END
 $$;

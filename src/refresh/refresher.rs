@@ -95,6 +95,17 @@ struct TableWork {
     /// the back-off after a failed one.
     repair_not_before: Option<Instant>,
     repair_backoff: Option<Duration>,
+    /// Failed rounds of the walk's current range.
+    repair_failures: u32,
+}
+
+/// Where a repair's step left its walk.
+#[derive(Debug, PartialEq)]
+enum Walked {
+    On,
+    Finished,
+    /// Ended by failures: its progress reports are left to clear.
+    GaveUp,
 }
 
 /// A repair walking, and who waits for its end.
@@ -137,6 +148,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How soon a repair tries again while another process holds the maintenance lock or the models.
 const REPAIR_WAIT: Duration = Duration::from_millis(100);
+/// A repair whose range failed this many times in a row ends, its waiters told why (the next repair,
+/// by schedule or by hand, starts over).
+const REPAIR_ATTEMPTS: u32 = 3;
 
 /// The back-off after one more failure.
 fn next_backoff(last: Option<Duration>) -> Duration {
@@ -370,19 +384,21 @@ impl Refresher {
                 }
             }
         }
-        self.spawn_build(&to_build, tables, true);
+        self.spawn_build(&to_build, tables);
         self.start_repair(repair, trigger);
     }
 
-    /// Starts a repair of the views `waiters` has waiters for (if any).
+    /// Starts a repair of the views `waiters` has waiters for (if any), asked for by the first
+    /// waiter's trigger (`trigger` when it has none).
     fn start_repair(&self, waiters: PerView<Vec<Waiter>>, trigger: RefreshTrigger) {
         let views: Vec<ViewName> = ViewName::ALL
             .into_iter()
             .filter(|view| !waiters[*view].is_empty())
             .collect();
-        if views.is_empty() {
+        let Some(first) = views.first() else {
             return;
-        }
+        };
+        let trigger = waiters[*first].first().map_or(trigger, |w| w.trigger);
         let mut work = self.tables();
         work.repair = Some(Walk {
             repair: Repair::new(views, trigger, Utc::now()),
@@ -406,49 +422,73 @@ impl Refresher {
                 Progressed::Waiting => &[],
             })
             .await;
+        if self.note_repair_step(walk, outcome) == Walked::GaveUp
+            && let Err(error) = super::work::clear(&self.inner.pool, &views).await
+        {
+            tracing::warn!(%error, "could not clear the repair's progress reports");
+        }
+    }
+
+    /// What a repair's step means for the walk and its waiters: it goes on (now, or after a wait),
+    /// or it ends (finished, failed too often, or the database lost), when the next one starts.
+    fn note_repair_step(&self, mut walk: Walk, outcome: Result<Progressed, String>) -> Walked {
         let mut work = self.tables();
-        match outcome {
+        let (round, walked) = match outcome {
             Ok(Progressed::Continuing(round)) => {
                 work.repair_backoff = None;
+                work.repair_failures = 0;
                 work.repair = Some(walk);
                 drop(work);
                 self.after_round(&round);
+                return Walked::On;
             }
             Ok(Progressed::Waiting) => {
                 work.repair_not_before = Some(Instant::now() + REPAIR_WAIT);
                 work.repair = Some(walk);
+                return Walked::On;
             }
-            Ok(Progressed::Failed(_)) => {
-                let wait = next_backoff(work.repair_backoff);
-                work.repair_backoff = Some(wait);
-                work.repair_not_before = Some(Instant::now() + wait);
-                work.repair = Some(walk);
+            Ok(Progressed::Failed(round)) => {
+                work.repair_failures += 1;
+                if work.repair_failures < REPAIR_ATTEMPTS {
+                    let wait = next_backoff(work.repair_backoff);
+                    work.repair_backoff = Some(wait);
+                    work.repair_not_before = Some(Instant::now() + wait);
+                    work.repair = Some(walk);
+                    return Walked::On;
+                }
+                tracing::warn!(views = ?walk.repair.views(), "a repair's range failed {REPAIR_ATTEMPTS} times in a row; the repair ends");
+                for (view, waiters) in walk.waiters.iter_mut() {
+                    let failure = round.reports.iter().find(|r| r.view == view).cloned();
+                    let outcome = failure.ok_or_else(|| format!("the repair of {view} failed"));
+                    reply(std::mem::take(waiters), outcome);
+                }
+                (Round::default(), Walked::GaveUp)
             }
             Ok(Progressed::Finished { reports, round }) => {
+                let requested_at = Utc::now();
                 for (view, waiters) in walk.waiters.iter_mut() {
                     let report = reports.iter().find(|r| r.view == view).cloned();
-                    let requested_at = Utc::now();
                     reply(
                         std::mem::take(waiters),
                         Ok(report.unwrap_or_else(|| RefreshReport::skipped(view, requested_at))),
                     );
                 }
-                work.repair_backoff = None;
-                let next = std::mem::take(&mut work.repair_next);
-                drop(work);
-                self.after_round(&round);
-                let trigger = ViewName::ALL
-                    .into_iter()
-                    .find_map(|view| next[view].first().map(|w| w.trigger))
-                    .unwrap_or(trigger);
-                self.start_repair(next, trigger);
+                (round, Walked::Finished)
             }
             Err(error) => {
                 for (_, waiters) in walk.waiters.iter_mut() {
                     reply(std::mem::take(waiters), Err(error.clone()));
                 }
+                (Round::default(), Walked::GaveUp)
             }
-        }
+        };
+        work.repair_backoff = None;
+        work.repair_failures = 0;
+        let next = std::mem::take(&mut work.repair_next);
+        drop(work);
+        self.after_round(&round);
+        self.start_repair(next, walk.repair.trigger());
+        walked
     }
 
     /// One round applying the pending changes to every table-backed view.
@@ -480,13 +520,14 @@ impl Refresher {
             }
         }
         if !round.to_build.is_empty() {
-            self.spawn_build(&round.to_build, &[], false);
+            self.spawn_build(&round.to_build, &[]);
         }
     }
 
     /// Builds `views` beside in the background (those no build of this process is building, and,
-    /// unless `asked`, not backing off from a failure), then asks for the round that swaps them in.
-    fn spawn_build(&self, views: &[ViewName], asked: &[ViewName], asked_now: bool) {
+    /// unless a full refresh `asked` for them, not backing off from a failure), then asks for the
+    /// round that swaps them in.
+    fn spawn_build(&self, views: &[ViewName], asked: &[ViewName]) {
         let views: Vec<ViewName> = {
             let mut work = self.tables();
             let now = Instant::now();
@@ -495,7 +536,8 @@ impl Refresher {
                 .copied()
                 .filter(|view| !work.building[*view])
                 .filter(|view| {
-                    asked_now || work.build_backoff[*view].is_none_or(|(until, _)| until <= now)
+                    asked.contains(view)
+                        || work.build_backoff[*view].is_none_or(|(until, _)| until <= now)
                 })
                 .collect();
             for view in &views {

@@ -146,6 +146,13 @@ impl Repair {
         self.companies_done += size;
         self.after = upto;
         if range.last {
+            tracing::info!(
+                views = ?self.views,
+                ranges = self.chunks,
+                companies = self.companies_done,
+                rows_changed = ?self.repaired,
+                "repair finished"
+            );
             work::clear(pool, &self.views).await?;
             let mut reports: Vec<RefreshReport> = round
                 .reports

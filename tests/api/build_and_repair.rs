@@ -10,32 +10,12 @@ use prospect_api::refresh::{
     Progressed, RefreshMethod, RefreshStatus, RefreshTrigger, Repair, incremental_round,
 };
 use prospect_api::views::{Mode, ViewName};
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
 
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
     spawn_app_with,
 };
-
-/// Rows of each read model that differ from its definition (both ways).
-async fn differences(pool: &PgPool) -> [i64; 3] {
-    let row = sqlx::query!(
-        r#"SELECT
-             (SELECT count(*) FROM (SELECT * FROM company_prospect_view EXCEPT ALL SELECT * FROM company_prospect_view_definition
-                                    UNION ALL
-                                    (SELECT * FROM company_prospect_view_definition EXCEPT ALL SELECT * FROM company_prospect_view)) x) AS "cpv!",
-             (SELECT count(*) FROM (SELECT * FROM company_summary_view EXCEPT ALL SELECT * FROM company_summary_view_definition
-                                    UNION ALL
-                                    (SELECT * FROM company_summary_view_definition EXCEPT ALL SELECT * FROM company_summary_view)) x) AS "summary!",
-             (SELECT count(*) FROM (SELECT * FROM prospect_search_view EXCEPT ALL SELECT * FROM prospect_search_view_definition
-                                    UNION ALL
-                                    (SELECT * FROM prospect_search_view_definition EXCEPT ALL SELECT * FROM prospect_search_view)) x) AS "search!""#
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    [row.cpv, row.summary, row.search]
-}
 
 /// One reader of `/prospects` until stopped: each answer's status and row count, in order.
 fn read_until_stopped(
@@ -106,15 +86,10 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
     let (stop, reader) = read_until_stopped(&app);
 
     let building = || async {
-        sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM pg_stat_activity
-               WHERE datname = current_database() AND query LIKE '%build_read_model%'
-                 AND wait_event_type = 'Lock'"#
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
-            == 1
+        app.db
+            .waiting_for_a_lock("build_read_model")
+            .await
+            .is_some()
     };
     eventually(15, "the build waiting for the companies' table", building).await;
     eventually(10, "the build in /admin/views", || async {
@@ -154,7 +129,7 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
             .all(|(_, rows)| *rows == full),
         "{seen:?}"
     );
-    assert_eq!(differences(&app.db.pool).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
     let methods = sqlx::query_scalar!(
         r#"SELECT method AS "method!" FROM materialized_view_log l
            JOIN last_successful_refreshes() s ON s.log_id = l.id ORDER BY s.view_name"#
@@ -211,7 +186,7 @@ async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_a
         .await;
     db.convert(Mode::Incremental).await;
     write_behind_the_triggers_back(&db).await;
-    assert_ne!(differences(&db.pool).await, [0, 0, 0]);
+    assert_ne!(db.differences().await, [0, 0, 0]);
 
     let settings = quick_refresh_settings();
     let mut repair = Repair::new(
@@ -281,7 +256,7 @@ async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_a
         .map(|v| (*v, RefreshStatus::Ok, Some(RefreshMethod::Repair)))
         .collect();
     assert_eq!(outcomes, expected);
-    assert_eq!(differences(&db.pool).await, [0, 0, 0]);
+    assert_eq!(db.differences().await, [0, 0, 0]);
     let hidden: String = sqlx::query_scalar!(
         r#"SELECT last_name AS "name!" FROM company_prospect_view WHERE prospect_id = 'p_both'"#
     )

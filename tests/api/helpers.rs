@@ -138,6 +138,38 @@ impl TestDb {
     }
 
     /// Runs a fixture: several SQL statements.
+    /// Each read model against its definition: rows only in the model plus rows only in the
+    /// definition.
+    pub async fn differences(&self) -> [i64; 3] {
+        let row = sqlx::query!(
+            r#"SELECT
+                 (SELECT count(*) FROM ((SELECT * FROM company_prospect_view EXCEPT ALL SELECT * FROM company_prospect_view_definition)
+                                        UNION ALL (SELECT * FROM company_prospect_view_definition EXCEPT ALL SELECT * FROM company_prospect_view)) x) AS "cpv!",
+                 (SELECT count(*) FROM ((SELECT * FROM company_summary_view EXCEPT ALL SELECT * FROM company_summary_view_definition)
+                                        UNION ALL (SELECT * FROM company_summary_view_definition EXCEPT ALL SELECT * FROM company_summary_view)) x) AS "summary!",
+                 (SELECT count(*) FROM ((SELECT * FROM prospect_search_view EXCEPT ALL SELECT * FROM prospect_search_view_definition)
+                                        UNION ALL (SELECT * FROM prospect_search_view_definition EXCEPT ALL SELECT * FROM prospect_search_view)) x) AS "search!""#
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        [row.cpv, row.summary, row.search]
+    }
+
+    /// The process id of a backend of this database whose statement contains `statement` and that
+    /// waits for a lock.
+    pub async fn waiting_for_a_lock(&self, statement: &str) -> Option<i32> {
+        sqlx::query_scalar!(
+            r#"SELECT pid AS "pid!" FROM pg_stat_activity
+               WHERE datname = current_database() AND strpos(query, $1) > 0 AND wait_event_type = 'Lock'
+                 AND pid <> pg_backend_pid()"#,
+            statement
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+    }
+
     pub async fn execute(&self, sql: &'static str) {
         sqlx::raw_sql(sql)
             .execute(&self.pool)

@@ -52,23 +52,6 @@ async fn last_log(
     )
 }
 
-/// Each read model against its definition: rows only in the model, plus rows only in the definition.
-async fn differences(db: &TestDb) -> [i64; 3] {
-    let row = sqlx::query!(
-        r#"SELECT
-             (SELECT count(*) FROM ((SELECT * FROM company_prospect_view EXCEPT ALL SELECT * FROM company_prospect_view_definition)
-                                    UNION ALL (SELECT * FROM company_prospect_view_definition EXCEPT ALL SELECT * FROM company_prospect_view)) x) AS "cpv!",
-             (SELECT count(*) FROM ((SELECT * FROM company_summary_view EXCEPT ALL SELECT * FROM company_summary_view_definition)
-                                    UNION ALL (SELECT * FROM company_summary_view_definition EXCEPT ALL SELECT * FROM company_summary_view)) x) AS "summary!",
-             (SELECT count(*) FROM ((SELECT * FROM prospect_search_view EXCEPT ALL SELECT * FROM prospect_search_view_definition)
-                                    UNION ALL (SELECT * FROM prospect_search_view_definition EXCEPT ALL SELECT * FROM prospect_search_view)) x) AS "search!""#
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    [row.cpv, row.summary, row.search]
-}
-
 async fn modes(db: &TestDb) -> Vec<String> {
     sqlx::query_scalar!(r#"SELECT mode AS "mode!" FROM read_models ORDER BY position"#)
         .fetch_all(&db.pool)
@@ -117,7 +100,7 @@ async fn in_incremental_mode_a_write_is_applied_to_its_company_and_served_with_f
         );
         assert!(rows.unwrap() >= 1, "{view}: {rows:?}");
     }
-    assert_eq!(differences(&app.db).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
     let views = json(app.admin_get("/admin/views").await, 200).await;
     for view in views.as_array().unwrap() {
         assert_eq!(view["mode"], "incremental", "{view}");
@@ -308,7 +291,7 @@ async fn an_instance_started_in_incremental_mode_converts_a_served_database_and_
         visible(&app, "p_peer")
     })
     .await;
-    assert_eq!(differences(&app.db).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
 }
 
 #[tokio::test]
@@ -356,7 +339,7 @@ async fn the_scheduled_repair_finds_and_fixes_writes_the_triggers_could_not_see(
         rows.unwrap() >= 2,
         "c_lonely's counts and c_999's name: {rows:?}"
     );
-    assert_eq!(differences(&app.db).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
 }
 
 #[tokio::test]
@@ -403,7 +386,7 @@ async fn an_apply_that_times_out_is_recorded_and_the_next_one_applies_everything
 
     blocking.rollback().await.unwrap();
     eventually(15, "the next apply", || visible(&app, "p_late")).await;
-    assert_eq!(differences(&app.db).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
 }
 
 #[tokio::test]
@@ -423,15 +406,9 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
         .await
         .unwrap();
     // The apply is now waiting for the lock, half done; its backend goes away (as in a restart).
-    let applier = || async {
-        sqlx::query_scalar!(
-            r#"SELECT pid AS "pid!" FROM pg_stat_activity
-               WHERE datname = current_database() AND query LIKE '%maintain_incremental_read_models%'
-                 AND wait_event_type = 'Lock'"#
-        )
-        .fetch_optional(&app.db.pool)
-        .await
-        .unwrap()
+    let applier = || {
+        app.db
+            .waiting_for_a_lock("maintain_incremental_read_models")
     };
     eventually(10, "the apply waiting for the lock", || async {
         applier().await.is_some()
@@ -459,7 +436,7 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
         name().await == "Killed Mid-Apply"
     })
     .await;
-    assert_eq!(differences(&app.db).await, [0, 0, 0]);
+    assert_eq!(app.db.differences().await, [0, 0, 0]);
 }
 
 /// One round with `share` as the rebuild share: each model maintained with its method, and the
@@ -536,7 +513,7 @@ async fn a_truncate_or_more_than_the_share_of_companies_changing_is_built_beside
     assert_eq!(built.len(), 3, "{built:?}");
     let (swapped, _) = round(&db, 0.3).await;
     assert_eq!(methods(&swapped), ["build"; 3]);
-    assert_eq!(differences(&db).await, [0, 0, 0]);
+    assert_eq!(db.differences().await, [0, 0, 0]);
 
     db.execute(r#"TRUNCATE "Prospect""#).await;
     assert_eq!(
@@ -549,7 +526,7 @@ async fn a_truncate_or_more_than_the_share_of_companies_changing_is_built_beside
         .unwrap();
     let how: Vec<_> = reports.iter().map(|r| (r.status, r.method)).collect();
     assert_eq!(how, [(RefreshStatus::Ok, Some(RefreshMethod::Build)); 3]);
-    assert_eq!(differences(&db).await, [0, 0, 0]);
+    assert_eq!(db.differences().await, [0, 0, 0]);
 }
 
 #[tokio::test]
@@ -578,7 +555,7 @@ async fn refresh_materialized_views_rebuilds_tables_too_but_only_in_read_committ
         })
         .collect();
     assert_eq!(got, expected);
-    assert_eq!(differences(&db).await, [0, 0, 0]);
+    assert_eq!(db.differences().await, [0, 0, 0]);
 
     let mut conn = db.connection().await;
     let mut tx = conn.begin().await.unwrap();
