@@ -23,6 +23,7 @@ standard library only (plus bench/run.py's helpers).
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -204,8 +205,9 @@ def commit_to_visible(url, company, samples, pause, until=None):
 
 
 def summary(seconds):
+    """Median, p99 (nearest rank) and worst."""
     ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * len(ordered) + 0.5)) - 1)]
+    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
     return {"n": len(ordered), "median": statistics.median(ordered), "p99": p99, "worst": ordered[-1]}
 
 

@@ -703,37 +703,27 @@ $$;
 -- ===================================================================================================
 
 -- Makes a table-backed read model (or p_relation, a table of its shape) equal to its definition
--- for the given companies, or (p_companies NULL) for the companies with ids in (p_after, p_upto]
--- (a NULL bound is open; both NULL: every company), writing only rows that differ, as REFRESH ...
+-- for the given companies (NULL: every company), writing only rows that differ, as REFRESH ...
 -- CONCURRENTLY does for a whole view: the rows whose exact image the definition no longer has are
 -- deleted, then the definition's rows the table does not hold exactly are inserted. Readers are
 -- never blocked. Returns how many rows of each, and the companies of the inserted rows (NULL when
 -- it compared every company).
-CREATE OR REPLACE FUNCTION sync_read_model(
-    p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL, p_after TEXT DEFAULT NULL,
-    p_upto TEXT DEFAULT NULL, OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[])
+CREATE OR REPLACE FUNCTION sync_read_model(p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL,
+                                OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[])
 LANGUAGE plpgsql AS $$
 DECLARE
     model read_model_catalog;
     target REGCLASS := COALESCE(p_relation, to_regclass(p_view));
     same_key TEXT;
-    scope TEXT;
     fresh TEXT := 'fresh';
-    whole BOOLEAN := p_companies IS NULL AND p_after IS NULL AND p_upto IS NULL;
 BEGIN
     SELECT * INTO STRICT model FROM read_model_catalog WHERE name = p_view;
     SELECT string_agg(format('d.%1$I = t.%1$I', k), ' AND ') INTO same_key FROM unnest(model.key_columns) k;
-    IF p_companies IS NOT NULL THEN
-        scope := '%1$s.company_id = ANY ($1)';
-    ELSE
-        scope := concat_ws(' AND ', 'true', CASE WHEN p_after IS NOT NULL THEN '%1$s.company_id > $2' END,
-                                            CASE WHEN p_upto IS NOT NULL THEN '%1$s.company_id <= $3' END);
-    END IF;
-    IF whole THEN
+    IF p_companies IS NULL THEN
         -- Joined whole, the definition is better planned as itself than as a materialized scan.
         fresh := format('%I', model.definition);
     END IF;
-    -- The scope's rows of the definition are computed first, once, for both the delete and the
+    -- The companies' rows of the definition are computed first, once, for both the delete and the
     -- insert (computing them is most of the cost: the search view's words): joined to the table
     -- inside one plan, the planner expects the anti-join to find almost nothing and nests a scan of
     -- the companies in it (measured: 20,000 companies at 1M rows ran for minutes instead of seconds).
@@ -742,20 +732,20 @@ BEGIN
     -- never meets its old one in the unique index; both see the statement's snapshot, in which the
     -- deleted rows are the ones no fresh row matches exactly.
     EXECUTE format(
-        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s),
-              removed AS (DELETE FROM %1$s t WHERE %4$s AND NOT EXISTS (
-                              SELECT FROM %5$s d WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
+        'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1)),
+              removed AS (DELETE FROM %1$s t WHERE ($1 IS NULL OR t.company_id = ANY ($1)) AND NOT EXISTS (
+                              SELECT FROM %3$s d WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
                           RETURNING 1),
-              inserted AS (INSERT INTO %1$s SELECT d.* FROM %5$s d
+              inserted AS (INSERT INTO %1$s SELECT d.* FROM %3$s d
                            WHERE (SELECT count(*) FROM removed) >= 0
-                             AND NOT EXISTS (SELECT FROM %1$s t WHERE %6$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
+                             AND NOT EXISTS (SELECT FROM %1$s t WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
                            RETURNING company_id)
          SELECT (SELECT count(*) FROM removed), count(*),
-                CASE WHEN $4 THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
          FROM inserted',
-        target, model.definition, format(scope, 'd'), format(scope, 't'), fresh, same_key)
+        target, model.definition, fresh, same_key)
         INTO removed, added, companies
-        USING p_companies, p_after, p_upto, whole;
+        USING p_companies;
 END
 $$;
 
@@ -923,6 +913,37 @@ BEGIN
 END
 $$;
 
+-- The companies with ids in (p_after, p_upto] (a NULL bound is open) whose rows in each of the
+-- table-backed read models p_views differ from its definition, in this statement's snapshot: what a
+-- repair compares, a range at a time, without the maintenance lock (so applies go on meanwhile),
+-- before a round recomputes only those companies. A company changed by a write not yet applied
+-- differs too: recomputing it changes nothing the next apply would not.
+CREATE OR REPLACE FUNCTION read_model_differences(p_views TEXT[], p_after TEXT, p_upto TEXT)
+RETURNS TABLE (view_name TEXT, companies TEXT[])
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    model read_model_catalog;
+    scope TEXT := concat_ws(' AND ', 'true', CASE WHEN p_after IS NOT NULL THEN '%1$s.company_id > $1' END,
+                                             CASE WHEN p_upto IS NOT NULL THEN '%1$s.company_id <= $2' END);
+BEGIN
+    FOR model IN SELECT * FROM read_model_catalog m WHERE m.name = ANY (p_views) ORDER BY m.position LOOP
+        view_name := model.name;
+        -- EXCEPT ALL compares whole rows, NULLs equal, as the round's sync does; the table's columns
+        -- are its definition's, in order (read_model_is_current()).
+        EXECUTE format(
+            'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE %3$s),
+                  held AS MATERIALIZED (SELECT * FROM %1$I t WHERE %4$s)
+             SELECT COALESCE(array_agg(DISTINCT company_id), ''{}'') FROM (
+                 (SELECT * FROM fresh EXCEPT ALL SELECT * FROM held)
+                 UNION ALL
+                 (SELECT * FROM held EXCEPT ALL SELECT * FROM fresh)) differing',
+            model.name, model.definition, format(scope, 'd'), format(scope, 't'))
+            INTO companies USING p_after, p_upto;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- One round of incremental maintenance, in the caller's transaction. For each table-backed model:
 -- - 'busy': another session holds its lock (a build beside): left alone;
 -- - 'swapped': built beside and waiting (staged_read_models): brought up to this round's snapshot
@@ -932,9 +953,9 @@ $$;
 -- - otherwise the rows of the companies changed by transactions that its last snapshot does not see
 --   are recomputed (method 'apply'); the models of p_rebuild are diffed against their whole
 --   definition instead (method 'rebuild': refresh_materialized_views(), for DBAs); those of p_repair
---   are also compared with their definition for the companies with ids in (p_repair_after,
---   p_repair_upto] and repaired. 'maintained' when a log row was written, 'unchanged' when a
---   repaired range changed nothing and nothing was pending.
+--   also recompute p_repair_companies (a repair's range found them different from the
+--   definition: read_model_differences()). 'maintained' when a log row was written, 'unchanged'
+--   when a repair's companies changed nothing and nothing was pending.
 -- Each model maintained logs this transaction's snapshot. Changes this snapshot cannot see
 -- (transactions still running) stay in the change record for the next round. p_repair_last: the
 -- repair's last range, whose round logs method 'repair' for the models repaired, with the rows the
@@ -949,7 +970,7 @@ $$;
 -- recomputes them anyway.
 CREATE OR REPLACE FUNCTION maintain_incremental_read_models(
     p_trigger TEXT, p_rebuild TEXT[] DEFAULT '{}', p_rebuild_share DOUBLE PRECISION DEFAULT 1,
-    p_repair TEXT[] DEFAULT '{}', p_repair_after TEXT DEFAULT NULL, p_repair_upto TEXT DEFAULT NULL,
+    p_repair TEXT[] DEFAULT '{}', p_repair_companies TEXT[] DEFAULT '{}',
     p_repair_last BOOLEAN DEFAULT false, p_repaired_before JSONB DEFAULT '{}',
     p_swap_lock_timeout TEXT DEFAULT '500ms')
 RETURNS TABLE (view_name TEXT, outcome TEXT, log_id BIGINT, method TEXT, started_at TIMESTAMPTZ,
@@ -1057,7 +1078,7 @@ BEGIN
                 inserted := synced.companies;
             END IF;
             IF v = ANY (p_repair) THEN
-                SELECT * INTO synced FROM sync_read_model(v, NULL, NULL, p_repair_after, p_repair_upto);
+                SELECT * INTO synced FROM sync_read_model(v, p_repair_companies);
                 fixed := synced.removed + synced.added;
                 removed := removed + synced.removed;
                 added := added + synced.added;

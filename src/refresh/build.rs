@@ -103,9 +103,12 @@ impl BuildBeside {
         sqlx::query!("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut connection)
             .await?;
+        // The session's short lock_timeout was for the models' locks; reading the base tables may
+        // wait for a writer's lock as long as the build may run.
         let timeout = pg_duration(settings.refresh_build_timeout);
         let local = [
             ("statement_timeout", timeout.as_str()),
+            ("lock_timeout", timeout.as_str()),
             ("maintenance_work_mem", settings.refresh_work_mem.as_str()),
             ("work_mem", settings.refresh_work_mem.as_str()),
         ];

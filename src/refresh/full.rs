@@ -160,6 +160,9 @@ async fn swap_in(
                 .filter(|r| views.contains(&r.view))
                 .collect());
         }
+        if round.swapped() {
+            super::vacuum_change_record(pool).await?;
+        }
         if !staged(pool, &views).await? {
             break;
         }

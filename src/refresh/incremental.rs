@@ -1,9 +1,9 @@
 //! Maintaining the table-backed read models (mode `incremental`): one round brings every one of them up
 //! to date in one REPEATABLE READ transaction, so they all reflect the same snapshot (`/companies`
 //! counts and `/prospects` rows agree), and logs that snapshot for each. A round applies the pending
-//! changes per company, swaps in the models built beside (`build`), compares one range of companies
-//! with the definitions when a repair asks it to (`repair`), and says which models only a build can
-//! bring up to date: see `maintain_incremental_read_models()` in migration 0014.
+//! changes per company, swaps in the models built beside (`build`), recomputes the companies a
+//! repair found different (`repair`), and says which models only a build can bring up to date: see
+//! `maintain_incremental_read_models()` in migration 0014.
 //!
 //! One process at a time maintains them: the round locks `read_model_catalog` before its first
 //! snapshot-taking statement (`LOCK` takes none), so its snapshot sees every earlier round. The lock is
@@ -20,12 +20,12 @@ use crate::config::{RefreshSettings, pg_duration};
 use crate::db::set_local;
 use crate::views::{PerView, ViewName};
 
-/// One range of a repair: the companies with ids in `(after, upto]` (an open bound when `None`).
+/// What a repair asks of a round: recompute, in `views`, the `companies` a range found different
+/// from the definitions.
 #[derive(Debug, Clone, Default)]
 pub struct RepairRange {
     pub views: Vec<ViewName>,
-    pub after: Option<String>,
-    pub upto: Option<String>,
+    pub companies: Vec<String>,
     /// The repair's last range: its round logs method `repair` with the rows the whole repair
     /// changed (`repaired_before`: those of the earlier ranges).
     pub last: bool,
@@ -142,12 +142,11 @@ async fn try_round(
     let rows = sqlx::query!(
         r#"SELECT view_name AS "view_name!", outcome AS "outcome!", log_id, method, started_at,
                   duration_ms, row_count, rows_changed, companies_changed, repaired
-           FROM maintain_incremental_read_models($1, '{}', $2, $3, $4, $5, $6, $7)"#,
+           FROM maintain_incremental_read_models($1, '{}', $2, $3, $4, $5, $6)"#,
         trigger.as_str(),
         settings.incremental_rebuild_share,
         &repair_views as &[&str],
-        range.after.as_deref(),
-        range.upto.as_deref(),
+        &range.companies,
         range.last,
         repaired_before,
     )
@@ -181,16 +180,17 @@ async fn try_round(
         }
     }
     round.reports.sort_by_key(|report| report.view);
-    if round
-        .reports
-        .iter()
-        .any(|r| r.method == Some(RefreshMethod::Build))
-    {
-        // The swap forgot every change the builds covered: after a bulk load, millions of dead rows
-        // that every poll and round would scan until the next minute's vacuum.
-        super::vacuum_change_record(pool).await?;
-    }
     Ok(round)
+}
+
+impl Round {
+    /// Whether it swapped builds in: it then forgot every change they covered (after a bulk load,
+    /// millions of dead rows that every poll and round scans until a vacuum removes them).
+    pub fn swapped(&self) -> bool {
+        self.reports
+            .iter()
+            .any(|r| r.method == Some(RefreshMethod::Build))
+    }
 }
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";

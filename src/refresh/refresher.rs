@@ -342,11 +342,13 @@ impl Refresher {
         if !tables.is_empty() {
             self.start_table_work(&mut batch, &tables).await;
         }
-        if batch.repair_step {
-            // Its round applies whatever is pending too.
-            self.repair_step().await;
-        } else if batch.apply && modes.contains(&Some(Mode::Incremental)) {
+        // Changes seen pending are applied first, in a round of their own: a repair's range would
+        // apply them too, but only at the end of its longer round.
+        if batch.apply && modes.contains(&Some(Mode::Incremental)) {
             self.apply_round(&modes).await;
+        }
+        if batch.repair_step {
+            self.repair_step().await;
         }
         for view in ViewName::ALL {
             let waiters = std::mem::take(&mut batch.full[view]);
@@ -508,6 +510,16 @@ impl Refresher {
     /// What a round tells the refresher: builds it swapped in (their waiters get the swap's
     /// report), and models that only a build can bring up to date (built unless backing off).
     fn after_round(&self, round: &Round) {
+        if round.swapped() {
+            // Not before the round is counted finished: readers should see the new generation at
+            // once, not after the vacuum.
+            let pool = self.inner.pool.clone();
+            tokio::spawn(async move {
+                if let Err(error) = super::vacuum_change_record(&pool).await {
+                    tracing::warn!(%error, "vacuuming the change record after a swap failed");
+                }
+            });
+        }
         {
             let mut work = self.tables();
             for report in &round.reports {

@@ -1,9 +1,10 @@
 //! Repairing the table-backed read models (mode `incremental`) without stalling freshness: what a
 //! full refresh of one does when a build beside is not needed. The triggers cannot see every write
 //! (`session_replication_role = replica`, a restore), so now and then each table is compared with
-//! its definition, as pt-table-checksum compares a table in chunks: one range of companies at a time,
-//! each in its own round (which also applies whatever is pending), sized so that a round takes about
-//! `CHUNK_TARGET`. Applies run between ranges, so a write waits for one range, not the whole repair.
+//! its definition, as pt-table-checksum compares a table: one range of companies at a time, sized
+//! to take about `CHUNK_TARGET`, compared without the maintenance lock (`read_model_differences()`),
+//! so applies go on meanwhile; only a range that differs is fixed, by a round that recomputes just
+//! its differing companies. The last range's round logs the repair.
 //!
 //! `Repair::step` does one range; the refresher interleaves steps with its other work, the CLI runs
 //! them back to back. One process repairs a model at a time: a repair claims its models in
@@ -17,13 +18,15 @@ use sqlx::PgPool;
 use super::incremental::{self, RepairRange, Round};
 use super::report::{RefreshMethod, RefreshReport, RefreshTrigger};
 use super::work::{self, WorkKind};
-use crate::config::RefreshSettings;
+use crate::config::{RefreshSettings, pg_duration};
+use crate::db::set_local;
 use crate::views::{PerView, ViewName};
 
-/// How long one range's round should take: a write committed meanwhile waits about this long more.
-const CHUNK_TARGET: Duration = Duration::from_millis(100);
+/// How long comparing one range should take: long enough that the per-range costs (planning, the
+/// round when it differs) stay small, short enough that its progress reports move.
+const CHUNK_TARGET: Duration = Duration::from_millis(200);
 /// Companies in the first range, and the bounds of the range's size.
-const FIRST_CHUNK: i64 = 500;
+const FIRST_CHUNK: i64 = 1_000;
 const MIN_CHUNK: i64 = 20;
 const MAX_CHUNK: i64 = 200_000;
 
@@ -120,21 +123,35 @@ impl Repair {
         }
         let size = self.chunk;
         let upto = next_bound(pool, self.after.as_deref(), size).await?;
-        let range = RepairRange {
-            views: self.views.clone(),
-            after: self.after.clone(),
-            upto: upto.clone(),
-            last: upto.is_none(),
-            repaired_before: self.repaired,
-        };
+        let last = upto.is_none();
         let started = Instant::now();
-        let round = incremental::round(pool, self.trigger, Some(&range), settings).await?;
-        if round.locked_elsewhere {
-            return Ok(Progressed::Waiting);
-        }
-        if round.failed() {
-            return Ok(Progressed::Failed(round));
-        }
+        let companies = differing(
+            pool,
+            &self.views,
+            self.after.as_deref(),
+            upto.as_deref(),
+            settings,
+        )
+        .await?;
+        let round = if companies.is_empty() && !last {
+            // Nothing to fix here: no round, so no apply waited for this range.
+            Round::default()
+        } else {
+            let range = RepairRange {
+                views: self.views.clone(),
+                companies,
+                last,
+                repaired_before: self.repaired,
+            };
+            let round = incremental::round(pool, self.trigger, Some(&range), settings).await?;
+            if round.locked_elsewhere {
+                return Ok(Progressed::Waiting);
+            }
+            if round.failed() {
+                return Ok(Progressed::Failed(round));
+            }
+            round
+        };
         self.resize(started.elapsed());
         for view in round.busy.iter().chain(&round.to_build) {
             self.drop_view(*view);
@@ -145,7 +162,7 @@ impl Repair {
         self.chunks += 1;
         self.companies_done += size;
         self.after = upto;
-        if range.last {
+        if last {
             tracing::info!(
                 views = ?self.views,
                 ranges = self.chunks,
@@ -213,13 +230,15 @@ impl Repair {
         }
     }
 
-    /// The next range's size, from how long this one took.
+    /// The next range's size, from how long this one took: smaller at once when it took too long,
+    /// larger only a quarter at a time (a range that happened to be cheap doubling the next one made
+    /// the slowest rounds).
     fn resize(&mut self, took: Duration) {
         if self.fixed_chunk {
             return;
         }
         let ratio = CHUNK_TARGET.as_secs_f64() / took.as_secs_f64().max(0.001);
-        let next = (self.chunk as f64 * ratio.clamp(0.5, 2.0)) as i64;
+        let next = (self.chunk as f64 * ratio.clamp(0.25, 1.25)) as i64;
         self.chunk = next.clamp(MIN_CHUNK, MAX_CHUNK);
     }
 
@@ -247,6 +266,39 @@ impl Repair {
     pub fn position(&self) -> (i64, i64, i64) {
         (self.companies_done, self.companies_total, self.chunks)
     }
+}
+
+/// The companies with ids in `(after, upto]` whose rows in any of `views` differ from the
+/// definitions, compared in one statement's snapshot without the maintenance lock.
+async fn differing(
+    pool: &PgPool,
+    views: &[ViewName],
+    after: Option<&str>,
+    upto: Option<&str>,
+    settings: &RefreshSettings,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
+    let local = [
+        ("statement_timeout", statement_timeout.as_str()),
+        ("work_mem", settings.refresh_work_mem.as_str()),
+        ("jit", "off"),
+    ];
+    set_local(&mut tx, &local).await?;
+    let names: Vec<&str> = views.iter().map(|view| view.as_str()).collect();
+    let found = sqlx::query_scalar!(
+        r#"SELECT companies AS "companies!" FROM read_model_differences($1, $2, $3)"#,
+        &names as &[&str],
+        after,
+        upto,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut companies: Vec<String> = found.into_iter().flatten().collect();
+    companies.sort();
+    companies.dedup();
+    Ok(companies)
 }
 
 /// The id of the company `chunk` places after `after` (the range's upper bound); `None` when fewer

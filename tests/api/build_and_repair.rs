@@ -39,6 +39,18 @@ fn read_until_stopped(
     (stop, reader)
 }
 
+/// The answers as runs: (status, rows, how many in a row).
+fn runs(seen: &[(u16, usize)]) -> Vec<(u16, usize, usize)> {
+    let mut runs: Vec<(u16, usize, usize)> = Vec::new();
+    for (status, rows) in seen {
+        match runs.last_mut() {
+            Some((s, r, n)) if s == status && r == rows => *n += 1,
+            _ => runs.push((*status, *rows, 1)),
+        }
+    }
+    runs
+}
+
 async fn work_kinds(app: &TestApp) -> Vec<Option<String>> {
     let views = json(app.admin_get("/admin/views").await, 200).await;
     views
@@ -107,26 +119,25 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
         app.get("/prospects/p_during").await.status() == 200
     })
     .await;
+    // The list too (a response cached for the old generation is served until this instance's
+    // freshness sees the new one), then a little more reading.
+    eventually(5, "the list with the data built", || async {
+        let page = app.get_json("/prospects?limit=100", 200).await;
+        page["data"].as_array().is_some_and(|rows| !rows.is_empty())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
-    let seen = reader.await.unwrap();
+    let seen = runs(&reader.await.unwrap());
+    // The old answer (no rows) until the swap, then the full data, never back: two runs at most.
     assert!(
         seen.iter()
-            .all(|(status, _)| *status == 200 || *status == 503),
+            .all(|(status, _, _)| *status == 200 || *status == 503),
         "{seen:?}"
     );
-    // The old answer (no rows) until the swap, then the full data, never back.
-    let first_full = seen.iter().position(|(_, rows)| *rows > 0);
-    let before: Vec<usize> = seen[..first_full.unwrap_or(seen.len())]
-        .iter()
-        .map(|(_, rows)| *rows)
-        .collect();
-    assert!(before.iter().all(|rows| *rows == 0), "{seen:?}");
-    let full = seen.last().unwrap().1;
-    assert!(full > 0, "{seen:?}");
+    let rows: Vec<usize> = seen.iter().map(|(_, rows, _)| *rows).collect();
     assert!(
-        seen[first_full.unwrap()..]
-            .iter()
-            .all(|(_, rows)| *rows == full),
+        matches!(rows.as_slice(), [0, full] | [full] if *full > 0),
         "{seen:?}"
     );
     assert_eq!(app.db.differences().await, [0, 0, 0]);
@@ -149,6 +160,16 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
     .await
     .unwrap();
     assert_eq!(built, 3);
+    let failed = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE status = 'error'"#
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        failed, 0,
+        "the build waited for the writer's lock past REFRESH_LOCK_TIMEOUT without failing"
+    );
     eventually(5, "the build's progress cleared", || async {
         work_kinds(&app).await == vec![None; 3]
     })
@@ -197,7 +218,8 @@ async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_a
     .in_ranges_of(3);
     let mut ranges = 0;
     let reports = loop {
-        // A write between ranges is applied by the next round, the repair's or an apply.
+        // A write between ranges: the refresher's next apply serves it, the repair never holding
+        // the maintenance lock for longer than a range that differs.
         let name = format!("Step {ranges}");
         sqlx::query!(
             r#"UPDATE "Prospect" SET "firstName" = $1 WHERE "id" = 'p_1000'"#,
@@ -206,16 +228,14 @@ async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_a
         .execute(&db.pool)
         .await
         .unwrap();
-        if ranges % 2 == 1 {
-            let round = incremental_round(&db.pool, RefreshTrigger::Incremental, None, &settings)
-                .await
-                .unwrap();
-            assert!(
-                round.busy.is_empty() && round.to_build.is_empty(),
-                "{round:?}"
-            );
-        }
         let progressed = repair.step(&db.pool, &settings).await.unwrap();
+        let round = incremental_round(&db.pool, RefreshTrigger::Incremental, None, &settings)
+            .await
+            .unwrap();
+        assert!(
+            round.busy.is_empty() && round.to_build.is_empty(),
+            "{round:?}"
+        );
         let applied: String = sqlx::query_scalar!(
             r#"SELECT first_name AS "name!" FROM company_prospect_view WHERE prospect_id = 'p_1000'"#
         )
@@ -269,15 +289,15 @@ async fn a_repair_walks_the_companies_in_ranges_fixes_what_the_triggers_missed_a
         .await
         .unwrap();
     assert_eq!(left, 0, "the repair's progress is cleared at its end");
-    // Every round, the repair's ranges and the applies between them, logged one after another.
-    let logged = sqlx::query!(
+    // The repair's own rounds: one per range that differed (the hidden writes touched two companies
+    // apart, and a third at the end), the last one logging the repair.
+    let repaired = sqlx::query!(
         r#"SELECT method AS "method!", rows_changed AS "rows!" FROM materialized_view_log
-           WHERE view_name = 'company_summary_view' AND status = 'ok' AND method IN ('apply', 'repair')
-           ORDER BY id"#
+           WHERE view_name = 'company_prospect_view' AND status = 'ok' AND trigger = 'manual' ORDER BY id"#
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(logged.len() >= 4, "{logged:?}");
-    assert_eq!(logged.last().unwrap().method, "repair");
+    assert!(!repaired.is_empty() && repaired.len() < 4, "{repaired:?}");
+    assert_eq!(repaired.last().unwrap().method, "repair");
 }

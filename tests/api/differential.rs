@@ -646,11 +646,16 @@ impl Run {
             self.finish_build().await;
             self.apply().await;
         }
-        if self.hidden && self.walk.is_none() {
-            self.start_walk();
-        }
+        // The repair walking may have passed hidden writes, or lost its models to a build: then one
+        // more, from the first company.
         while self.walk.is_some() {
             self.walk_step().await;
+        }
+        if self.hidden {
+            self.start_walk();
+            while self.walk.is_some() {
+                self.walk_step().await;
+            }
         }
         self.apply().await;
     }
