@@ -366,6 +366,26 @@ CREATE TABLE read_model_work (
     owner      TEXT        NOT NULL
 );
 
+-- What each incremental round changed in each read model: the rows it deleted and the rows it
+-- inserted, whole (but the search vector), for the response caches of every instance: a cached
+-- response survives a round that changed no row it could show (#24). Deleted with its log row, and
+-- after a few minutes (prune_read_model_changes()): an instance whose cached response is older than
+-- what is kept renders it anew.
+CREATE TABLE read_model_changes (
+    log_id      BIGINT      PRIMARY KEY REFERENCES materialized_view_log (id) ON DELETE CASCADE,
+    removed     JSONB       NOT NULL,
+    added       JSONB       NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX read_model_changes_recorded ON read_model_changes (recorded_at);
+
+-- Forgets the changes recorded more than p_keep ago; returns how many rounds' changes it forgot.
+CREATE OR REPLACE FUNCTION prune_read_model_changes(p_keep INTERVAL) RETURNS BIGINT
+LANGUAGE sql AS $$
+    WITH pruned AS (DELETE FROM read_model_changes WHERE recorded_at < clock_timestamp() - p_keep RETURNING 1)
+    SELECT count(*) FROM pruned
+$$;
+
 -- Secrets the API instances share, so that any instance accepts what another one issued.
 -- cursor_hmac signs pagination cursors (two gen_random_uuid() give 244 random bits).
 CREATE TABLE api_secrets (
@@ -706,10 +726,11 @@ $$;
 -- for the given companies (NULL: every company), writing only rows that differ, as REFRESH ...
 -- CONCURRENTLY does for a whole view: the rows whose exact image the definition no longer has are
 -- deleted, then the definition's rows the table does not hold exactly are inserted. Readers are
--- never blocked. Returns how many rows of each, and the companies of the inserted rows (NULL when
--- it compared every company).
+-- never blocked. Returns how many rows of each, the companies of the inserted rows, and the rows
+-- deleted and inserted as JSON arrays (NULL, all three, when it compared every company).
 CREATE OR REPLACE FUNCTION sync_read_model(p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL,
-                                OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[])
+                                OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[],
+                                OUT removed_rows JSONB, OUT added_rows JSONB)
 LANGUAGE plpgsql AS $$
 DECLARE
     model read_model_catalog;
@@ -735,16 +756,18 @@ BEGIN
         'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1)),
               removed AS (DELETE FROM %1$s t WHERE ($1 IS NULL OR t.company_id = ANY ($1)) AND NOT EXISTS (
                               SELECT FROM %3$s d WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
-                          RETURNING 1),
-              inserted AS (INSERT INTO %1$s SELECT d.* FROM %3$s d
+                          RETURNING to_jsonb(t) - ''search_vector'' - ''refresh_no_dup_check'' AS image),
+              inserted AS (INSERT INTO %1$s AS t SELECT d.* FROM %3$s d
                            WHERE (SELECT count(*) FROM removed) >= 0
                              AND NOT EXISTS (SELECT FROM %1$s t WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
-                           RETURNING company_id)
+                           RETURNING t.company_id, to_jsonb(t) - ''search_vector'' - ''refresh_no_dup_check'' AS image)
          SELECT (SELECT count(*) FROM removed), count(*),
-                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END,
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE((SELECT jsonb_agg(image) FROM removed), ''[]'') END,
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(jsonb_agg(image), ''[]'') END
          FROM inserted',
         target, model.definition, fresh, same_key)
-        INTO removed, added, companies
+        INTO removed, added, companies, removed_rows, added_rows
         USING p_companies;
 END
 $$;
@@ -956,7 +979,8 @@ $$;
 --   also recompute p_repair_companies (a repair's range found them different from the
 --   definition: read_model_differences()). 'maintained' when a log row was written, 'unchanged'
 --   when a repair's companies changed nothing and nothing was pending.
--- Each model maintained logs this transaction's snapshot. Changes this snapshot cannot see
+-- Each model maintained logs this transaction's snapshot, and for an apply or a repair the rows it
+-- deleted and inserted (read_model_changes). Changes this snapshot cannot see
 -- (transactions still running) stay in the change record for the next round. p_repair_last: the
 -- repair's last range, whose round logs method 'repair' for the models repaired, with the rows the
 -- whole repair changed (p_repaired_before: those of the earlier ranges, by model name).
@@ -993,6 +1017,8 @@ DECLARE
     removed BIGINT;
     added BIGINT;
     inserted TEXT[];
+    removed_rows JSONB;
+    added_rows JSONB;
     fixed BIGINT;
     rows BIGINT;
     logged materialized_view_log;
@@ -1060,6 +1086,8 @@ BEGIN
     FOREACH v IN ARRAY models LOOP
         fixed := NULL;
         inserted := '{}';
+        removed_rows := '[]';
+        added_rows := '[]';
         IF v = ANY (p_rebuild) THEN
             how := 'rebuild';
             SELECT * INTO synced FROM sync_read_model(v, NULL);
@@ -1076,6 +1104,8 @@ BEGIN
                 removed := synced.removed;
                 added := synced.added;
                 inserted := synced.companies;
+                removed_rows := synced.removed_rows;
+                added_rows := synced.added_rows;
             END IF;
             IF v = ANY (p_repair) THEN
                 SELECT * INTO synced FROM sync_read_model(v, p_repair_companies);
@@ -1083,6 +1113,8 @@ BEGIN
                 removed := removed + synced.removed;
                 added := added + synced.added;
                 inserted := inserted || synced.companies;
+                removed_rows := removed_rows || synced.removed_rows;
+                added_rows := added_rows || synced.added_rows;
                 IF p_repair_last OR pending = 0 THEN
                     how := 'repair';
                 END IF;
@@ -1105,6 +1137,9 @@ BEGIN
                 removed + added + CASE WHEN how = 'repair' AND p_repair_last
                                        THEN COALESCE((p_repaired_before ->> v)::bigint, 0) ELSE 0 END)
         RETURNING * INTO logged;
+        IF how <> 'rebuild' THEN
+            INSERT INTO read_model_changes (log_id, removed, added) VALUES (logged.id, removed_rows, added_rows);
+        END IF;
         RETURN QUERY SELECT v, 'maintained', logged.id, how, logged.started_at, logged.duration_ms,
                             logged.row_count, logged.rows_changed, logged.companies_changed, fixed;
     END LOOP;

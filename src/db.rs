@@ -102,6 +102,18 @@ pub async fn set_local(
     Ok(())
 }
 
+/// Whether the database orders text by bytes (a libc `C`, `POSIX` or `C.UTF-8` collation): then Rust
+/// orders the read models' text as PostgreSQL does (the response cache relies on it to tell where a
+/// changed row falls in a cached page).
+pub async fn text_orders_bytewise(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT datlocprovider = 'c' AND datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') AS "bytewise!"
+           FROM pg_database WHERE datname = current_database()"#
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Whether a pool connects before it is returned (so that a wrong URL fails at once) or on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connect {

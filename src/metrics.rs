@@ -143,6 +143,16 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Data responses that waited for an identical request's query instead of running their own.",
     ),
     (
+        "response_cache_kept_total",
+        Kind::Counter,
+        "Cached responses served after incremental rounds that changed no row they show (how=unchanged), or whose totals and counts the changed rows updated (how=updated).",
+    ),
+    (
+        "response_cache_dropped_total",
+        Kind::Counter,
+        "Cached responses rendered anew after a round: it changed a row they show (reason=changed), or the cache could not decide (reason=undecided: a search's terms, a rank, a full refresh).",
+    ),
+    (
         "response_cache_evictions_total",
         Kind::Counter,
         "Cached responses pushed out by RESPONSE_CACHE_BYTES.",
@@ -299,7 +309,7 @@ pub struct WorkGauges {
 /// The kinds of work `view_work_in_progress` tells apart.
 const WORK_KINDS: [&str; 2] = ["build", "repair"];
 
-/// This instance's response cache (src/http/response_cache.rs), read at scrape time.
+/// This instance's response cache (src/http/response_cache/), read at scrape time.
 #[derive(Debug, Default)]
 pub struct ResponseCacheFigures {
     /// False with `RESPONSE_CACHE_BYTES=0`.
@@ -313,15 +323,25 @@ pub struct ResponseCacheFigures {
 }
 
 /// Responses of one view's endpoints on this instance: served from the cache, rendered (a query
-/// ran), or served by waiting for an identical request's render.
+/// ran), or served by waiting for an identical request's render; and what the rounds did to cached
+/// responses.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ViewCacheCounts {
+    /// Served from the cache (`kept` and `updated` included).
     pub hits: u64,
     pub misses: u64,
     pub coalesced: u64,
     /// Share of responses that ran no query of their own: (hits + coalesced) / all; null before the
     /// first response.
     pub hit_ratio: Option<f64>,
+    /// Served from a cached response kept across rounds that changed no row it shows.
+    pub kept: u64,
+    /// Served from a cached response whose total or counts the rounds' changed rows updated.
+    pub updated: u64,
+    /// Cached responses rendered anew because a round changed a row they show ...
+    pub dropped_changed: u64,
+    /// ... or one the cache could not decide about (a search's terms, a rank, a full refresh).
+    pub dropped_undecided: u64,
 }
 
 impl ViewCacheCounts {
@@ -332,6 +352,24 @@ impl ViewCacheCounts {
             misses,
             coalesced,
             hit_ratio: (total > 0).then(|| (hits + coalesced) as f64 / total as f64),
+            ..ViewCacheCounts::default()
+        }
+    }
+
+    /// With what the rounds did to cached responses.
+    pub fn across_rounds(
+        self,
+        kept: u64,
+        updated: u64,
+        dropped_changed: u64,
+        dropped_undecided: u64,
+    ) -> ViewCacheCounts {
+        ViewCacheCounts {
+            kept,
+            updated,
+            dropped_changed,
+            dropped_undecided,
+            ..self
         }
     }
 }
@@ -521,6 +559,22 @@ impl Metrics {
                 .absolute(counts.misses);
             self.counter("response_cache_coalesced_total", view_label(view))
                 .absolute(counts.coalesced);
+            for (how, count) in [("unchanged", counts.kept), ("updated", counts.updated)] {
+                let labels = vec![Label::new("view", view.as_str()), Label::new("how", how)];
+                self.counter("response_cache_kept_total", labels)
+                    .absolute(count);
+            }
+            for (reason, count) in [
+                ("changed", counts.dropped_changed),
+                ("undecided", counts.dropped_undecided),
+            ] {
+                let labels = vec![
+                    Label::new("view", view.as_str()),
+                    Label::new("reason", reason),
+                ];
+                self.counter("response_cache_dropped_total", labels)
+                    .absolute(count);
+            }
         }
         self.counter("response_cache_evictions_total", vec![])
             .absolute(cache.evictions);

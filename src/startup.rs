@@ -113,7 +113,7 @@ impl Application {
             pool: pool.clone(),
             cursors,
             stale_after_secs: config.effective_stale_after().as_secs(),
-            responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
+            responses: response_cache(&pool, config.response_cache_bytes).await?,
             csv_max_rows: config.csv_max_rows.into(),
             database,
         };
@@ -290,6 +290,13 @@ async fn read_route(config: &ServeConfig) -> anyhow::Result<ReadRoute> {
 
 /// Converts the read models to VIEW_MAINTENANCE (a no-op when they are already so) and returns each
 /// one's mode.
+/// The response cache, told whether text keys compare in Rust as in the database.
+async fn response_cache(pool: &PgPool, max_bytes: u64) -> anyhow::Result<Arc<ResponseCache>> {
+    let cache = ResponseCache::new(max_bytes);
+    cache.set_bytewise(crate::db::text_orders_bytewise(pool).await?);
+    Ok(Arc::new(cache))
+}
+
 async fn convert_read_models(pool: &PgPool, config: &ServeConfig) -> anyhow::Result<Modes> {
     crate::views::check_catalog(pool).await?;
     let conversions = refresh::convert_all(

@@ -1,11 +1,13 @@
-//! The freshness gate in front of every data query: it reads how fresh the serving view is, answers
-//! `304 Not Modified` without running the query when the client's copy is current, refuses with 503
-//! while the view was never populated, and otherwise hands out the headers the response will carry:
+//! The freshness gate in front of every data query: it reads how fresh the serving view is, refuses
+//! with 503 while the view was never populated, and otherwise hands out the headers the response
+//! will carry (a JSON response's ETag and its 304 come from the response cache, which knows the
+//! body):
 //!
 //! - `X-Data-Age`: whole seconds since the snapshot of the view's last successful refresh;
 //! - `X-Data-Refreshed-At`: that snapshot time (RFC 3339);
 //! - `X-Data-Stale`: `true` once the age exceeds `STALE_AFTER`;
-//! - `ETag`: changes when the view is refreshed, and differs per query;
+//! - `ETag`: derived from the body by the response cache (so it changes when the body does, not at
+//!   every refresh); for a CSV export, which is streamed, from the generation and the query;
 //! - `Cache-Control: private, no-cache`: contact data stays out of shared caches, and clients
 //!   revalidate (cheaply, thanks to the ETag) before reusing a copy.
 
@@ -14,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::response_cache::if_none_match_matches;
 use super::state::AppState;
 use crate::reads::ReadSource;
 use crate::views::ViewName;
@@ -48,15 +51,14 @@ impl FreshHeaders {
     }
 }
 
-/// `query` identifies the request's query exactly (endpoint and every parameter), so that two
-/// different queries never share an ETag.
+/// The freshness of `view` for a response whose body the response cache makes (and tags with an
+/// ETag derived from it): the headers, and the generation of the data. A 503 while the view was
+/// never populated.
 pub async fn gate(
     state: &AppState,
     db: &ReadSource,
     view: ViewName,
-    query: &str,
-    request: &HeaderMap,
-) -> Result<Gate, ApiError> {
+) -> Result<FreshHeaders, ApiError> {
     let freshness = db
         .freshness
         .read(&db.pool, view, state.refresher.generation(view))
@@ -64,12 +66,31 @@ pub async fn gate(
     if !freshness.populated {
         return Err(ApiError::NotPopulated(view));
     }
-    let (headers, etag) = headers_for(&freshness, query, state.stale_after_secs);
-    if let Some(etag) = etag
-        && if_none_match_matches(request, &etag)
-    {
+    Ok(FreshHeaders {
+        headers: headers_for(&freshness, state.stale_after_secs),
+        generation: freshness.last_refresh.as_ref().map(|last| last.log_id),
+    })
+}
+
+/// As `gate`, for a response streamed as it is read (a CSV export), whose body cannot be hashed
+/// before it is sent: its ETag is the generation's and the query's (`query` identifies the
+/// request exactly), and a request naming it is answered `304 Not Modified` without the query.
+pub async fn gate_tagged(
+    state: &AppState,
+    db: &ReadSource,
+    view: ViewName,
+    query: &str,
+    request: &HeaderMap,
+) -> Result<Gate, ApiError> {
+    let mut fresh = gate(state, db, view).await?;
+    let Some(log_id) = fresh.generation else {
+        return Ok(Gate::Serve(fresh));
+    };
+    let etag = etag(view, log_id, query);
+    if if_none_match_matches(request, &etag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().extend(headers);
+        response.headers_mut().extend(fresh.headers);
+        response.headers_mut().insert(header::ETAG, etag);
         // As on the 200 it revalidates: a shared cache must keep one copy per content coding.
         response.headers_mut().insert(
             header::VARY,
@@ -77,17 +98,11 @@ pub async fn gate(
         );
         return Ok(Gate::NotModified(response));
     }
-    Ok(Gate::Serve(FreshHeaders {
-        headers,
-        generation: freshness.last_refresh.as_ref().map(|last| last.log_id),
-    }))
+    fresh.headers.insert(header::ETAG, etag);
+    Ok(Gate::Serve(fresh))
 }
 
-fn headers_for(
-    freshness: &Freshness,
-    query: &str,
-    stale_after_secs: u64,
-) -> (HeaderMap, Option<String>) {
+fn headers_for(freshness: &Freshness, stale_after_secs: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CACHE_CONTROL,
@@ -97,7 +112,7 @@ fn headers_for(
         // Populated outside this service's refresh paths: the age is unknown, so no age and no ETag
         // (an ETag could not change when the data does).
         tracing::warn!(view = %freshness.view, "view is populated but has no successful refresh in the log");
-        return (headers, None);
+        return headers;
     };
     let age = last.age_seconds.max(0.0).floor() as u64;
     headers.insert(X_DATA_AGE, HeaderValue::from(age));
@@ -116,15 +131,10 @@ fn headers_for(
             "false"
         }),
     );
-    let etag = etag(freshness.view, last.log_id, query);
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is ASCII"),
-    );
-    (headers, Some(etag))
+    headers
 }
 
-fn etag(view: ViewName, log_id: i64, query: &str) -> String {
+fn etag(view: ViewName, log_id: i64, query: &str) -> HeaderValue {
     let digest = Sha256::new()
         .chain_update(view.as_str())
         .chain_update([0])
@@ -132,48 +142,15 @@ fn etag(view: ViewName, log_id: i64, query: &str) -> String {
         .chain_update(query)
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
-}
-
-/// `If-None-Match` holds `*` or a list of (possibly weak) entity tags.
-fn if_none_match_matches(request: &HeaderMap, etag: &str) -> bool {
-    request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|value| {
-            value
-                .split(',')
-                .map(str::trim)
-                .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
-        })
+    HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is ASCII")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request_with(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
-        headers
-    }
-
     #[test]
-    fn if_none_match_accepts_lists_weak_tags_and_star() {
-        let tag = "\"abc\"";
-        assert!(if_none_match_matches(&request_with("\"abc\""), tag));
-        assert!(if_none_match_matches(
-            &request_with("\"x\", W/\"abc\""),
-            tag
-        ));
-        assert!(if_none_match_matches(&request_with("*"), tag));
-        assert!(!if_none_match_matches(&request_with("\"abcd\""), tag));
-        assert!(!if_none_match_matches(&HeaderMap::new(), tag));
-    }
-
-    #[test]
-    fn etags_differ_per_query_and_per_refresh() {
+    fn generation_etags_differ_per_query_and_per_refresh() {
         let a = etag(ViewName::CompanyProspectView, 1, "/prospects?industry=A");
         assert_ne!(
             a,

@@ -1,12 +1,12 @@
-//! The in-process refresher: one worker that runs this process's refreshes, incremental rounds and
-//! repairs, one at a time (two at once would only fight over the same cores and the same rows), and
-//! the builds beside that it starts in the background (they take minutes at scale, and rounds go on
-//! meanwhile).
+//! The in-process refresher: one worker that runs this process's refreshes and incremental rounds,
+//! one at a time (two at once would only fight over the same cores and the same rows), and the
+//! builds beside and repairs it starts in the background (they take minutes at scale, and the
+//! worker's applies go on meanwhile).
 //!
 //! Jobs: a full refresh of a view, and an incremental apply (every table-backed view at once). A full
 //! refresh of a materialized view is one REFRESH ... CONCURRENTLY; of a table, a build beside (when
 //! only its whole definition can bring it up to date) or else a repair, walked one range of
-//! companies per batch so that applies run between ranges. Requests are single-flight: a request
+//! companies at a time beside the worker. Requests are single-flight: a request
 //! that arrives while a batch runs cannot join it (its snapshot may predate the write that prompted
 //! the request), so it waits for the next batch, which serves every request queued meanwhile: a
 //! burst of requests costs at most two runs. Across processes, the advisory locks (refreshes,
@@ -88,30 +88,10 @@ struct TableWork {
     build_waiters: PerView<Vec<Waiter>>,
     /// After a failed build, the next one the rounds ask for waits until then (a request does not).
     build_backoff: PerView<Option<(Instant, Duration)>>,
-    repair: Option<Walk>,
+    /// Whether a repair of this process walks now.
+    repairing: bool,
     /// Full refreshes that came while a repair walked: the next repair serves them.
     repair_next: PerView<Vec<Waiter>>,
-    /// When the walk's next step may run (another process held the lock, or a round failed), and
-    /// the back-off after a failed one.
-    repair_not_before: Option<Instant>,
-    repair_backoff: Option<Duration>,
-    /// Failed rounds of the walk's current range.
-    repair_failures: u32,
-}
-
-/// Where a repair's step left its walk.
-#[derive(Debug, PartialEq)]
-enum Walked {
-    On,
-    Finished,
-    /// Ended by failures: its progress reports are left to clear.
-    GaveUp,
-}
-
-/// A repair walking, and who waits for its end.
-struct Walk {
-    repair: Repair,
-    waiters: PerView<Vec<Waiter>>,
 }
 
 struct Waiter {
@@ -123,13 +103,11 @@ struct Waiter {
 struct Batch {
     full: PerView<Vec<Waiter>>,
     apply: bool,
-    /// The walking repair's next range.
-    repair_step: bool,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        !self.apply && !self.repair_step && self.full.iter().all(|(_, waiters)| waiters.is_empty())
+        !self.apply && self.full.iter().all(|(_, waiters)| waiters.is_empty())
     }
 
     fn views(&self) -> Vec<ViewName> {
@@ -236,7 +214,7 @@ impl Refresher {
         !self.inner.busy.load(Ordering::SeqCst)
             && !queue.apply
             && queue.full.iter().all(|(_, waiters)| waiters.is_empty())
-            && tables.repair.is_none()
+            && !tables.repairing
             && !tables.building.contains(&true)
     }
 
@@ -263,8 +241,8 @@ impl Refresher {
         self.inner.tables.lock().expect("not poisoned")
     }
 
-    /// The work to do now; an apply stays queued while backing off, and so does a repair's next
-    /// range. Also when to look again if nothing is to be done now but something waits.
+    /// The work queued now; an apply stays queued while backing off. Also when to look again if
+    /// nothing is to be done now but an apply waits for its back-off.
     fn take_batch(&self) -> (Batch, Option<Instant>) {
         let mut queue = self.queue();
         let backing_off = queue.backing_off();
@@ -272,23 +250,11 @@ impl Refresher {
         if apply {
             queue.apply = false;
         }
-        let tables = self.tables();
-        let repair_at = tables
-            .repair
-            .as_ref()
-            .map(|_| tables.repair_not_before.unwrap_or_else(Instant::now));
-        let repair_step = repair_at.is_some_and(|at| at <= Instant::now());
         let batch = Batch {
             full: std::mem::take(&mut queue.full),
             apply,
-            repair_step,
         };
-        let retry_at = backing_off
-            .filter(|_| queue.apply)
-            .into_iter()
-            .chain(repair_at.filter(|_| !repair_step))
-            .min();
-        (batch, retry_at)
+        (batch, backing_off.filter(|_| queue.apply))
     }
 
     async fn work(self, mut shutdown: watch::Receiver<bool>) {
@@ -342,13 +308,8 @@ impl Refresher {
         if !tables.is_empty() {
             self.start_table_work(&mut batch, &tables).await;
         }
-        // Changes seen pending are applied first, in a round of their own: a repair's range would
-        // apply them too, but only at the end of its longer round.
         if batch.apply && modes.contains(&Some(Mode::Incremental)) {
             self.apply_round(&modes).await;
-        }
-        if batch.repair_step {
-            self.repair_step().await;
         }
         for view in ViewName::ALL {
             let waiters = std::mem::take(&mut batch.full[view]);
@@ -379,7 +340,7 @@ impl Refresher {
                 let waiters = std::mem::take(&mut batch.full[*view]);
                 if to_build.contains(view) {
                     work.build_waiters[*view].extend(waiters);
-                } else if work.repair.is_some() {
+                } else if work.repairing {
                     work.repair_next[*view].extend(waiters);
                 } else {
                     repair[*view] = waiters;
@@ -391,7 +352,7 @@ impl Refresher {
     }
 
     /// Starts a repair of the views `waiters` has waiters for (if any), asked for by the first
-    /// waiter's trigger (`trigger` when it has none).
+    /// waiter's trigger (`trigger` when it has none), walking beside the worker.
     fn start_repair(&self, waiters: PerView<Vec<Waiter>>, trigger: RefreshTrigger) {
         let views: Vec<ViewName> = ViewName::ALL
             .into_iter()
@@ -401,96 +362,99 @@ impl Refresher {
             return;
         };
         let trigger = waiters[*first].first().map_or(trigger, |w| w.trigger);
-        let mut work = self.tables();
-        work.repair = Some(Walk {
-            repair: Repair::new(views, trigger, Utc::now()),
-            waiters,
+        self.tables().repairing = true;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let repair = Repair::new(views.clone(), trigger, Utc::now());
+            let outcome = this.walk(repair).await;
+            let requested_at = Utc::now();
+            for (view, waiters) in waiters.into_views() {
+                let reply_with = match &outcome {
+                    Ok(reports) => Ok(reports
+                        .iter()
+                        .find(|r| r.view == view)
+                        .cloned()
+                        .unwrap_or_else(|| RefreshReport::skipped(view, requested_at))),
+                    Err(failures) => failures
+                        .iter()
+                        .find(|r| r.view == view)
+                        .cloned()
+                        .ok_or_else(|| format!("the repair of {view} failed")),
+                };
+                reply(waiters, reply_with);
+            }
+            let next = {
+                let mut work = this.tables();
+                work.repairing = false;
+                std::mem::take(&mut work.repair_next)
+            };
+            this.start_repair(next, trigger);
         });
-        work.repair_not_before = None;
     }
 
-    /// One range of the walking repair.
-    async fn repair_step(&self) {
-        let Some(mut walk) = self.tables().repair.take() else {
-            return;
-        };
-        let views = walk.repair.views().to_vec();
-        let trigger = walk.repair.trigger();
-        let step = walk.repair.step(&self.inner.pool, &self.inner.settings);
-        let outcome = self
-            .job(&views, trigger, step, |progressed| match progressed {
-                Progressed::Continuing(round) | Progressed::Failed(round) => &round.reports,
-                Progressed::Finished { round, .. } => &round.reports,
-                Progressed::Waiting => &[],
-            })
-            .await;
-        if self.note_repair_step(walk, outcome) == Walked::GaveUp
-            && let Err(error) = super::work::clear(&self.inner.pool, &views).await
-        {
-            tracing::warn!(%error, "could not clear the repair's progress reports");
+    /// Walks `repair` to its end: each model's report, or (a range having failed `REPAIR_ATTEMPTS`
+    /// times in a row, or the database lost) the failures to tell its waiters.
+    async fn walk(&self, mut repair: Repair) -> Result<Vec<RefreshReport>, Vec<RefreshReport>> {
+        let mut failures = 0;
+        let mut backoff = None;
+        loop {
+            let started = std::time::Instant::now();
+            let step = repair.step(&self.inner.pool, &self.inner.settings).await;
+            let round = match step {
+                Ok(Progressed::Continuing(round)) => {
+                    failures = 0;
+                    round
+                }
+                Ok(Progressed::Waiting) => {
+                    tokio::time::sleep(REPAIR_WAIT).await;
+                    continue;
+                }
+                Ok(Progressed::Failed(round)) => {
+                    self.rounded(&repair, &round, started.elapsed());
+                    failures += 1;
+                    if failures >= REPAIR_ATTEMPTS {
+                        tracing::warn!(views = ?repair.views(), "a repair's range failed {REPAIR_ATTEMPTS} times in a row; the repair ends");
+                        self.clear_reports(repair.views()).await;
+                        return Err(round.reports);
+                    }
+                    let wait = next_backoff(backoff);
+                    backoff = Some(wait);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Ok(Progressed::Finished { reports, round }) => {
+                    self.rounded(&repair, &round, started.elapsed());
+                    return Ok(reports);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a repair could not reach the database; it ends");
+                    self.clear_reports(repair.views()).await;
+                    return Err(Vec::new());
+                }
+            };
+            self.rounded(&repair, &round, started.elapsed());
         }
     }
 
-    /// What a repair's step means for the walk and its waiters: it goes on (now, or after a wait),
-    /// or it ends (finished, failed too often, or the database lost), when the next one starts.
-    fn note_repair_step(&self, mut walk: Walk, outcome: Result<Progressed, String>) -> Walked {
-        let mut work = self.tables();
-        let (round, walked) = match outcome {
-            Ok(Progressed::Continuing(round)) => {
-                work.repair_backoff = None;
-                work.repair_failures = 0;
-                work.repair = Some(walk);
-                drop(work);
-                self.after_round(&round);
-                return Walked::On;
-            }
-            Ok(Progressed::Waiting) => {
-                work.repair_not_before = Some(Instant::now() + REPAIR_WAIT);
-                work.repair = Some(walk);
-                return Walked::On;
-            }
-            Ok(Progressed::Failed(round)) => {
-                work.repair_failures += 1;
-                if work.repair_failures < REPAIR_ATTEMPTS {
-                    let wait = next_backoff(work.repair_backoff);
-                    work.repair_backoff = Some(wait);
-                    work.repair_not_before = Some(Instant::now() + wait);
-                    work.repair = Some(walk);
-                    return Walked::On;
-                }
-                tracing::warn!(views = ?walk.repair.views(), "a repair's range failed {REPAIR_ATTEMPTS} times in a row; the repair ends");
-                for (view, waiters) in walk.waiters.iter_mut() {
-                    let failure = round.reports.iter().find(|r| r.view == view).cloned();
-                    let outcome = failure.ok_or_else(|| format!("the repair of {view} failed"));
-                    reply(std::mem::take(waiters), outcome);
-                }
-                (Round::default(), Walked::GaveUp)
-            }
-            Ok(Progressed::Finished { reports, round }) => {
-                let requested_at = Utc::now();
-                for (view, waiters) in walk.waiters.iter_mut() {
-                    let report = reports.iter().find(|r| r.view == view).cloned();
-                    reply(
-                        std::mem::take(waiters),
-                        Ok(report.unwrap_or_else(|| RefreshReport::skipped(view, requested_at))),
-                    );
-                }
-                (round, Walked::Finished)
-            }
-            Err(error) => {
-                for (_, waiters) in walk.waiters.iter_mut() {
-                    reply(std::mem::take(waiters), Err(error.clone()));
-                }
-                (Round::default(), Walked::GaveUp)
-            }
-        };
-        work.repair_backoff = None;
-        work.repair_failures = 0;
-        let next = std::mem::take(&mut work.repair_next);
-        drop(work);
-        self.after_round(&round);
-        self.start_repair(next, walk.repair.trigger());
-        walked
+    /// What a repair's round did: its reports observed, and, when it changed data, what readers'
+    /// freshness and the rounds' swaps and builds make of it.
+    fn rounded(&self, repair: &Repair, round: &Round, took: Duration) {
+        if round.reports.is_empty() {
+            return;
+        }
+        for report in &round.reports {
+            self.observe(report, repair.trigger(), took);
+        }
+        for view in ViewName::ALL {
+            self.inner.finished[view].fetch_add(1, Ordering::SeqCst);
+        }
+        self.after_round(round);
+    }
+
+    async fn clear_reports(&self, views: &[ViewName]) {
+        if let Err(error) = super::work::clear(&self.inner.pool, views).await {
+            tracing::warn!(%error, "could not clear the repair's progress reports");
+        }
     }
 
     /// One round applying the pending changes to every table-backed view.

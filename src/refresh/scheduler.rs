@@ -279,8 +279,9 @@ pub struct Retention {
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Every minute until shutdown: deletes refresh log and error rows older than their retention,
-/// keeping each view's last success and last error (`prune_refresh_log()`), and audit rows older
-/// than theirs (`prune_audit_log()`), and vacuums the change record. Every instance does it: deleting what another instance already deleted costs nothing, and
+/// keeping each view's last success and last error (`prune_refresh_log()`), audit rows older
+/// than theirs (`prune_audit_log()`) and the rows the rounds changed after five minutes, and
+/// vacuums the change record. Every instance does it: deleting what another instance already deleted costs nothing, and
 /// a vacuum another instance is running is skipped.
 pub async fn run_housekeeping(pool: PgPool, keep: Retention, mut shutdown: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -298,6 +299,9 @@ pub async fn run_housekeeping(pool: PgPool, keep: Retention, mut shutdown: watch
                         Err(error) => tracing::warn!(%error, "pruning the audit log failed; trying again in a minute"),
                     }
                 }
+                if let Err(error) = prune_changes(&pool).await {
+                    tracing::warn!(%error, "pruning the rounds' changed rows failed; trying again in a minute");
+                }
                 if let Err(error) = vacuum_change_record(&pool).await {
                     tracing::warn!(%error, "vacuuming the change record failed; trying again in a minute");
                 }
@@ -305,6 +309,20 @@ pub async fn run_housekeeping(pool: PgPool, keep: Retention, mut shutdown: watch
             () = stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// How long the rows each round changed are kept for the response caches: a cached response older
+/// than this is rendered anew.
+const KEEP_CHANGES_SECONDS: f64 = 300.0;
+
+async fn prune_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT prune_read_model_changes($1 * interval '1 second') AS "rounds!""#,
+        KEEP_CHANGES_SECONDS
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(())
 }
 
 async fn prune_log(pool: &PgPool, keep: Duration) -> Result<(), sqlx::Error> {

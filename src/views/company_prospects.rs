@@ -14,21 +14,24 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::filters::{any_of, contains_pattern, filters};
-use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
-use super::{Api, IdPath, ReadModel, ViewName, estimated_rows};
+use super::matching::{
+    ascii_contains, ascii_equal, at_least, in_any_of, revenue_at_least, revenue_at_most, same,
+};
+use super::order::{Counted, Facet, FacetCount, KeyPart, MAX_FACET_VALUES, Sort, SortKey};
+use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, estimated_rows};
 
 /// The prospects of `company_prospect_view` (a company without prospects has a row there too, which
 /// no statement here returns).
 pub struct CompanyProspects;
 
 /// One prospect with its company, as the API returns it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProspectRow {
     pub prospect_id: String,
     pub salutation: Option<String>,
@@ -146,6 +149,14 @@ impl SortKey for ProspectSortKey {
             ProspectSortKey::CompanyName => &["company_name", "last_name", "first_name"],
             ProspectSortKey::Revenue => &["revenue"],
             ProspectSortKey::UpdatedAt => &["prospect_updated_at"],
+        }
+    }
+
+    fn parts(self) -> &'static [KeyPart] {
+        match self {
+            ProspectSortKey::CompanyName => &[KeyPart::Text; 4],
+            ProspectSortKey::Revenue => &[KeyPart::Number, KeyPart::Text],
+            ProspectSortKey::UpdatedAt => &[KeyPart::Instant, KeyPart::Text],
         }
     }
 }
@@ -412,6 +423,60 @@ impl ReadModel for CompanyProspects {
                 id
             ]),
         }
+    }
+
+    /// The conditions of `page!`, one per filter, as Rust can check them.
+    fn admits(f: &ProspectFilters, row: &ProspectRow) -> Admits {
+        Admits::all([
+            in_any_of(&f.industry, row.industry.as_deref()),
+            in_any_of(&f.department, row.department.as_deref()),
+            in_any_of(&f.job_title_level, row.job_title_level.as_deref()),
+            same(&f.company_country, row.company_country.as_deref()),
+            same(&f.company_state, row.company_state.as_deref()),
+            same(&f.company_city, row.company_city.as_deref()),
+            same(&f.prospect_country, row.prospect_country.as_deref()),
+            same(&f.company_id, Some(&row.company_id)),
+            same(&f.domain, row.domain.as_deref()),
+            ascii_equal(&f.email, row.email.as_deref()),
+            ascii_contains(&f.job_title, row.job_title.as_deref()),
+            revenue_at_least(f.revenue_min, row.revenue),
+            revenue_at_most(f.revenue_max, row.revenue),
+            at_least(
+                f.employees_min.map(i64::from),
+                row.min_employee_size
+                    .map(|_| i64::from(row.max_employee_size.unwrap_or(i32::MAX))),
+            ),
+            f.employees_max.map_or(Admits::Yes, |max| {
+                Admits::from(row.min_employee_size.is_some_and(|min| min <= max))
+            }),
+            f.updated_since.map_or(Admits::Yes, |since| {
+                Admits::from(row.prospect_updated_at >= since)
+            }),
+        ])
+    }
+
+    fn id(row: &ProspectRow) -> Option<&str> {
+        Some(&row.prospect_id)
+    }
+
+    fn facet_value(facet: ProspectFacet, row: &ProspectRow) -> Option<Option<&str>> {
+        Some(match facet {
+            ProspectFacet::Industry => row.industry.as_deref(),
+            ProspectFacet::Department => row.department.as_deref(),
+            ProspectFacet::JobTitleLevel => row.job_title_level.as_deref(),
+            ProspectFacet::CompanyCountry => row.company_country.as_deref(),
+        })
+    }
+
+    /// A company without prospects has a row with no prospect: it only says the company exists.
+    fn image(recorded: Value) -> Image<ProspectRow> {
+        if recorded["prospect_id"].is_null() {
+            return match recorded["company_id"].as_str() {
+                Some(company) => Image::Parent(company.to_owned()),
+                None => Image::Unknown,
+            };
+        }
+        serde_json::from_value(recorded).map_or(Image::Unknown, Image::Row)
     }
 
     async fn parent_exists(pool: &PgPool, company_id: &str) -> Result<bool, sqlx::Error> {

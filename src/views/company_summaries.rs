@@ -5,19 +5,20 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::filters::{any_of, filters};
-use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey};
-use super::{Api, IdPath, ReadModel, ViewName, estimated_rows};
+use super::matching::{at_least, in_any_of, revenue_at_least, revenue_at_most, same};
+use super::order::{Counted, Facet, FacetCount, KeyPart, MAX_FACET_VALUES, Sort, SortKey};
+use super::{Admits, Api, IdPath, ReadModel, ViewName, estimated_rows};
 
 pub struct CompanySummaries;
 
 /// One company with counts over its prospects.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CompanyRow {
     pub company_id: String,
     pub domain: Option<String>,
@@ -100,6 +101,16 @@ impl SortKey for CompanySortKey {
             CompanySortKey::Revenue => &["revenue"],
             CompanySortKey::ProspectCount => &["prospect_count"],
             CompanySortKey::LastProspectUpdate => &["last_prospect_update"],
+        }
+    }
+
+    fn parts(self) -> &'static [KeyPart] {
+        match self {
+            CompanySortKey::Name => &[KeyPart::Text, KeyPart::Text],
+            CompanySortKey::Revenue | CompanySortKey::ProspectCount => {
+                &[KeyPart::Number, KeyPart::Text]
+            }
+            CompanySortKey::LastProspectUpdate => &[KeyPart::Instant, KeyPart::Text],
         }
     }
 }
@@ -293,6 +304,39 @@ impl ReadModel for CompanySummaries {
         sorted_rows(pool, &filters, Some(company_id), sort, None, 1)
             .try_next()
             .await
+    }
+
+    /// The conditions of `page!`, one per filter, as Rust can check them.
+    fn admits(f: &CompanyFilters, row: &CompanyRow) -> Admits {
+        Admits::all([
+            in_any_of(&f.industry, row.industry.as_deref()),
+            same(&f.country, row.country.as_deref()),
+            same(&f.state, row.state.as_deref()),
+            same(&f.city, row.city.as_deref()),
+            same(&f.domain, row.domain.as_deref()),
+            revenue_at_least(f.revenue_min, row.revenue),
+            revenue_at_most(f.revenue_max, row.revenue),
+            at_least(
+                f.employees_min.map(i64::from),
+                row.min_employee_size
+                    .map(|_| i64::from(row.max_employee_size.unwrap_or(i32::MAX))),
+            ),
+            f.employees_max.map_or(Admits::Yes, |max| {
+                Admits::from(row.min_employee_size.is_some_and(|min| min <= max))
+            }),
+            at_least(f.min_prospects, Some(row.prospect_count)),
+        ])
+    }
+
+    fn id(row: &CompanyRow) -> Option<&str> {
+        Some(&row.company_id)
+    }
+
+    fn facet_value(facet: CompanyFacet, row: &CompanyRow) -> Option<Option<&str>> {
+        Some(match facet {
+            CompanyFacet::Industry => row.industry.as_deref(),
+            CompanyFacet::Country => row.country.as_deref(),
+        })
     }
 
     fn cursor_key(sort: CompanySort, row: &CompanyRow) -> Value {

@@ -15,6 +15,7 @@ pub mod company_prospects;
 pub mod company_summaries;
 pub mod filters;
 pub mod freshness;
+mod matching;
 pub mod order;
 mod per_view;
 pub mod prospect_search;
@@ -27,7 +28,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use per_view::PerView;
-pub use read_model::{Api, IdPath, ReadModel, estimated_rows};
+pub use read_model::{Admits, Api, IdPath, Image, ReadModel, estimated_rows};
 
 /// The list of read models: each line is a view's variant, its name in the database, and the
 /// `ReadModel` that serves it. Generates `ViewName`, and `visit_read_models`, which hands every model

@@ -1,6 +1,8 @@
 //! How a read model declares its orders and its facets: each sort key with its parameter name, each
 //! served in both directions, and the filters whose values can be counted.
 
+use serde_json::Value;
+
 /// A read model's sort keys. Each sorts both ways: `name` ascending, `-name` descending, over the
 /// same B-tree index read forwards or backwards; ties are broken by the row's id in the same
 /// direction.
@@ -19,6 +21,67 @@ pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
     /// Whether `-key` reverses the order (false for an order that has one sense, as relevance).
     fn both_ways(self) -> bool {
         true
+    }
+
+    /// What each element of the key's cursor (`ReadModel::cursor_key`) holds, so that two keys can
+    /// be compared as the ORDER BY compares them (`compare_keys`); empty when Rust cannot (a rank
+    /// computed per query).
+    fn parts(self) -> &'static [KeyPart] {
+        &[]
+    }
+}
+
+/// One element of a cursor key, as its SQL compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart {
+    /// Text (with NULL as '', as the orders' COALESCE has it).
+    Text,
+    /// A whole number.
+    Number,
+    /// An RFC 3339 instant, or `-infinity`.
+    Instant,
+}
+
+/// How cursor key `a` compares with `b` in `sort`'s order (`Less`: `a` comes first), as PostgreSQL
+/// would order them; `None` when Rust cannot tell: an order it cannot compare, or text when the
+/// database's collation is not byte order (`bytewise` false: en_US and the like order text by
+/// rules Rust does not have).
+pub fn compare_keys<K: SortKey>(
+    sort: Sort<K>,
+    a: &Value,
+    b: &Value,
+    bytewise: bool,
+) -> Option<std::cmp::Ordering> {
+    let parts = sort.key.parts();
+    let (a, b) = (a.as_array()?, b.as_array()?);
+    if parts.is_empty() || a.len() != parts.len() || b.len() != parts.len() {
+        return None;
+    }
+    for (part, (x, y)) in parts.iter().zip(a.iter().zip(b)) {
+        let order = match part {
+            KeyPart::Text if bytewise => x.as_str()?.as_bytes().cmp(y.as_str()?.as_bytes()),
+            KeyPart::Text => return None,
+            KeyPart::Number => x.as_i64()?.cmp(&y.as_i64()?),
+            KeyPart::Instant => instant(x)?.cmp(&instant(y)?),
+        };
+        if order.is_ne() {
+            return Some(if sort.descending {
+                order.reverse()
+            } else {
+                order
+            });
+        }
+    }
+    Some(std::cmp::Ordering::Equal)
+}
+
+/// An instant of a cursor key, `-infinity` the earliest.
+fn instant(value: &Value) -> Option<Option<chrono::DateTime<chrono::Utc>>> {
+    match value.as_str()? {
+        "-infinity" => Some(None),
+        text => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| Some(at.to_utc())),
     }
 }
 

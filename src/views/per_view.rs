@@ -23,6 +23,11 @@ impl<T> PerView<T> {
         ViewName::ALL.into_iter().zip(self.0.iter_mut())
     }
 
+    /// Each view with its value, taken.
+    pub fn into_views(self) -> impl Iterator<Item = (ViewName, T)> {
+        ViewName::ALL.into_iter().zip(self.0)
+    }
+
     pub fn contains(&self, value: &T) -> bool
     where
         T: PartialEq,

@@ -11,18 +11,19 @@
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::filters::{Terms, any_of, filters};
-use super::order::{FacetCount, NoFacets, Sort, SortKey};
-use super::{Api, ReadModel, ViewName, estimated_rows};
+use super::matching::{in_any_of, same};
+use super::order::{FacetCount, KeyPart, NoFacets, Sort, SortKey};
+use super::{Admits, Api, ReadModel, ViewName, estimated_rows};
 
 pub struct ProspectSearch;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchRow {
     pub prospect_id: String,
     pub email: Option<String>,
@@ -95,6 +96,14 @@ impl SortKey for SearchOrder {
 
     fn both_ways(self) -> bool {
         self == SearchOrder::CompanyName
+    }
+
+    fn parts(self) -> &'static [KeyPart] {
+        match self {
+            // A rank computed per query: Rust cannot place a row in it.
+            SearchOrder::Relevance => &[],
+            SearchOrder::CompanyName => &[KeyPart::Text; 4],
+        }
     }
 }
 
@@ -270,6 +279,17 @@ impl ReadModel for ProspectSearch {
 
     async fn one(_: &PgPool, _: &str) -> Result<Option<SearchRow>, sqlx::Error> {
         Ok(None)
+    }
+
+    /// What the terms match is decided by `search_plan()` (typos corrected from the vocabulary,
+    /// accents folded): a row passing the other filters may match them.
+    fn admits(f: &SearchFilters, row: &SearchRow) -> Admits {
+        Admits::all([
+            in_any_of(&f.industry, row.industry.as_deref()),
+            same(&f.company_country, row.company_country.as_deref()),
+            in_any_of(&f.department, row.department.as_deref()),
+            Admits::Unsure,
+        ])
     }
 
     fn cursor_key(sort: Sort<SearchOrder>, row: &SearchRow) -> Value {

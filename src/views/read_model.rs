@@ -8,6 +8,7 @@ use std::future::Future;
 
 use futures_util::stream::BoxStream;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -24,8 +25,9 @@ pub trait ReadModel: Send + Sync + 'static {
     /// (`country` of a company is `company_country`): policies name columns as the prospects' rows
     /// do, so that one `hide` or row scope holds for every read model.
     const COLUMNS: &'static [(&'static str, &'static str)] = &[];
-    /// One row as the API returns it.
-    type Row: Serialize + utoipa::ToSchema + Send + Sync + Unpin + 'static;
+    /// One row as the API returns it (and, read back from what a round recorded, as the response
+    /// cache checks it: `image`).
+    type Row: Serialize + DeserializeOwned + utoipa::ToSchema + Send + Sync + Unpin + 'static;
     type Filters: FilterSet;
     type Sort: SortKey;
     /// `NoFacets` when it has none.
@@ -75,6 +77,32 @@ pub trait ReadModel: Send + Sync + 'static {
     /// (`$1->>0`, `$1->>1`, ...), the same values the ORDER BY compares.
     fn cursor_key(sort: Sort<Self::Sort>, row: &Self::Row) -> Value;
 
+    /// Whether `row` is one that `filters` match, where Rust can tell exactly what the SQL would
+    /// say (equality, numbers, instants, ASCII case); `Unsure` elsewhere. The response cache keeps a
+    /// cached response across a round only when no row the round changed could be one it shows.
+    fn admits(filters: &Self::Filters, row: &Self::Row) -> Admits {
+        let _ = (filters, row);
+        Admits::Unsure
+    }
+
+    /// The id `one` finds `row` by (none: the model has no single rows, or cannot tell).
+    fn id(row: &Self::Row) -> Option<&str> {
+        let _ = row;
+        None
+    }
+
+    /// The value `facet` counts `row` under: `Some(None)` when it has none (not counted), `None`
+    /// when the model cannot tell.
+    fn facet_value(facet: Self::Facet, row: &Self::Row) -> Option<Option<&str>> {
+        let _ = (facet, row);
+        None
+    }
+
+    /// A row of the view as a round recorded it (`read_model_changes`: the view's columns as JSON).
+    fn image(recorded: Value) -> Image<Self::Row> {
+        serde_json::from_value(recorded).map_or(Image::Unknown, Image::Row)
+    }
+
     /// For a list scoped by its path (`API.scoped`): whether the parent named there exists.
     fn parent_exists<'a>(
         pool: &'a PgPool,
@@ -83,6 +111,46 @@ pub trait ReadModel: Send + Sync + 'static {
         let _ = (pool, id);
         async { Ok(true) }
     }
+}
+
+/// Whether a row is among those some filters match, as far as Rust can tell what PostgreSQL would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admits {
+    Yes,
+    No,
+    Unsure,
+}
+
+impl Admits {
+    /// `Yes` when `holds`, else `No`: a condition Rust decides exactly.
+    pub fn from(holds: bool) -> Admits {
+        if holds { Admits::Yes } else { Admits::No }
+    }
+
+    /// All of `conditions` (AND): `No` when one is `No`, else `Unsure` when one is, else `Yes`.
+    pub fn all(conditions: impl IntoIterator<Item = Admits>) -> Admits {
+        let mut all = Admits::Yes;
+        for condition in conditions {
+            match condition {
+                Admits::No => return Admits::No,
+                Admits::Unsure => all = Admits::Unsure,
+                Admits::Yes => {}
+            }
+        }
+        all
+    }
+}
+
+/// A row of a read model's view as a round recorded it.
+#[derive(Debug, Clone)]
+pub enum Image<R> {
+    /// One of the model's rows.
+    Row(R),
+    /// A row none of the model's statements returns, which only says that its parent exists
+    /// (`parent_exists`): a company without prospects in `company_prospect_view`.
+    Parent(String),
+    /// Not understood: any response of the model may depend on it.
+    Unknown,
 }
 
 /// What the HTTP layer needs to publish a read model, besides its types: paths and the words of

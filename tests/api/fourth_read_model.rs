@@ -21,7 +21,7 @@ use crate::helpers::{
 /// Each company's domain, from the companies' read model.
 struct CompanyDomains;
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 struct DomainRow {
     company_id: String,
     name: String,

@@ -79,7 +79,7 @@ async fn x_data_age_follows_a_refresh_made_by_another_process() {
 }
 
 #[tokio::test]
-async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
+async fn a_matching_if_none_match_gets_a_304_until_a_refresh_changes_the_body() {
     let app = spawn_configured_app(|config| {
         config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
         config.freshness_cache_ttl = Duration::from_secs(3600);
@@ -101,16 +101,35 @@ async fn a_matching_if_none_match_gets_a_304_until_the_view_is_refreshed() {
     assert!(revalidated.headers().contains_key("x-data-age"));
     assert!(revalidated.bytes().await.unwrap().is_empty());
 
-    // A refresh by this instance is seen by the very next request, however long the cache lasts.
-    let refreshed = app
-        .client
-        .post(format!("{}/admin/refresh", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({"views": ["company_prospect_view"]}))
-        .send()
+    let refresh = || async {
+        let refreshed = app
+            .client
+            .post(format!("{}/admin/refresh", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"views": ["company_prospect_view"]}))
+            .send()
+            .await
+            .unwrap();
+        json(refreshed, 200).await;
+    };
+    // A refresh that changed nothing the page shows leaves its ETag: the client's copy is current.
+    refresh().await;
+    let unchanged = app
+        .get_with("/prospects?industry=Software", &[("if-none-match", &*etag)])
+        .await;
+    assert_eq!(unchanged.status(), 304);
+    assert_ne!(
+        header(&unchanged, "x-data-refreshed-at"),
+        header(&first, "x-data-refreshed-at"),
+        "a newer generation, seen at once by the instance that refreshed"
+    );
+
+    // One that changed a row of it changes the ETag.
+    sqlx::query!(r#"UPDATE "Prospect" SET "firstName" = 'Renamed' WHERE "id" = 'p_both'"#)
+        .execute(&app.db.pool)
         .await
         .unwrap();
-    json(refreshed, 200).await;
+    refresh().await;
     let after_refresh = app
         .get_with("/prospects?industry=Software", &[("if-none-match", &*etag)])
         .await;

@@ -20,7 +20,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use super::super::error::{ApiError, InvalidParam};
-use super::super::freshness::{Gate, gate};
+use super::super::freshness::{Gate, gate_tagged};
 use super::request::{ListRequest, Read};
 use crate::access::audit::{self, Action, Outcome};
 use crate::views::ReadModel;
@@ -69,7 +69,7 @@ pub async fn export<M: ReadModel>(
         request.scope(endpoint),
         request.page.fields.key()
     ));
-    let fresh = match gate(state, db, M::VIEW, &key, &read.headers).await? {
+    let fresh = match gate_tagged(state, db, M::VIEW, &key, &read.headers).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };

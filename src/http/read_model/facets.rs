@@ -3,14 +3,17 @@
 //! response like any other: freshness headers, ETag, and the response cache, so that the unfiltered
 //! counts are computed once per data generation, not per request.
 
+use std::sync::Arc;
+
 use axum::response::Response;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::super::error::ApiError;
 use super::super::fields::Fields;
 use super::super::params::{QueryParams, parse_facets};
+use super::super::response_cache::shows::{FacetCounts, FacetsShown, Shows};
 use super::request::{Read, refuse, refused_filters};
-use super::respond::respond_with_one;
+use super::respond::{SINGLE_BODY_BYTES, respond_with_one, to_json};
 use crate::views::ReadModel;
 use crate::views::filters::FilterSet;
 use crate::views::order::{Facet, FacetCount};
@@ -63,13 +66,35 @@ pub async fn facets<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
             // The role's scope is ANDed in after the facet's own filter is left out, so that
             // counting a facet never widens the scope.
             let own_filter_left_out = restriction.apply(&filters.without(facet.name()));
-            let counts = match own_filter_left_out {
-                Some(filters) => M::facet(&read.db.pool, &filters, facet).await?,
+            let counts = match &own_filter_left_out {
+                Some(filters) => M::facet(&read.db.pool, filters, facet).await?,
                 None => Vec::new(),
             };
-            counted.push((facet.name(), counts));
+            counted.push(FacetCounts {
+                facet,
+                filters: own_filter_left_out,
+                counts,
+            });
         }
-        Ok(Counted(counted))
+        let body = Counted(named::<M>(&counted));
+        let shows: Arc<dyn Shows> = Arc::new(FacetsShown::<M> {
+            facets: counted,
+            render: render::<M>,
+        });
+        Ok((body, Some(shows)))
     };
     respond_with_one(&read, M::VIEW, &key, &Fields::default(), count).await
+}
+
+/// Each facet's counts, by the facet's name.
+fn named<M: ReadModel>(counted: &[FacetCounts<M>]) -> Vec<(&'static str, Vec<FacetCount>)> {
+    counted
+        .iter()
+        .map(|shown| (shown.facet.name(), shown.counts.clone()))
+        .collect()
+}
+
+/// The body of counts updated by a round, written as a fresh one is (`respond_with_one`).
+fn render<M: ReadModel>(counted: &[FacetCounts<M>]) -> Option<Vec<u8>> {
+    to_json(SINGLE_BODY_BYTES, &Counted(named::<M>(counted))).ok()
 }

@@ -1,6 +1,8 @@
 //! The list of a read model: one page of `{data, next_cursor, total}` with a `Link: <…>;
 //! rel="next"` header, or every matching row as CSV; and the same list within one parent.
 
+use std::sync::Arc;
+
 use axum::extract::Path;
 use axum::http::{HeaderValue, Uri};
 use axum::response::Response;
@@ -12,11 +14,13 @@ use super::super::error::ApiError;
 use super::super::page::{CountMode, Format};
 use super::super::params::path_id;
 use super::super::response_cache::Rendered;
+use super::super::response_cache::shows::{PageShown, Parent, Shows};
 use super::export;
 use super::request::{ListRequest, Read};
 use super::respond::{respond, to_json};
 use crate::access::Restriction;
 use crate::views::ReadModel;
+use crate::views::filters::FilterSet;
 
 /// One page of a list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -35,7 +39,7 @@ pub struct Page<T> {
 /// `GET {API.path}`.
 pub async fn list<M: ReadModel>(read: Read) -> Result<Response, ApiError> {
     let request = ListRequest::<M>::parse(read.query(), None, &*read.restriction::<M>()?)?;
-    answer(&read, M::API.path, request).await
+    answer(&read, M::API.path, request, None).await
 }
 
 /// `GET {API.scoped.path}`: the list within the parent the path names (404 when there is none).
@@ -56,7 +60,13 @@ pub async fn scoped<M: ReadModel>(
             scope.noun
         )));
     }
-    answer(&read, scope.path, request).await
+    let mut named = M::Filters::default();
+    named.restrict(scope.param, std::slice::from_ref(&parent));
+    let parent = Parent {
+        id: parent,
+        filters: named,
+    };
+    answer(&read, scope.path, request, Some(parent)).await
 }
 
 /// Whether the parent exists for this caller: for a role with a row scope, whether it has a row
@@ -77,10 +87,12 @@ async fn parent_visible<M: ReadModel>(
     Ok(rows.try_next().await?.is_some())
 }
 
+/// A page of `request`, or its CSV export. `parent`: the parent of a scoped list.
 async fn answer<M: ReadModel>(
     read: &Read,
     endpoint: &str,
     request: ListRequest<M>,
+    parent: Option<Parent<M>>,
 ) -> Result<Response, ApiError> {
     if export::wanted(request.page.format == Format::Csv, &read.headers) {
         return export::export(read, endpoint, request).await;
@@ -132,6 +144,19 @@ async fn answer<M: ReadModel>(
         let link = next_cursor
             .as_deref()
             .and_then(|cursor| next_link(&read.uri, cursor));
+        let shows: Arc<dyn Shows> = Arc::new(PageShown::<M> {
+            filters: filters.clone(),
+            matches_nothing: request.matches_nothing,
+            sort: request.sort,
+            after: after.clone(),
+            last: next_cursor
+                .as_ref()
+                .and_then(|_| rows.last())
+                .map(|row| M::cursor_key(request.sort, row)),
+            parent,
+            total,
+            estimated: page.count == CountMode::Estimated,
+        });
         let json = if page.fields.is_all() {
             let capacity = M::ROW_BYTES * (rows.len() + 1);
             let page = Page {
@@ -156,7 +181,11 @@ async fn answer<M: ReadModel>(
                 },
             )?
         };
-        Ok(Rendered { json, link })
+        Ok(Rendered {
+            json,
+            link,
+            shows: Some(shows),
+        })
     };
     respond(read, M::VIEW, &key, render).await
 }

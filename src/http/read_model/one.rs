@@ -3,9 +3,12 @@
 use axum::extract::Path;
 use axum::response::Response;
 
+use std::sync::Arc;
+
 use super::super::error::ApiError;
 use super::super::fields::Fields;
 use super::super::params::{QueryParams, path_id};
+use super::super::response_cache::shows::{OneRow, Shows};
 use super::request::{Read, refuse, visible_fields};
 use super::respond::respond_with_one;
 use crate::views::ReadModel;
@@ -31,8 +34,11 @@ pub async fn one<M: ReadModel>(Path(id): Path<String>, read: Read) -> Result<Res
             !restriction.has_scope()
                 || serde_json::to_value(row).is_ok_and(|json| restriction.admits(&json))
         };
-        row.filter(admitted)
-            .ok_or_else(|| ApiError::NotFound(format!("There is no {} with id '{id}'.", api.noun)))
+        let row = row.filter(admitted).ok_or_else(|| {
+            ApiError::NotFound(format!("There is no {} with id '{id}'.", api.noun))
+        })?;
+        let shows: Arc<dyn Shows> = Arc::new(OneRow::<M>::new(id.clone()));
+        Ok((row, Some(shows)))
     };
     respond_with_one(&read, M::VIEW, &key, &fields, fetch).await
 }

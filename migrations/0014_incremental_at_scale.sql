@@ -1,4 +1,4 @@
--- Incremental mode at any size (#25).
+-- Incremental mode at any size (#25), and what each round changed (#24).
 --
 -- A table-backed read model that only its whole definition can bring up to date (never synced, a
 -- TRUNCATE since, more than the rebuild share of companies changed, or emptied behind the
@@ -10,6 +10,9 @@
 -- A repair compares the tables with their definitions one range of companies at a time, without the
 -- maintenance lock, and recomputes in a round only the companies found different, so that applies
 -- go on throughout.
+--
+-- Every apply and repair records the rows it deleted and inserted (read_model_changes), from which
+-- each instance's response cache tells which cached responses a round could have changed.
 
 -- A repair's last round is logged as 'repair'.
 ALTER TABLE materialized_view_log DROP CONSTRAINT materialized_view_log_method_check;
@@ -46,6 +49,26 @@ CREATE TABLE read_model_work (
     -- Which process: host name and process id.
     owner      TEXT        NOT NULL
 );
+
+-- What each incremental round changed in each read model: the rows it deleted and the rows it
+-- inserted, whole (but the search vector), for the response caches of every instance: a cached
+-- response survives a round that changed no row it could show (#24). Deleted with its log row, and
+-- after a few minutes (prune_read_model_changes()): an instance whose cached response is older than
+-- what is kept renders it anew.
+CREATE TABLE read_model_changes (
+    log_id      BIGINT      PRIMARY KEY REFERENCES materialized_view_log (id) ON DELETE CASCADE,
+    removed     JSONB       NOT NULL,
+    added       JSONB       NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX read_model_changes_recorded ON read_model_changes (recorded_at);
+
+-- Forgets the changes recorded more than p_keep ago; returns how many rounds' changes it forgot.
+CREATE FUNCTION prune_read_model_changes(p_keep INTERVAL) RETURNS BIGINT
+LANGUAGE sql AS $$
+    WITH pruned AS (DELETE FROM read_model_changes WHERE recorded_at < clock_timestamp() - p_keep RETURNING 1)
+    SELECT count(*) FROM pruned
+$$;
 
 -- The changes that a read model whose data reflects p_snapshot has not seen: the companies they
 -- touched, and whether one of them cannot say (a TRUNCATE; also every change, for a model never
@@ -134,11 +157,12 @@ $$;
 -- for the given companies (NULL: every company), writing only rows that differ, as REFRESH ...
 -- CONCURRENTLY does for a whole view: the rows whose exact image the definition no longer has are
 -- deleted, then the definition's rows the table does not hold exactly are inserted. Readers are
--- never blocked. Returns how many rows of each, and the companies of the inserted rows (NULL when
--- it compared every company).
+-- never blocked. Returns how many rows of each, the companies of the inserted rows, and the rows
+-- deleted and inserted as JSON arrays (NULL, all three, when it compared every company).
 DROP FUNCTION sync_read_model(TEXT, TEXT[]);
 CREATE FUNCTION sync_read_model(p_view TEXT, p_companies TEXT[], p_relation REGCLASS DEFAULT NULL,
-                                OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[])
+                                OUT removed BIGINT, OUT added BIGINT, OUT companies TEXT[],
+                                OUT removed_rows JSONB, OUT added_rows JSONB)
 LANGUAGE plpgsql AS $$
 DECLARE
     model read_model_catalog;
@@ -164,16 +188,18 @@ BEGIN
         'WITH fresh AS MATERIALIZED (SELECT * FROM %2$I d WHERE d.company_id = ANY ($1)),
               removed AS (DELETE FROM %1$s t WHERE ($1 IS NULL OR t.company_id = ANY ($1)) AND NOT EXISTS (
                               SELECT FROM %3$s d WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
-                          RETURNING 1),
-              inserted AS (INSERT INTO %1$s SELECT d.* FROM %3$s d
+                          RETURNING to_jsonb(t) - ''search_vector'' - ''refresh_no_dup_check'' AS image),
+              inserted AS (INSERT INTO %1$s AS t SELECT d.* FROM %3$s d
                            WHERE (SELECT count(*) FROM removed) >= 0
                              AND NOT EXISTS (SELECT FROM %1$s t WHERE %4$s AND ROW(d.*) IS NOT DISTINCT FROM ROW(t.*))
-                           RETURNING company_id)
+                           RETURNING t.company_id, to_jsonb(t) - ''search_vector'' - ''refresh_no_dup_check'' AS image)
          SELECT (SELECT count(*) FROM removed), count(*),
-                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(array_agg(DISTINCT company_id), ''{}'') END,
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE((SELECT jsonb_agg(image) FROM removed), ''[]'') END,
+                CASE WHEN $1 IS NULL THEN NULL ELSE COALESCE(jsonb_agg(image), ''[]'') END
          FROM inserted',
         target, model.definition, fresh, same_key)
-        INTO removed, added, companies
+        INTO removed, added, companies, removed_rows, added_rows
         USING p_companies;
 END
 $$;
@@ -347,7 +373,8 @@ $$;
 --   also recompute p_repair_companies (a repair's range found them different from the
 --   definition: read_model_differences()). 'maintained' when a log row was written, 'unchanged'
 --   when a repair's companies changed nothing and nothing was pending.
--- Each model maintained logs this transaction's snapshot. Changes this snapshot cannot see
+-- Each model maintained logs this transaction's snapshot, and for an apply or a repair the rows it
+-- deleted and inserted (read_model_changes). Changes this snapshot cannot see
 -- (transactions still running) stay in the change record for the next round. p_repair_last: the
 -- repair's last range, whose round logs method 'repair' for the models repaired, with the rows the
 -- whole repair changed (p_repaired_before: those of the earlier ranges, by model name).
@@ -385,6 +412,8 @@ DECLARE
     removed BIGINT;
     added BIGINT;
     inserted TEXT[];
+    removed_rows JSONB;
+    added_rows JSONB;
     fixed BIGINT;
     rows BIGINT;
     logged materialized_view_log;
@@ -452,6 +481,8 @@ BEGIN
     FOREACH v IN ARRAY models LOOP
         fixed := NULL;
         inserted := '{}';
+        removed_rows := '[]';
+        added_rows := '[]';
         IF v = ANY (p_rebuild) THEN
             how := 'rebuild';
             SELECT * INTO synced FROM sync_read_model(v, NULL);
@@ -468,6 +499,8 @@ BEGIN
                 removed := synced.removed;
                 added := synced.added;
                 inserted := synced.companies;
+                removed_rows := synced.removed_rows;
+                added_rows := synced.added_rows;
             END IF;
             IF v = ANY (p_repair) THEN
                 SELECT * INTO synced FROM sync_read_model(v, p_repair_companies);
@@ -475,6 +508,8 @@ BEGIN
                 removed := removed + synced.removed;
                 added := added + synced.added;
                 inserted := inserted || synced.companies;
+                removed_rows := removed_rows || synced.removed_rows;
+                added_rows := added_rows || synced.added_rows;
                 IF p_repair_last OR pending = 0 THEN
                     how := 'repair';
                 END IF;
@@ -497,6 +532,9 @@ BEGIN
                 removed + added + CASE WHEN how = 'repair' AND p_repair_last
                                        THEN COALESCE((p_repaired_before ->> v)::bigint, 0) ELSE 0 END)
         RETURNING * INTO logged;
+        IF how <> 'rebuild' THEN
+            INSERT INTO read_model_changes (log_id, removed, added) VALUES (logged.id, removed_rows, added_rows);
+        END IF;
         RETURN QUERY SELECT v, 'maintained', logged.id, how, logged.started_at, logged.duration_ms,
                             logged.row_count, logged.rows_changed, logged.companies_changed, fixed;
     END LOOP;
