@@ -78,6 +78,38 @@ struct Entry {
     shows: Option<Arc<dyn Shows>>,
 }
 
+/// The generation of an entry whose render a round overtook: older than any, it is never served
+/// again.
+const UNLABELLED: i64 = i64::MIN;
+
+/// What responses are read from: the pool a round's changes are read through, and the view's
+/// generation as it stands now, read again after each render to label it truthfully.
+pub trait ReadFrom: Sync {
+    fn pool(&self) -> &PgPool;
+
+    fn generation_now(
+        &self,
+        view: ViewName,
+    ) -> impl Future<Output = Result<Option<i64>, ApiError>> + Send;
+}
+
+impl ReadFrom for PgPool {
+    fn pool(&self) -> &PgPool {
+        self
+    }
+
+    /// The log id of the view's last successful refresh.
+    async fn generation_now(&self, view: ViewName) -> Result<Option<i64>, ApiError> {
+        let generation = sqlx::query_scalar!(
+            "SELECT log_id FROM last_successful_refreshes() WHERE view_name = $1",
+            view.as_str()
+        )
+        .fetch_one(self)
+        .await?;
+        Ok(generation)
+    }
+}
+
 /// Bodies smaller than this are sent as they are (tower-http's compression uses the same bound).
 const MIN_GZIP_BYTES: usize = 32;
 
@@ -159,15 +191,16 @@ impl ResponseCache {
     /// since its own generation when they changed nothing it shows), or rendered by `render` (once
     /// for all identical concurrent requests) and cached. A 304 when `If-None-Match` names its
     /// ETag. Without a generation (a view populated outside the refresh log) nothing is cached:
-    /// there would be no way to tell when it changes. `pool` reads the rounds' changes: the same
-    /// server the generation was read from.
+    /// there would be no way to tell when it changes. `source` is the server the generation was
+    /// read from: the rounds' changes are read there, and a render that a round overtook answers
+    /// its own request only.
     pub async fn respond<F>(
         &self,
         view: ViewName,
         generation: Option<i64>,
         request: &str,
         request_headers: &HeaderMap,
-        pool: &PgPool,
+        source: &impl ReadFrom,
         render: F,
     ) -> Result<Response, ApiError>
     where
@@ -197,8 +230,9 @@ impl ResponseCache {
                 return Ok(response(hit, request_headers, true));
             }
             Some(cached) if cached.generation < generation => {
-                if let Some((entry, served)) =
-                    self.advanced(entries, &key, view, generation, pool).await?
+                if let Some((entry, served)) = self
+                    .advanced(entries, &key, view, generation, source.pool())
+                    .await?
                 {
                     self.count(view, served);
                     return Ok(response(entry, request_headers, true));
@@ -220,14 +254,26 @@ impl ResponseCache {
                 rendered_here = true;
                 let render = take_render().expect("rendered once");
                 let rendered = render.await?;
-                Ok::<_, ApiError>(match coding {
+                let mut entry = match coding {
                     Coding::Gzip => Entry::gzip(rendered, generation, request),
                     Coding::Identity => Entry::identity(rendered, generation, request),
-                })
+                };
+                if source.generation_now(view).await? != Some(generation) {
+                    // A round committed while it was rendered (or the freshness read was another
+                    // instance's older one): its statements may show a newer snapshot than its
+                    // label. It answers this request, and is rendered anew for the next.
+                    entry.generation = UNLABELLED;
+                    entry.shows = None;
+                }
+                Ok::<_, ApiError>(entry)
             })
             .await
             .map_err(ApiError::shared)?
             .into_value();
+        if entry.generation == UNLABELLED && rendered_here {
+            self.count(view, Served::Rendered);
+            return Ok(response(entry, request_headers, true));
+        }
         if entry.generation != generation {
             // Another generation's entry came in between: this request renders its own.
             return self
@@ -599,11 +645,30 @@ mod tests {
         }
     }
 
-    /// A pool that never connects: these responses show nothing a round's changes are read for.
-    fn no_database() -> PgPool {
-        sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-            .expect("a valid URL")
+    /// A source at a settled generation, whose pool never connects: these responses show nothing
+    /// a round's changes are read for.
+    struct Settled {
+        pool: PgPool,
+        generation: i64,
+    }
+
+    impl Settled {
+        fn at(generation: i64) -> Self {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+                .expect("a valid URL");
+            Settled { pool, generation }
+        }
+    }
+
+    impl ReadFrom for Settled {
+        fn pool(&self) -> &PgPool {
+            &self.pool
+        }
+
+        async fn generation_now(&self, _view: ViewName) -> Result<Option<i64>, ApiError> {
+            Ok(Some(self.generation))
+        }
     }
 
     /// The body `cache` answers `request` of `generation` with, `json` being what a render gives.
@@ -615,14 +680,13 @@ mod tests {
     ) -> Bytes {
         let view = ViewName::CompanyProspectView;
         let render = async move { Ok(rendered(json)) };
-        let pool = no_database();
         let response = cache
             .respond(
                 view,
                 Some(generation),
                 request,
                 &HeaderMap::new(),
-                &pool,
+                &Settled::at(generation),
                 render,
             )
             .await
@@ -655,7 +719,7 @@ mod tests {
                 Some(2),
                 "/a",
                 &accept("gzip"),
-                &no_database(),
+                &Settled::at(2),
                 render("{\"g\":2,\"padding\":\"....................................\"}"),
             )
             .await
@@ -679,7 +743,7 @@ mod tests {
                 Some(1),
                 "/e",
                 &HeaderMap::new(),
-                &no_database(),
+                &Settled::at(1),
                 async { Ok(rendered("{\"same\":true}")) },
             )
             .await
@@ -688,7 +752,7 @@ mod tests {
         let mut revalidating = HeaderMap::new();
         revalidating.insert(header::IF_NONE_MATCH, etag.clone());
         let again = cache
-            .respond(view, Some(3), "/e", &revalidating, &no_database(), async {
+            .respond(view, Some(3), "/e", &revalidating, &Settled::at(3), async {
                 Ok(rendered("{\"same\":true}"))
             })
             .await
@@ -700,7 +764,7 @@ mod tests {
         );
         assert_eq!(again.headers()[header::ETAG], etag);
         let changed = cache
-            .respond(view, Some(4), "/e", &revalidating, &no_database(), async {
+            .respond(view, Some(4), "/e", &revalidating, &Settled::at(4), async {
                 Ok(rendered("{\"same\":false}"))
             })
             .await
@@ -719,7 +783,7 @@ mod tests {
                 Some(1),
                 "/c",
                 &HeaderMap::new(),
-                &no_database(),
+                &Settled::at(1),
                 async { Err(ApiError::QueryTimeout) },
             )
             .await;
@@ -731,7 +795,7 @@ mod tests {
                 Some(1),
                 "/c",
                 &HeaderMap::new(),
-                &no_database(),
+                &Settled::at(1),
                 async { Ok(rendered("[]")) },
             )
             .await
@@ -740,6 +804,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bytes, "[]");
+    }
+
+    #[tokio::test]
+    async fn a_render_a_round_overtook_answers_its_request_only() {
+        let cache = ResponseCache::new(1 << 20);
+        let view = ViewName::CompanyProspectView;
+        let overtaken = Settled::at(6);
+        let render = |json: &'static str| async move { Ok(rendered(json)) };
+        let first = cache
+            .respond(
+                view,
+                Some(5),
+                "/o",
+                &HeaderMap::new(),
+                &overtaken,
+                render("{\"r\":1}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = cache
+            .respond(
+                view,
+                Some(5),
+                "/o",
+                &HeaderMap::new(),
+                &overtaken,
+                render("{\"r\":2}"),
+            )
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(second.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            body, "{\"r\":2}",
+            "the overtaken render was not served again"
+        );
+        assert_eq!(served(&cache, 6, "/o", "{\"r\":3}").await, "{\"r\":3}");
+        assert_eq!(served(&cache, 6, "/o", "{\"r\":4}").await, "{\"r\":3}");
+        assert_eq!(cache.figures().per_view[view].hits, 1);
     }
 
     #[tokio::test]
@@ -756,9 +861,9 @@ mod tests {
                         Ok(rendered("{}"))
                     };
                     let view = ViewName::ProspectSearchView;
-                    let pool = no_database();
+                    let source = Settled::at(7);
                     cache
-                        .respond(view, Some(7), "/s", &HeaderMap::new(), &pool, render)
+                        .respond(view, Some(7), "/s", &HeaderMap::new(), &source, render)
                         .await
                         .unwrap()
                 })
