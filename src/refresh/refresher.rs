@@ -228,6 +228,14 @@ impl Refresher {
         self.inner.finished[view].load(Ordering::SeqCst)
     }
 
+    /// How many jobs this process has finished, over all views.
+    pub fn finished_jobs(&self) -> u64 {
+        ViewName::ALL
+            .iter()
+            .map(|view| self.generation(*view))
+            .sum()
+    }
+
     /// Each view's mode as last read from the database.
     pub fn modes(&self) -> Modes {
         *self.inner.modes.lock().expect("not poisoned")

@@ -61,8 +61,14 @@ enum ChangeEvent {
     Connected { first: bool },
     /// A notification arrived.
     Notified,
-    /// Polling found views behind the base tables; `grew`: the change record grew since last time.
-    Pending { grew: bool, behind: Behind },
+    /// Polling found views behind the base tables; `grew`: the change record grew since last time;
+    /// `finished_before`: the jobs this process had finished when the poll began (a refresh that
+    /// finished since may have caught up with what the poll saw behind).
+    Pending {
+        grew: bool,
+        behind: Behind,
+        finished_before: u64,
+    },
     /// The refreshes asked for after a burst finished; `failed`: one of them did not refresh.
     Refreshed { failed: bool },
 }
@@ -94,7 +100,13 @@ pub async fn run_change_watcher(
             RefreshTrigger::Notify,
         ),
         ChangeSource::Polling(interval) => (
-            tokio::spawn(poll_changes(pool.clone(), interval, events, metrics)),
+            tokio::spawn(poll_changes(
+                pool.clone(),
+                interval,
+                refresher.clone(),
+                events,
+                metrics,
+            )),
             RefreshTrigger::Poll,
         ),
     };
@@ -118,7 +130,7 @@ pub async fn run_change_watcher(
                     let now = Instant::now();
                     burst = Some((burst.map_or(now, |(first, _)| first), now));
                 }
-                Some(ChangeEvent::Pending { grew, behind }) => {
+                Some(ChangeEvent::Pending { grew, behind, finished_before }) => {
                     if behind.tables {
                         refresher.request_apply();
                     }
@@ -126,10 +138,14 @@ pub async fn run_change_watcher(
                         let now = Instant::now();
                         if grew {
                             burst = Some((burst.map_or(now, |(first, _)| first), now));
-                        } else if burst.is_none() && refresher.is_idle() {
+                        } else if burst.is_none()
+                            && refresher.is_idle()
+                            && refresher.finished_jobs() == finished_before
+                        {
                             // Behind, nothing new since the last poll. A refresh that is running
-                            // or queued will cover it (as at startup); only an idle refresher
-                            // must be asked again.
+                            // or queued will cover it (as at startup), and one that finished
+                            // during the poll may have: only an idle refresher that finished
+                            // nothing since must be asked again.
                             burst = Some((now, now));
                         }
                     }
@@ -160,6 +176,7 @@ pub async fn run_change_watcher(
 async fn poll_changes(
     pool: PgPool,
     interval: Duration,
+    refresher: Refresher,
     events: mpsc::Sender<ChangeEvent>,
     metrics: Arc<Metrics>,
 ) {
@@ -174,6 +191,7 @@ async fn poll_changes(
     let mut last_count: Option<i64> = None;
     loop {
         tokio::time::sleep(interval).await;
+        let finished_before = refresher.finished_jobs();
         match poll(&pool).await {
             Ok((behind, changes)) => {
                 backoff.reset();
@@ -186,7 +204,11 @@ async fn poll_changes(
                         metrics.record_notification();
                     }
                     if events
-                        .send(ChangeEvent::Pending { grew, behind })
+                        .send(ChangeEvent::Pending {
+                            grew,
+                            behind,
+                            finished_before,
+                        })
                         .await
                         .is_err()
                     {
