@@ -277,11 +277,11 @@ CREATE TABLE materialized_view_log (
     view_name     TEXT        NOT NULL REFERENCES read_model_catalog (name),
     -- What asked for it: the app's scheduler, a NOTIFY, polling, an admin, startup population, the
     -- CLI, a catch-up after missed changes, SQL (refresh_materialized_views()), the applier, a
-    -- conversion between modes.
+    -- conversion between modes, a read that asked to see its own writes (0015).
     trigger       TEXT        NOT NULL
         CONSTRAINT materialized_view_log_trigger_check
         CHECK (trigger IN ('schedule', 'notify', 'poll', 'manual', 'startup', 'cli', 'catchup', 'sql',
-                           'incremental', 'migrate')),
+                           'incremental', 'migrate', 'read')),
     status        TEXT        NOT NULL CHECK (status IN ('ok', 'error')),
     -- For 'ok': the snapshot time the data reflects (taken just before the work began, so it never
     -- claims data fresher than it is). For 'error': when the attempt began.
@@ -423,6 +423,21 @@ LANGUAGE sql STABLE AS $$
     WHERE s.snapshot IS NULL
        OR EXISTS (SELECT 1 FROM base_table_changes c WHERE NOT pg_visible_in_snapshot(c.xid, s.snapshot))
     ORDER BY m.position
+$$;
+
+-- Whether read model p_view is populated, and whether its data covers p_snapshot: no change in the
+-- change record that p_snapshot sees and the snapshot of the model's last successful refresh does
+-- not. A change every model has seen is pruned from the record, so what is left decides.
+CREATE OR REPLACE FUNCTION read_model_covers(p_view TEXT, p_snapshot pg_snapshot)
+RETURNS TABLE (populated BOOLEAN, covered BOOLEAN)
+LANGUAGE sql STABLE AS $$
+    SELECT m.populated,
+           l.snapshot IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM base_table_changes c
+               WHERE pg_visible_in_snapshot(c.xid, p_snapshot)
+                 AND NOT pg_visible_in_snapshot(c.xid, l.snapshot))
+    FROM read_models m JOIN last_successful_refreshes() l ON l.view_name = m.name
+    WHERE m.name = p_view
 $$;
 
 -- The names alone.

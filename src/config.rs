@@ -156,6 +156,12 @@ pub struct ServeConfig {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// The longest a request with `Prefer: min-freshness=now` waits for data covering every write
+    /// committed before it arrived, before it is answered 503 with Retry-After (REQUEST_TIMEOUT
+    /// bounds it too).
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub read_your_writes_timeout: Duration,
+
     /// Comma-separated origins allowed to call the API from a browser (CORS). Unset: CORS stays closed.
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<axum::http::HeaderValue>,

@@ -178,6 +178,16 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Where data reads go now: 1 for the server serving them (0 for both while they are refused).",
     ),
     (
+        "read_your_writes_total",
+        Kind::Counter,
+        "Requests with Prefer: min-freshness=now, by outcome: covered (answered with data covering every write committed before they arrived) or timeout (503).",
+    ),
+    (
+        "read_your_writes_wait_seconds",
+        Kind::Histogram,
+        "How long requests with Prefer: min-freshness=now waited for data covering their arrival.",
+    ),
+    (
         "replica_up",
         Kind::Gauge,
         "Whether the replica (READ_DATABASE_URL) answered its last probe.",
@@ -232,6 +242,7 @@ impl Default for Metrics {
             |name: &str, bounds: &[f64]| (Matcher::Full(name.to_owned()), bounds.to_vec());
         let recorder = [
             buckets("http_request_duration_seconds", &LATENCY_BUCKETS),
+            buckets("read_your_writes_wait_seconds", &LATENCY_BUCKETS),
             buckets("view_refresh_duration_seconds", &REFRESH_BUCKETS),
         ]
         .into_iter()
@@ -479,6 +490,19 @@ impl Metrics {
     pub fn record_apply(&self, companies: i64) {
         self.counter("incremental_companies_applied_total", vec![])
             .increment(companies.max(0) as u64);
+    }
+
+    /// A request with `Prefer: min-freshness=now` waited `waited`, and got its data (`covered`) or
+    /// a 503.
+    pub fn record_own_writes_wait(&self, covered: bool, waited: Duration) {
+        let outcome = if covered { "covered" } else { "timeout" };
+        self.counter(
+            "read_your_writes_total",
+            vec![Label::new("outcome", outcome)],
+        )
+        .increment(1);
+        self.histogram("read_your_writes_wait_seconds", vec![])
+            .record(waited.as_secs_f64());
     }
 
     pub fn record_notification(&self) {

@@ -116,6 +116,7 @@ impl Application {
             responses: response_cache(&pool, config.response_cache_bytes).await?,
             csv_max_rows: config.csv_max_rows.into(),
             database,
+            own_writes_timeout: config.read_your_writes_timeout,
         };
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

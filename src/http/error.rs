@@ -68,6 +68,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("view {0} is not populated")]
     NotPopulated(ViewName),
+    /// `Prefer: min-freshness=now`, and the view did not cover the request's arrival in time.
+    #[error("{view} does not cover the request's arrival yet")]
+    NotFreshYet {
+        view: ViewName,
+        timeout: std::time::Duration,
+    },
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(#[source] sqlx::Error),
     /// Answered without trying: recent requests found the database unreachable (see
@@ -232,6 +238,17 @@ impl ApiError {
                      `prospect-api refresh`."
                 ),
             ),
+            ApiError::NotFreshYet { view, timeout } => Described::new(
+                S::SERVICE_UNAVAILABLE,
+                "urn:prospect-api:problem:not-fresh-yet",
+                format!(
+                    "Prefer: min-freshness=now asks for data covering every write committed before \
+                     this request arrived; {view} did not cover them within {} ms \
+                     (READ_YOUR_WRITES_TIMEOUT). The round or refresh that will goes on: retry.",
+                    timeout.as_millis()
+                ),
+            )
+            .retry_after(1),
             ApiError::DatabaseUnavailable(cause) => Described {
                 unreachable: true,
                 ..Described::new(

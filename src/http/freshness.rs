@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::own_writes::OwnWrites;
+use super::read_model::request::Read;
 use super::response_cache::if_none_match_matches;
-use super::state::AppState;
-use crate::reads::ReadSource;
 use crate::views::ViewName;
-use crate::views::freshness::Freshness;
+use crate::views::freshness::{self, Freshness};
 
 pub const X_DATA_AGE: HeaderName = HeaderName::from_static("x-data-age");
 pub const X_DATA_REFRESHED_AT: HeaderName = HeaderName::from_static("x-data-refreshed-at");
@@ -53,21 +53,31 @@ impl FreshHeaders {
 
 /// The freshness of `view` for a response whose body the response cache makes (and tags with an
 /// ETag derived from it): the headers, and the generation of the data. A 503 while the view was
-/// never populated.
-pub async fn gate(
-    state: &AppState,
-    db: &ReadSource,
-    view: ViewName,
-) -> Result<FreshHeaders, ApiError> {
-    let freshness = db
-        .freshness
-        .read(&db.pool, view, state.refresher.generation(view))
-        .await?;
+/// never populated. A request asking to see its own writes waits for data covering its arrival
+/// first (`own_writes`), and reads the freshness afresh.
+pub async fn gate(read: &Read, view: ViewName) -> Result<FreshHeaders, ApiError> {
+    let (state, db) = (&read.state, &read.db);
+    let freshness = match &read.own_writes {
+        Some(own_writes) => {
+            own_writes.wait_for(state, &db.pool, view).await?;
+            freshness::read(&db.pool, view).await?
+        }
+        None => {
+            db.freshness
+                .read(&db.pool, view, state.refresher.generation(view))
+                .await?
+        }
+    };
     if !freshness.populated {
         return Err(ApiError::NotPopulated(view));
     }
+    let mut headers = headers_for(&freshness, state.stale_after_secs);
+    if read.own_writes.is_some() {
+        let (name, value) = OwnWrites::applied();
+        headers.insert(name, value);
+    }
     Ok(FreshHeaders {
-        headers: headers_for(&freshness, state.stale_after_secs),
+        headers,
         generation: freshness.last_refresh.as_ref().map(|last| last.log_id),
     })
 }
@@ -75,19 +85,13 @@ pub async fn gate(
 /// As `gate`, for a response streamed as it is read (a CSV export), whose body cannot be hashed
 /// before it is sent: its ETag is the generation's and the query's (`query` identifies the
 /// request exactly), and a request naming it is answered `304 Not Modified` without the query.
-pub async fn gate_tagged(
-    state: &AppState,
-    db: &ReadSource,
-    view: ViewName,
-    query: &str,
-    request: &HeaderMap,
-) -> Result<Gate, ApiError> {
-    let mut fresh = gate(state, db, view).await?;
+pub async fn gate_tagged(read: &Read, view: ViewName, query: &str) -> Result<Gate, ApiError> {
+    let mut fresh = gate(read, view).await?;
     let Some(log_id) = fresh.generation else {
         return Ok(Gate::Serve(fresh));
     };
     let etag = etag(view, log_id, query);
-    if if_none_match_matches(request, &etag) {
+    if if_none_match_matches(&read.headers, &etag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().extend(fresh.headers);
         response.headers_mut().insert(header::ETAG, etag);

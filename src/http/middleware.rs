@@ -97,6 +97,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
                 super::auth::X_API_KEY,
                 header::CONTENT_TYPE,
                 header::IF_NONE_MATCH,
+                super::own_writes::PREFER,
             ])
             .expose_headers([
                 X_DATA_AGE,
@@ -105,6 +106,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
                 header::ETAG,
                 header::LINK,
                 header::RETRY_AFTER,
+                super::own_writes::PREFERENCE_APPLIED,
                 X_REQUEST_ID,
             ])
             .max_age(CORS_PREFLIGHT_MAX_AGE)

@@ -17,6 +17,7 @@ mod health;
 pub mod lockout;
 mod middleware;
 mod openapi;
+mod own_writes;
 mod page;
 pub mod params;
 mod read_model;

@@ -1,6 +1,7 @@
 //! What every handler can reach.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -33,4 +34,6 @@ pub struct AppState {
     pub csv_max_rows: i64,
     /// Open while the database is unreachable: requests get a 503 at once.
     pub database: Arc<DatabaseCircuit>,
+    /// The longest a request waits to see its own writes (`Prefer: min-freshness=now`).
+    pub own_writes_timeout: Duration,
 }

@@ -21,6 +21,8 @@ pub enum RefreshTrigger {
     Catchup,
     /// The applier: changes found in the change record, applied per company.
     Incremental,
+    /// A read that asked to see the writes committed before it arrived (`Prefer: min-freshness=now`).
+    Read,
 }
 
 impl RefreshTrigger {
@@ -34,6 +36,7 @@ impl RefreshTrigger {
             RefreshTrigger::Cli => "cli",
             RefreshTrigger::Catchup => "catchup",
             RefreshTrigger::Incremental => "incremental",
+            RefreshTrigger::Read => "read",
         }
     }
 }

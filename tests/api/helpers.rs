@@ -286,6 +286,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         read_statement_timeout: std::time::Duration::from_secs(5),
         request_timeout: std::time::Duration::from_secs(10),
+        read_your_writes_timeout: std::time::Duration::from_secs(5),
         cors_origins: vec![],
         stale_after: Some(std::time::Duration::from_secs(1800)),
         admin_token: None,

@@ -70,12 +70,14 @@ impl Operations {
     }
 }
 
+/// A read model's operation: every one takes `Prefer: min-freshness=now`.
 fn operation(
     tag: &str,
     (id, summary): (&str, &str),
-    parameters: Vec<Value>,
+    mut parameters: Vec<Value>,
     responses: Value,
 ) -> Value {
+    parameters.push(prefer());
     json!({
         "tags": [tag], "summary": summary, "operationId": id,
         "parameters": parameters, "responses": responses,
@@ -91,8 +93,24 @@ fn capitalized(noun: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The `Prefer` request header: reads that see their own writes.
+fn prefer() -> Value {
+    json!({
+        "name": "Prefer", "in": "header", "required": false,
+        "schema": {"type": "string", "enum": ["min-freshness=now"]},
+        "description": "`min-freshness=now`: answer with data covering every write committed before \
+            this request arrived (read your own writes). The request reads from the primary and waits \
+            for the round (incremental mode) or the refresh (refresh mode, which it asks for) that \
+            covers them, up to READ_YOUR_WRITES_TIMEOUT (5 s): then 503 with Retry-After. Answered \
+            with `Preference-Applied: min-freshness=now`. Other preferences are ignored; another \
+            value of min-freshness is a 400.",
+    })
+}
+
 const NOT_MODIFIED: &str = "Not modified since the ETag in If-None-Match";
-const UNAVAILABLE: &str = "The view was never populated, or the database is unavailable";
+const UNAVAILABLE: &str = "The view was never populated, the database is unavailable, or (`Prefer: \
+    min-freshness=now`) the data did not cover the request's arrival within READ_YOUR_WRITES_TIMEOUT: \
+    see Retry-After";
 
 fn problem(description: &str) -> Value {
     json!({
@@ -125,6 +143,14 @@ fn freshness_headers() -> Map<String, Value> {
         header(
             json!({"type": "boolean"}),
             "Whether the data is older than the staleness limit",
+        ),
+    );
+    headers.insert(
+        "Preference-Applied".into(),
+        header(
+            json!({"type": "string", "enum": ["min-freshness=now"]}),
+            "On a request with `Prefer: min-freshness=now`: the data covers every write committed \
+             before it arrived",
         ),
     );
     headers.insert(
@@ -166,7 +192,7 @@ fn one_responses(row: &str, noun: &str) -> Value {
     json!({
         "200": data(&format!("The {noun}"), json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{row}")}}})),
         "304": {"description": NOT_MODIFIED},
-        "400": problem("Invalid id or fields, or other query parameters given"),
+        "400": problem("Invalid id, fields or Prefer, or other query parameters given"),
         "404": problem(&format!("No such {noun}")),
         "503": problem(UNAVAILABLE),
     })
@@ -177,7 +203,7 @@ fn facets_responses() -> Value {
         "200": data("Each facet's values, most frequent first (at most 100)", json!({"application/json": {"schema": {"$ref": "#/components/schemas/Facets"}}})),
         "304": {"description": NOT_MODIFIED},
         "400": problem("Invalid parameters, each named"),
-        "503": problem("The view was never populated, the database is unavailable, or counting took longer than the statement timeout"),
+        "503": problem(&format!("{UNAVAILABLE}; or counting took longer than the statement timeout")),
     })
 }
 

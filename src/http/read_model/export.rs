@@ -69,7 +69,7 @@ pub async fn export<M: ReadModel>(
         request.scope(endpoint),
         request.page.fields.key()
     ));
-    let fresh = match gate_tagged(state, db, M::VIEW, &key, &read.headers).await? {
+    let fresh = match gate_tagged(read, M::VIEW, &key).await? {
         Gate::NotModified(response) => return Ok(response),
         Gate::Serve(fresh) => fresh,
     };

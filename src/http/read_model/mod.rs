@@ -6,7 +6,7 @@ mod export;
 mod facets;
 mod list;
 mod one;
-mod request;
+pub(super) mod request;
 mod respond;
 
 use axum::Router;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::super::error::{ApiError, InvalidParam};
 use super::super::fields::Fields;
+use super::super::own_writes::OwnWrites;
 use super::super::page::{DEFAULT_LIMIT, PAGE_PARAMS, PageParams};
 use super::super::params::{QueryParams, parse_sort};
 use super::super::state::AppState;
@@ -29,6 +30,9 @@ pub struct Read {
     pub caller: Caller,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// Asked to see the writes committed before it arrived (`Prefer: min-freshness=now`): it then
+    /// reads from the primary.
+    pub own_writes: Option<OwnWrites>,
 }
 
 impl Read {
@@ -107,8 +111,15 @@ impl FromRequestParts<AppState> for Read {
                 "a read route without the authentication layer"
             ))
         })?;
+        let primary = state.reads.primary();
+        let own_writes = OwnWrites::asked(&parts.headers, &primary.pool).await?;
+        let db = match own_writes {
+            Some(_) => primary.clone(),
+            None => ReadSource::from_request_parts(parts, state).await?,
+        };
         Ok(Read {
-            db: ReadSource::from_request_parts(parts, state).await?,
+            db,
+            own_writes,
             caller,
             state: state.clone(),
             uri: parts.uri.clone(),

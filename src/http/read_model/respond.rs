@@ -29,7 +29,7 @@ where
     F: Future<Output = Result<Rendered, ApiError>> + Send,
 {
     let key = read.response_key(key);
-    let fresh = gate(&read.state, &read.db, view).await?;
+    let fresh = gate(read, view).await?;
     let response = read
         .state
         .responses
