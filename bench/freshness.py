@@ -153,6 +153,17 @@ def settle(url):
     raise SystemExit("the read models did not settle")
 
 
+def settle_served(url, mode):
+    """`settle` with a server in `mode` running, which applies what a script's writes left pending
+    (without one nothing would, in incremental mode, and `settle` would wait in vain)."""
+    server = suite.start_server(url, {"VIEW_MAINTENANCE": mode})
+    try:
+        settle(url)
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def start_writers(url, companies, seconds, workdir):
     """pgbench changing WRITER_RATE random companies a second for `seconds`: half of them a prospect's
     update time, half the company's revenue (every row of the company changes)."""

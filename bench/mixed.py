@@ -233,7 +233,7 @@ def bench(args, workdir):
         server.wait()
     draws, hot_counts, ranked = draw_mix(requests, cold_ids(url), rng)
     print(f"== {args.size}: {prospects} prospects; {len(requests)} distinct requests + {COLD_IDS} cold ids", flush=True)
-    result = {"size": args.size, "prospects": prospects, "distinct": len(requests), "cold_ids": COLD_IDS,
+    result = {"size": args.size, "prospects": prospects, "modes": modes, "distinct": len(requests), "cold_ids": COLD_IDS,
               "command": " ".join(["bench/mixed.py"] + sys.argv[1:]),
               "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
     runs = {"cached": [], "uncached": []}
@@ -263,7 +263,7 @@ def describe(r):
     cached, uncached, tps = r["cached"], r["uncached"], r["pgbench_tps"]
     row = lambda label, m, note="": (f"| {label} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
                                      f"{m['hit_ratio'] if m['hit_ratio'] is not None else '–'} | {m['peak_rss_mb']} | "
-                                     f"{m['rps'] / tps:.2f} | {m['errors']} |{note}")
+                                     f"{m['rps'] / tps:.2f} | {m['rps'] / cached['rps']:.2f} | {m['errors']} |{note}")
     writers_note = f"writers change {freshness.WRITER_RATE} companies a second"
     changing = {"refresh": "all views refreshed CONCURRENTLY in a loop",
                 "incremental": f"{writers_note}, a round every 250 ms",
@@ -273,9 +273,9 @@ def describe(r):
              f"The mix: {r['distinct']} distinct requests drawn Zipf (s = {ZIPF_S}) plus {COLD_SHARE:.0%} cold "
              f"single-prospect requests over {r['cold_ids']:,} ids; wrk, {suite.CLIENTS} connections, {DRAWS:,} "
              "pre-drawn requests. pgbench runs the same statements, weighted as the mix draws them "
-             f"({tps:.0f} TPS).", "",
-             "| run | req/s | p50 ms | p99 ms | hit ratio | peak RSS MB | ÷ pgbench | errors |",
-             "|---|---|---|---|---|---|---|---|",
+             f"({tps:.0f} TPS). The idle runs are in {r['modes'][0]} mode.", "",
+             "| run | req/s | p50 ms | p99 ms | hit ratio | peak RSS MB | ÷ pgbench | ÷ cache on, idle | errors |",
+             "|---|---|---|---|---|---|---|---|---|",
              row("cache on (64 MiB)", cached), row("cache off", uncached)]
     spread = (f"Median of {len(cached['all_rps'])} alternating runs each: with the cache {cached['all_rps']} req/s, "
               f"p99 {cached['all_p99_ms']} ms; without {uncached['all_rps']} req/s, p99 {uncached['all_p99_ms']} ms.")
