@@ -225,6 +225,9 @@ pub const REFUSAL_REASONS: [&str; 5] = [
     "unavailable",
 ];
 
+/// How a request with `Prefer: min-freshness=now` ended (every one counted from zero).
+const OWN_WRITES_OUTCOMES: [&str; 2] = ["covered", "timeout"];
+
 /// Triggers whose refreshes base-table changes caused.
 const CHANGE_TRIGGERS: [&str; 3] = ["notify", "poll", "incremental"];
 
@@ -272,6 +275,14 @@ impl Default for Metrics {
         }
         for reason in REFUSAL_REASONS {
             metrics.record_refusals(reason, 0);
+        }
+        for outcome in OWN_WRITES_OUTCOMES {
+            metrics
+                .counter(
+                    "read_your_writes_total",
+                    vec![Label::new("outcome", outcome)],
+                )
+                .increment(0);
         }
         for name in [
             "incremental_companies_applied_total",
@@ -495,7 +506,7 @@ impl Metrics {
     /// A request with `Prefer: min-freshness=now` waited `waited`, and got its data (`covered`) or
     /// a 503.
     pub fn record_own_writes_wait(&self, covered: bool, waited: Duration) {
-        let outcome = if covered { "covered" } else { "timeout" };
+        let outcome = OWN_WRITES_OUTCOMES[usize::from(!covered)];
         self.counter(
             "read_your_writes_total",
             vec![Label::new("outcome", outcome)],
@@ -726,6 +737,7 @@ mod tests {
                 && !name.starts_with("http_")
                 && !name.starts_with("role_")
                 && !name.starts_with("exported_")
+                && *name != "read_your_writes_wait_seconds"
         }) {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
         }
