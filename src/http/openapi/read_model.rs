@@ -97,8 +97,8 @@ fn capitalized(noun: &str) -> String {
 fn prefer() -> Value {
     json!({
         "name": "Prefer", "in": "header", "required": false,
-        "schema": {"type": "string", "enum": ["min-freshness=now"]},
-        "description": "`min-freshness=now`: answer with data covering every write committed before \
+        "schema": {"type": "string"},
+        "description": "RFC 7240 preferences; the one understood is `min-freshness=now`: answer with data covering every write committed before \
             this request arrived (read your own writes). The request reads from the primary and waits \
             for the round (incremental mode) or the refresh (refresh mode, which it asks for) that \
             covers them, up to READ_YOUR_WRITES_TIMEOUT (5 s): then 503 with Retry-After. Answered \
