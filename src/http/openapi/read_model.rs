@@ -102,8 +102,8 @@ fn prefer() -> Value {
             this request arrived (read your own writes). The request reads from the primary and waits \
             for the round (incremental mode) or the refresh (refresh mode, which it asks for) that \
             covers them, up to READ_YOUR_WRITES_TIMEOUT (5 s): then 503 with Retry-After. Answered \
-            with `Preference-Applied: min-freshness=now`. Other preferences are ignored; another \
-            value of min-freshness is a 400.",
+            with `Preference-Applied: min-freshness=now`. Other preferences and values are \
+            ignored (RFC 7240).",
     })
 }
 
@@ -192,7 +192,7 @@ fn one_responses(row: &str, noun: &str) -> Value {
     json!({
         "200": data(&format!("The {noun}"), json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{row}")}}})),
         "304": {"description": NOT_MODIFIED},
-        "400": problem("Invalid id, fields or Prefer, or other query parameters given"),
+        "400": problem("Invalid id or fields, or other query parameters given"),
         "404": problem(&format!("No such {noun}")),
         "503": problem(UNAVAILABLE),
     })
