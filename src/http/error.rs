@@ -244,7 +244,7 @@ impl ApiError {
                 format!(
                     "Prefer: min-freshness=now asks for data covering every write committed before \
                      this request arrived; {view} did not cover them within {} ms \
-                     (READ_YOUR_WRITES_TIMEOUT). The round or refresh that will goes on: retry.",
+                     (READ_YOUR_WRITES_TIMEOUT). The round or refresh that will cover them goes on: retry.",
                     timeout.as_millis()
                 ),
             )

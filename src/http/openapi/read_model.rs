@@ -101,7 +101,7 @@ fn prefer() -> Value {
         "description": "RFC 7240 preferences; the one understood is `min-freshness=now`: answer with data covering every write committed before \
             this request arrived (read your own writes). The request reads from the primary and waits \
             for the round (incremental mode) or the refresh (refresh mode, which it asks for) that \
-            covers them, up to READ_YOUR_WRITES_TIMEOUT (5 s): then 503 with Retry-After. Answered \
+            covers them, up to READ_YOUR_WRITES_TIMEOUT (default 5 s): then 503 with Retry-After. Answered \
             with `Preference-Applied: min-freshness=now`. Other preferences and values are \
             ignored (RFC 7240).",
     })
