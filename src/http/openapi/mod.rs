@@ -295,7 +295,9 @@ fn document_value_rules(document: &mut Value) {
         else {
             continue;
         };
-        for schema in parameters.iter_mut().map(|p| &mut p["schema"]) {
+        // A header such as `Prefer` is free text the server ignores where it does not understand it.
+        let values = parameters.iter_mut().filter(|p| p["in"] != "header");
+        for schema in values.map(|p| &mut p["schema"]) {
             if schema["type"] == "array" {
                 schema["maxItems"] = json!(MAX_REPEATS);
                 text_rules(&mut schema["items"]);
