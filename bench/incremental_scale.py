@@ -229,8 +229,8 @@ def repair(url, samples, pause):
         company = suite.psql(url, 'SELECT "id" FROM "Company" ORDER BY "id" LIMIT 1 OFFSET 100')
         quiet = commit_to_visible(url, company, samples, pause)
         # Writes the triggers do not see: only the repair can bring them in.
-        # A name of this run's own: one an earlier run left would already be in the view.
         hidden = suite.psql(url, """SELECT "id" FROM "Prospect" ORDER BY "id" DESC LIMIT 1""")
+        # A name of this run's own: one an earlier run left would already be in the view.
         hidden_name = f"Hidden By Bench {time.time_ns()}"
         suite.psql(url, f"""SET session_replication_role = replica; UPDATE "Prospect" SET "lastName" = '{hidden_name}' WHERE "id" = '{hidden}'""")
         started = time.monotonic()
