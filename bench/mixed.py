@@ -152,13 +152,31 @@ SELECT {PROSPECTS} FROM company_prospect_view WHERE prospect_id = 'prs_' || lpad
 
 def cache_counts():
     """Hits + coalesced and all responses, summed over the views, from /metrics."""
+    return {name: sum(count for (metric, _), count in cache_metrics().items() if metric == name)
+            for name in ("hits", "misses", "coalesced")}
+
+
+def cache_metrics():
+    """Every response_cache_*_total counter, by (name, labels), e.g. ("dropped", "view=…,reason=…")."""
     _, _, body = suite.http_get("/metrics")
-    totals = collections.Counter()
+    counts = collections.Counter()
     for line in body.decode().splitlines():
-        for name in ("hits", "misses", "coalesced"):
-            if line.startswith(f"response_cache_{name}_total{{"):
-                totals[name] += float(line.split()[-1])
-    return totals
+        if line.startswith("response_cache_") and "_total{" in line:
+            name, rest = line[len("response_cache_"):].split("_total{", 1)
+            labels = rest.rsplit("}", 1)[0].replace('"', "")
+            counts[(name, labels)] += float(line.split()[-1])
+    return counts
+
+
+def rounds_did(before, after):
+    """What the rounds did to cached entries during a run, per view: kept, updated, dropped by reason."""
+    moved = {}
+    for (name, labels), count in after.items():
+        if name in ("kept", "dropped") and count - before.get((name, labels), 0):
+            fields = dict(pair.split("=", 1) for pair in labels.split(","))
+            what = f"{name} {fields.get('how') or fields.get('reason')}"
+            moved.setdefault(fields["view"], {})[what] = int(count - before.get((name, labels), 0))
+    return moved
 
 
 def run_mix(url, mode, draws, duration, workdir, settings=None, during=None):
@@ -170,7 +188,7 @@ def run_mix(url, mode, draws, duration, workdir, settings=None, during=None):
         freshness.settle(url)  # the server brings the views up to date; then autovacuum, a checkpoint
         requests = [(path, {}) for path in draws]
         suite.run_wrk(requests, 3, workdir)
-        before = cache_counts()
+        before, metrics_before = cache_counts(), cache_metrics()
         stop = threading.Event()
         worker = threading.Thread(target=during, args=(stop,), daemon=True) if during else None
         if worker:
@@ -184,6 +202,8 @@ def run_mix(url, mode, draws, duration, workdir, settings=None, during=None):
         served = sum(after.values()) - sum(before.values())
         reused = after["hits"] + after["coalesced"] - before["hits"] - before["coalesced"]
         result["hit_ratio"] = round(reused / served, 3) if served else None
+        if during:
+            result["rounds_did"] = rounds_did(metrics_before, cache_metrics())
         result["peak_rss_mb"] = round(suite.peak_rss_mb(server.pid), 1)
         _, _, metrics = suite.http_get("/metrics")
         held = [line.split()[1] for line in metrics.decode().splitlines() if line.startswith("response_cache_bytes ")]

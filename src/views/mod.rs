@@ -20,6 +20,7 @@ pub mod order;
 mod per_view;
 pub mod prospect_search;
 mod read_model;
+mod search_matching;
 mod timestamp_json;
 
 use std::fmt;
@@ -28,7 +29,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use per_view::PerView;
-pub use read_model::{Admits, Api, IdPath, Image, ReadModel, estimated_rows};
+pub use read_model::{Admits, Api, IdPath, Image, Place, ReadModel, estimated_rows};
 
 /// The list of read models: each line is a view's variant, its name in the database, and the
 /// `ReadModel` that serves it. Generates `ViewName`, and `visit_read_models`, which hands every model

@@ -40,6 +40,8 @@ pub enum KeyPart {
     Number,
     /// An RFC 3339 instant, or `-infinity`.
     Instant,
+    /// A whole number, the largest first (a relevance score).
+    Rank,
 }
 
 /// How cursor key `a` compares with `b` in `sort`'s order (`Less`: `a` comes first), as PostgreSQL
@@ -63,6 +65,7 @@ pub fn compare_keys<K: SortKey>(
             KeyPart::Text => return None,
             KeyPart::Number => x.as_i64()?.cmp(&y.as_i64()?),
             KeyPart::Instant => instant(x)?.cmp(&instant(y)?),
+            KeyPart::Rank => y.as_i64()?.cmp(&x.as_i64()?),
         };
         if order.is_ne() {
             return Some(if sort.descending {

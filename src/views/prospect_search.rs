@@ -19,7 +19,8 @@ use utoipa::ToSchema;
 use super::filters::{Terms, any_of, filters};
 use super::matching::{in_any_of, same};
 use super::order::{FacetCount, KeyPart, NoFacets, Sort, SortKey};
-use super::{Admits, Api, ReadModel, ViewName, estimated_rows};
+use super::search_matching::{Query, RowWords, Searched};
+use super::{Admits, Api, Place, ReadModel, ViewName, estimated_rows};
 
 pub struct ProspectSearch;
 
@@ -100,8 +101,8 @@ impl SortKey for SearchOrder {
 
     fn parts(self) -> &'static [KeyPart] {
         match self {
-            // A rank computed per query: Rust cannot place a row in it.
-            SearchOrder::Relevance => &[],
+            // Best first, then by id; a changed row's score is bounded (`ReadModel::place`).
+            SearchOrder::Relevance => &[KeyPart::Rank, KeyPart::Text],
             SearchOrder::CompanyName => &[KeyPart::Text; 4],
         }
     }
@@ -198,6 +199,26 @@ macro_rules! count_statement {
     }};
 }
 
+/// The text of the fields search reads.
+fn searched(row: &SearchRow) -> Searched<'_> {
+    Searched {
+        first_name: row.first_name.as_deref(),
+        last_name: row.last_name.as_deref(),
+        company_name: Some(&row.company_name),
+        job_title: row.job_title.as_deref(),
+        industry: row.industry.as_deref(),
+        email: row.email.as_deref(),
+    }
+}
+
+/// The best score `row` could have for the terms: `Some(None)` when it cannot match them, `None`
+/// when Rust cannot tell (text beyond ASCII).
+fn best_score(f: &SearchFilters, row: &SearchRow) -> Option<Option<i32>> {
+    let query = Query::of(&f.q)?;
+    let words = RowWords::of(&searched(row))?;
+    Some(query.best_score(&words))
+}
+
 /// The relevance cursor `[score, id]` as the statement's two parameters.
 fn relevance_cursor(after: Option<&Value>) -> (Option<i32>, Option<String>) {
     let Some(Value::Array(key)) = after else {
@@ -282,14 +303,36 @@ impl ReadModel for ProspectSearch {
     }
 
     /// What the terms match is decided by `search_plan()` (typos corrected from the vocabulary,
-    /// accents folded): a row passing the other filters may match them.
+    /// accents folded): Rust can only tell that a row cannot match them.
     fn admits(f: &SearchFilters, row: &SearchRow) -> Admits {
+        let terms = match best_score(f, row) {
+            Some(None) => Admits::No,
+            _ => Admits::Unsure,
+        };
         Admits::all([
             in_any_of(&f.industry, row.industry.as_deref()),
             same(&f.company_country, row.company_country.as_deref()),
             in_any_of(&f.department, row.department.as_deref()),
-            Admits::Unsure,
+            terms,
         ])
+    }
+
+    /// In relevance order, no earlier than the best score the row could have.
+    fn place(f: &SearchFilters, sort: Sort<SearchOrder>, row: &SearchRow) -> Place {
+        match (sort.key, best_score(f, row)) {
+            (SearchOrder::CompanyName, _) => Place::Exactly(Self::cursor_key(sort, row)),
+            (SearchOrder::Relevance, Some(Some(score))) => {
+                Place::NoEarlierThan(json!([score, row.prospect_id]))
+            }
+            (SearchOrder::Relevance, _) => Place::Unknown,
+        }
+    }
+
+    fn moves_others(f: &SearchFilters, row: &SearchRow) -> bool {
+        match (Query::of(&f.q), RowWords::of(&searched(row))) {
+            (Some(query), Some(words)) => query.may_correct(&words),
+            _ => true,
+        }
     }
 
     fn cursor_key(sort: Sort<SearchOrder>, row: &SearchRow) -> Value {

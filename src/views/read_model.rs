@@ -85,6 +85,20 @@ pub trait ReadModel: Send + Sync + 'static {
         Admits::Unsure
     }
 
+    /// Where `row` would stand in `sort`'s order among the rows `filters` match: its cursor key, or,
+    /// in an order computed per query (search's relevance), a key it cannot come before.
+    fn place(filters: &Self::Filters, sort: Sort<Self::Sort>, row: &Self::Row) -> Place {
+        let _ = filters;
+        Place::Exactly(Self::cursor_key(sort, row))
+    }
+
+    /// Whether a round that changed `row` may change which other rows `filters` match, or how they
+    /// rank (a search's typo corrections come from a vocabulary that grows with the rows' words).
+    fn moves_others(filters: &Self::Filters, row: &Self::Row) -> bool {
+        let _ = (filters, row);
+        false
+    }
+
     /// The id `one` finds `row` by (none: the model has no single rows, or cannot tell).
     fn id(row: &Self::Row) -> Option<&str> {
         let _ = row;
@@ -139,6 +153,17 @@ impl Admits {
         }
         all
     }
+}
+
+/// Where a row stands in an order (`ReadModel::place`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    /// At this cursor key.
+    Exactly(Value),
+    /// At this key or after it.
+    NoEarlierThan(Value),
+    /// Rust cannot tell.
+    Unknown,
 }
 
 /// A row of a read model's view as a round recorded it.

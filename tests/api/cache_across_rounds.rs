@@ -51,10 +51,15 @@ async fn body_at(app: &TestApp, address: &str, path: &str) -> (String, String) {
 
 /// Writes `sql`, then waits until `app` serves a generation newer than the one it served.
 async fn write_and_wait_for_the_round(app: &TestApp, sql: &'static str) {
-    let before = header(&app.get("/prospects/p_both").await, "x-data-refreshed-at");
+    write_and_wait_for_the_round_of(app, "/prospects/p_both", sql).await;
+}
+
+/// Writes `sql`, then waits until `app` serves `path` from a generation newer than it did.
+async fn write_and_wait_for_the_round_of(app: &TestApp, path: &str, sql: &'static str) {
+    let before = header(&app.get(path).await, "x-data-refreshed-at");
     app.db.execute(sql).await;
     eventually(10, "the round applying the write", || async {
-        header(&app.get("/prospects/p_both").await, "x-data-refreshed-at") != before
+        header(&app.get(path).await, "x-data-refreshed-at") != before
     })
     .await;
 }
@@ -152,7 +157,8 @@ async fn what_the_cache_cannot_decide_is_rendered_anew_and_counted() {
     let (app, fresh) = cached_and_fresh().await;
     let search = "/search?q=ada";
     let before = same_as_fresh(&app, &fresh, search).await;
-    // Any change may match a search's terms (typos, accents): the search is rendered anew.
+    // A row that may now match, on the search's only page: Rust cannot rank it as the SQL would
+    // (its typo corrections come from the vocabulary), so the search is rendered anew.
     write_and_wait_for_the_round(
         &app,
         r#"UPDATE "Prospect" SET "firstName" = 'Adalind' WHERE "id" = 'p_2500'"#,
@@ -161,6 +167,63 @@ async fn what_the_cache_cannot_decide_is_rendered_anew_and_counted() {
     let after = same_as_fresh(&app, &fresh, search).await;
     assert_ne!(before, after, "the renamed prospect matches now");
     assert!(cache_count(&app, "prospect_search_view", "dropped_undecided").await >= 1);
+}
+
+#[tokio::test]
+async fn a_search_survives_rounds_whose_rows_cannot_enter_its_page_and_no_other() {
+    let (app, fresh) = cached_and_fresh().await;
+    // "engineer": Donald Knuth (Engineer) and Grace (Senior Engineer) match it whole and rank
+    // first; the Engineering titles match it as a prefix, lower.
+    let search = "/search?q=engineer&limit=2";
+    let first = app.get(search).await;
+    let etag = header(&first, "etag");
+    let body = first.text().await.unwrap();
+    assert!(
+        body.contains("p_15e8") && body.contains("p_first"),
+        "{body}"
+    );
+    let count = |name: &'static str| cache_count(&app, "prospect_search_view", name);
+
+    // A row that cannot match, and one that matches below the page's last row.
+    let kept = count("kept").await;
+    write_and_wait_for_the_round_of(
+        &app,
+        search,
+        r#"UPDATE "Prospect" SET "jobTitle" = 'Countess' WHERE "id" = 'p_last';
+           UPDATE "Prospect" SET "lastName" = 'Lovelace-Byron' WHERE "id" = 'p_both'"#,
+    )
+    .await;
+    let revalidated = app.get_with(search, &[("if-none-match", &*etag)]).await;
+    assert_eq!(revalidated.status(), 304, "kept across the round");
+    assert_eq!(same_as_fresh(&app, &fresh, search).await, body);
+    assert!(count("kept").await > kept);
+
+    // A word one typo from the term: the vocabulary gains a correction, which may change what the
+    // search matches among rows the round did not touch. Rendered anew (here to the same body).
+    let undecided = count("dropped_undecided").await;
+    write_and_wait_for_the_round_of(
+        &app,
+        search,
+        r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName") VALUES ('p_typo', 'c_999', 'Enginer', 'Smith')"#,
+    )
+    .await;
+    assert_eq!(same_as_fresh(&app, &fresh, search).await, body);
+    assert!(count("dropped_undecided").await > undecided);
+
+    // A row of the page.
+    write_and_wait_for_the_round_of(
+        &app,
+        search,
+        r#"UPDATE "Prospect" SET "jobTitle" = 'Principal Engineer' WHERE "id" = 'p_first'"#,
+    )
+    .await;
+    let changed = app.get_with(search, &[("if-none-match", &*etag)]).await;
+    assert_eq!(changed.status(), 200);
+    assert!(
+        same_as_fresh(&app, &fresh, search)
+            .await
+            .contains("Principal Engineer")
+    );
 }
 
 /// The requests of the verifier's mix: lists under each filter value and order, with totals and
@@ -228,8 +291,16 @@ async fn mix(
     for prospect in &prospects {
         paths.push(format!("/prospects/{prospect}"));
     }
-    for term in ["smith", "ma", "engineering", "garcia lo"] {
+    for term in [
+        "smith",
+        "ma",
+        "engineering",
+        "garcia lo",
+        "director of",
+        "wei car",
+    ] {
         paths.push(format!("/search?q={}", q(term)));
+        paths.push(format!("/search?q={}&limit=4", q(term)));
     }
     // The second page of every list, as its first page links it.
     let firsts: Vec<String> = paths

@@ -33,5 +33,6 @@ mod repository;
 mod response_cache;
 mod schema;
 mod schema_definitions;
+mod search_matching;
 mod seed;
 mod triggers;

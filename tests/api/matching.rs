@@ -118,7 +118,7 @@ async fn check<M: ReadModel>(pool: PgPool) -> Found {
         .iter()
         .any(|spec| matches!(spec.kind, FilterKind::Terms { .. }));
     if searched {
-        // A search's rows need its terms, which Rust never decides: nothing to compare.
+        // A search's rows need its terms: tests/api/search_matching.rs compares those.
         return Ok((0, 0, 0));
     }
     let rows: Vec<M::Row> = M::rows(&pool, &M::Filters::default(), M::Sort::DEFAULT, None, ALL)

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::rounds::{Changed, RoundChanges};
 use crate::views::order::{FacetCount, MAX_FACET_VALUES, Sort, compare_keys};
-use crate::views::{Admits, Image, ReadModel};
+use crate::views::{Admits, Image, Place, ReadModel};
 
 /// What a round did to a cached response.
 pub enum After {
@@ -31,8 +31,9 @@ pub enum After {
 pub enum Why {
     /// A changed row is in it.
     Changed,
-    /// Rust cannot tell (a search's terms, a rank, case beyond ASCII, a collation other than byte
-    /// order, a row not understood, a facet list cut at its limit).
+    /// Rust cannot tell (a row a search's terms may match, a word that may be a new typo
+    /// correction, case beyond ASCII, a collation other than byte order, a row not understood, a
+    /// facet list cut at its limit).
     Undecided,
 }
 
@@ -111,16 +112,26 @@ pub struct PageShown<M: ReadModel> {
 }
 
 impl<M: ReadModel> PageShown<M> {
-    /// Whether a row with this cursor key falls in the page: after its cursor, up to its last row.
-    fn in_range(&self, key: &Value, bytewise: bool) -> Option<bool> {
+    /// Whether a row so placed falls in the page: after its cursor, up to its last row (`None`:
+    /// it may).
+    fn in_range(&self, place: &Place, bytewise: bool) -> Option<bool> {
         use std::cmp::Ordering;
-        if let Some(after) = &self.after
-            && compare_keys(self.sort, key, after, bytewise)? != Ordering::Greater
+        let (key, exactly) = match place {
+            Place::Exactly(key) => (key, true),
+            Place::NoEarlierThan(key) => (key, false),
+            Place::Unknown => return None,
+        };
+        if let Some(last) = &self.last
+            && compare_keys(self.sort, key, last, bytewise)? == Ordering::Greater
         {
             return Some(false);
         }
-        if let Some(last) = &self.last
-            && compare_keys(self.sort, key, last, bytewise)? == Ordering::Greater
+        if !exactly {
+            // Anywhere from the start up to its place: only past the last row is it known to be out.
+            return None;
+        }
+        if let Some(after) = &self.after
+            && compare_keys(self.sort, key, after, bytewise)? != Ordering::Greater
         {
             return Some(false);
         }
@@ -143,6 +154,9 @@ impl<M: ReadModel> PageShown<M> {
             // The parent's rows changed: it may have gone, whatever the page shows.
             return Err(Why::Changed);
         }
+        if M::moves_others(&self.filters, row) {
+            return Err(Why::Undecided);
+        }
         let admits = M::admits(&self.filters, row);
         if admits == Admits::No {
             return Ok(0);
@@ -150,7 +164,7 @@ impl<M: ReadModel> PageShown<M> {
         if self.estimated {
             return Err(Why::Undecided);
         }
-        match self.in_range(&M::cursor_key(self.sort, row), bytewise) {
+        match self.in_range(&M::place(&self.filters, self.sort, row), bytewise) {
             None => return Err(Why::Undecided),
             Some(true) if admits == Admits::Yes => return Err(Why::Changed),
             Some(true) => return Err(Why::Undecided),
@@ -296,6 +310,9 @@ fn recount<M: ReadModel>(
             Image::Parent(_) => continue,
             Image::Unknown => return Err(Why::Undecided),
         };
+        if M::moves_others(filters, row) {
+            return Err(Why::Undecided);
+        }
         match M::admits(filters, row) {
             Admits::No => continue,
             Admits::Unsure => return Err(Why::Undecided),
