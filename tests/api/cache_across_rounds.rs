@@ -3,10 +3,13 @@
 //! follow the changed rows, and a round that changed a row it shows renders it anew. Each answer is
 //! compared with a fresh render of the same snapshot by an instance without a cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use prospect_api::config::ServeConfig;
-use prospect_api::views::Mode;
+use prospect_api::refresh::{RefreshTrigger, incremental_round};
+use prospect_api::views::{Mode, ViewName};
 use serde_json::Value;
 
 use crate::helpers::{
@@ -498,4 +501,81 @@ async fn after_a_storm_of_writes_every_answer_of_two_cached_instances_equals_a_f
             "{app_address}: {kept} responses kept across rounds"
         );
     }
+}
+
+/// The last successful refresh (the generation) of `view`.
+async fn generation_of(db: &crate::helpers::TestDb, view: ViewName) -> i64 {
+    sqlx::query_scalar("SELECT log_id FROM last_successful_refreshes() WHERE view_name = $1")
+        .bind(view.as_str())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_render_a_round_overtook_is_cached_at_the_newer_generation_unless_the_round_changed_it() {
+    use prospect_api::http::response_cache::shows::{OneRow, Shows};
+    use prospect_api::http::response_cache::{Rendered, ResponseCache};
+    use prospect_api::views::company_prospects::CompanyProspects;
+
+    let db = crate::helpers::TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    db.convert(Mode::Incremental).await;
+    let view = ViewName::CompanyProspectView;
+    let before = generation_of(&db, view).await;
+    db.execute(r#"UPDATE "Prospect" SET "jobTitle" = 'Countess' WHERE "id" = 'p_last'"#)
+        .await;
+    let settings = crate::helpers::quick_refresh_settings();
+    incremental_round(&db.pool, RefreshTrigger::Incremental, None, &settings)
+        .await
+        .unwrap();
+    let after = generation_of(&db, view).await;
+    assert!(after > before, "the round is a new generation");
+
+    // Each request reads generation `before`, but its render ends once `after` is committed: the
+    // pool, as the source, tells the cache so.
+    let cache = ResponseCache::new(1 << 20);
+    let served = |generation: i64, id: &'static str, json: &'static str| {
+        let render = async move {
+            let shows: Arc<dyn Shows> = Arc::new(OneRow::<CompanyProspects>::new(id.to_owned()));
+            Ok(Rendered {
+                json: json.as_bytes().to_vec(),
+                link: None,
+                shows: Some(shows),
+            })
+        };
+        let (cache, pool) = (&cache, &db.pool);
+        async move {
+            let response = cache
+                .respond(view, Some(generation), id, &HeaderMap::new(), pool, render)
+                .await
+                .unwrap();
+            String::from_utf8(
+                axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+                    .to_vec(),
+            )
+            .unwrap()
+        }
+    };
+    // The round did not change p_both: its render shows `after` too, and is cached there.
+    assert_eq!(
+        served(before, "p_both", "{\"render\":1}").await,
+        "{\"render\":1}"
+    );
+    assert_eq!(
+        served(after, "p_both", "{\"render\":2}").await,
+        "{\"render\":1}"
+    );
+    // It changed p_last: the render answers its own request only.
+    assert_eq!(
+        served(before, "p_last", "{\"render\":1}").await,
+        "{\"render\":1}"
+    );
+    assert_eq!(
+        served(after, "p_last", "{\"render\":2}").await,
+        "{\"render\":2}"
+    );
 }

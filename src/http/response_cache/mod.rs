@@ -181,6 +181,20 @@ impl ResponseCache {
         }
     }
 
+    /// Readies the cache to serve `generation` of `view` read through `pool`: loads the rounds
+    /// that lead to it, so that the first requests of that generation do not wait for them.
+    pub async fn prepare(
+        &self,
+        pool: &PgPool,
+        view: ViewName,
+        generation: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        match (&self.entries, generation) {
+            (Some(_), Some(generation)) => self.rounds.load_up_to(pool, view, generation).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Tells the cache whether the database's collation orders text bytewise (`C`, `POSIX`,
     /// `C.UTF-8`); until told, it assumes not, and drops what a text order would decide.
     pub fn set_bytewise(&self, bytewise: bool) {
@@ -258,12 +272,24 @@ impl ResponseCache {
                     Coding::Gzip => Entry::gzip(rendered, generation, request),
                     Coding::Identity => Entry::identity(rendered, generation, request),
                 };
-                if source.generation_now(view).await? != Some(generation) {
+                let now = source.generation_now(view).await?;
+                if now != Some(generation) {
                     // A round committed while it was rendered (or the freshness read was another
-                    // instance's older one): its statements may show a newer snapshot than its
-                    // label. It answers this request, and is rendered anew for the next.
-                    entry.generation = UNLABELLED;
-                    entry.shows = None;
+                    // instance's older one): its statements may each show any snapshot up to the
+                    // newest. If the rounds since changed nothing it shows, every one of those
+                    // snapshots shows the same, its label's too (and a request of the newest finds
+                    // it kept); otherwise it answers this request only.
+                    let kept = match now {
+                        Some(now) if now > generation => {
+                            self.unchanged_up_to(view, request, &entry, now, source.pool())
+                                .await?
+                        }
+                        _ => false,
+                    };
+                    if !kept {
+                        entry.generation = UNLABELLED;
+                        entry.shows = None;
+                    }
                 }
                 Ok::<_, ApiError>(entry)
             })
@@ -289,6 +315,19 @@ impl ResponseCache {
             },
         );
         Ok(response(entry, request_headers, true))
+    }
+
+    /// Whether the rounds up to `now` changed nothing a fresh render shows.
+    async fn unchanged_up_to(
+        &self,
+        view: ViewName,
+        request: &str,
+        entry: &Entry,
+        now: i64,
+        pool: &PgPool,
+    ) -> Result<bool, sqlx::Error> {
+        let advanced = self.advance(view, request, entry, now, pool).await?;
+        Ok(matches!(advanced, Ok((_, Served::Kept))))
     }
 
     /// The entry at `key` brought to `generation`, once for all concurrent requests (moka's
@@ -399,11 +438,14 @@ impl ResponseCache {
         let mut shows = shows.clone();
         let mut json: Option<Vec<u8>> = None;
         for round in &rounds {
-            let body = match &json {
-                Some(json) => json.clone(),
-                None => cached.identity_json(),
+            let after = {
+                let body = || match &json {
+                    Some(json) => json.clone(),
+                    None => cached.identity_json(),
+                };
+                shows.after(round, &body, bytewise)
             };
-            match shows.after(round, &body, bytewise) {
+            match after {
                 After::Unchanged => {}
                 After::Updated {
                     json: updated,

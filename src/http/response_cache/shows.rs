@@ -48,8 +48,9 @@ impl Why {
 
 /// Answers what a round did to one cached response.
 pub trait Shows: Send + Sync + 'static {
-    /// `body` is the response's JSON (needed only to update a total).
-    fn after(&self, round: &RoundChanges, body: &[u8], bytewise: bool) -> After;
+    /// `body` gives the response's JSON (needed only to update a total: a gzipped body is
+    /// inflated only then).
+    fn after(&self, round: &RoundChanges, body: &dyn Fn() -> Vec<u8>, bytewise: bool) -> After;
 }
 
 /// One row by its id.
@@ -68,7 +69,7 @@ impl<M: ReadModel> OneRow<M> {
 }
 
 impl<M: ReadModel> Shows for OneRow<M> {
-    fn after(&self, round: &RoundChanges, _body: &[u8], _bytewise: bool) -> After {
+    fn after(&self, round: &RoundChanges, _body: &dyn Fn() -> Vec<u8>, _bytewise: bool) -> After {
         let changed = round.as_read_by::<M>();
         for (image, _) in changed.rows() {
             match image {
@@ -182,7 +183,7 @@ impl<M: ReadModel> Shows for PageShown<M>
 where
     M::Filters: Clone,
 {
-    fn after(&self, round: &RoundChanges, body: &[u8], bytewise: bool) -> After {
+    fn after(&self, round: &RoundChanges, body: &dyn Fn() -> Vec<u8>, bytewise: bool) -> After {
         if self.matches_nothing {
             return After::Unchanged;
         }
@@ -195,7 +196,7 @@ where
             }
         }
         match self.total {
-            Some(total) if moved != 0 => match with_total(body, total + moved) {
+            Some(total) if moved != 0 => match with_total(&body(), total + moved) {
                 Some(json) => After::Updated {
                     json,
                     shows: Arc::new(PageShown::<M> {
@@ -257,7 +258,7 @@ impl<M: ReadModel> Shows for FacetsShown<M>
 where
     M::Filters: Clone,
 {
-    fn after(&self, round: &RoundChanges, _body: &[u8], bytewise: bool) -> After {
+    fn after(&self, round: &RoundChanges, _body: &dyn Fn() -> Vec<u8>, bytewise: bool) -> After {
         let changed = round.as_read_by::<M>();
         let mut facets = Vec::with_capacity(self.facets.len());
         let mut moved = false;
