@@ -63,8 +63,9 @@ pub async fn gate(read: &Read, view: ViewName) -> Result<FreshHeaders, ApiError>
             freshness::read(&db.pool, view).await?
         }
         None => {
+            let prepare = |generation| state.responses.prepare(&db.pool, view, generation);
             db.freshness
-                .read(&db.pool, view, state.refresher.generation(view))
+                .read(&db.pool, view, state.refresher.generation(view), prepare)
                 .await?
         }
     };

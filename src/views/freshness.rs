@@ -63,9 +63,20 @@ pub async fn read(pool: &PgPool, view: ViewName) -> Result<Freshness, sqlx::Erro
 /// the data query (bench/README.md). A reused entry can only lag: after another instance's refresh
 /// it reports the previous refresh (an age too high, never too low) for at most `ttl`; the age
 /// itself keeps counting on the monotonic clock from the moment of the read.
+///
+/// One request reads a new entry (and prepares what serving its generation needs: the response
+/// cache loads the rounds that lead to it); meanwhile the others reuse the previous entry, so that
+/// none of them waits for the read, and none finds a generation not yet prepared.
 pub struct FreshnessCache {
     ttl: Duration,
-    entries: PerView<Mutex<Option<Entry>>>,
+    slots: PerView<Mutex<Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    entry: Option<Entry>,
+    /// A request is reading a new entry.
+    reading: bool,
 }
 
 struct Entry {
@@ -75,53 +86,80 @@ struct Entry {
     generation: u64,
 }
 
+impl Entry {
+    /// The freshness as of now: the age counted on from the read.
+    fn aged(&self) -> Freshness {
+        let mut freshness = self.freshness.clone();
+        if let Some(last) = &mut freshness.last_refresh {
+            last.age_seconds += self.read_at.elapsed().as_secs_f64();
+        }
+        freshness
+    }
+}
+
+/// Clears a slot's `reading` when the read ends, however it ends (an error, a request dropped).
+struct Reading<'a>(&'a Mutex<Slot>);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("never poisoned").reading = false;
+    }
+}
+
 impl FreshnessCache {
     /// `ttl` zero: no reuse, every call reads the log.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: Default::default(),
+            slots: Default::default(),
         }
     }
 
-    /// `generation` identifies the refreshes this process has finished (read it before calling).
-    pub async fn read(
+    /// The view's freshness. `generation` identifies the refreshes this process has finished (read
+    /// it before calling); `prepare` runs with the log id of a newly read freshness before any
+    /// other request is given it.
+    pub async fn read<F, Fut>(
         &self,
         pool: &PgPool,
         view: ViewName,
         generation: u64,
-    ) -> Result<Freshness, sqlx::Error> {
-        if let Some(hit) = self.reusable(view, generation) {
-            return Ok(hit);
-        }
+        prepare: F,
+    ) -> Result<Freshness, sqlx::Error>
+    where
+        F: FnOnce(Option<i64>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+    {
+        let cell = &self.slots[view];
+        let reading = {
+            let mut slot = cell.lock().expect("never poisoned");
+            match &slot.entry {
+                Some(entry)
+                    if entry.generation == generation && entry.read_at.elapsed() < self.ttl =>
+                {
+                    return Ok(entry.aged());
+                }
+                Some(entry) if slot.reading => return Ok(entry.aged()),
+                _ => {}
+            }
+            if self.ttl.is_zero() {
+                None
+            } else {
+                slot.reading = true;
+                Some(Reading(cell))
+            }
+        };
         let read_at = Instant::now();
         let freshness = read(pool, view).await?;
+        prepare(freshness.last_refresh.as_ref().map(|last| last.log_id)).await?;
         // A view not yet populated is not cached: it must be served as soon as it is.
-        if freshness.populated && !self.ttl.is_zero() {
-            *self.entry(view) = Some(Entry {
+        if reading.is_some() && freshness.populated {
+            cell.lock().expect("never poisoned").entry = Some(Entry {
                 freshness: freshness.clone(),
                 read_at,
                 generation,
             });
         }
+        drop(reading);
         Ok(freshness)
-    }
-
-    fn reusable(&self, view: ViewName, generation: u64) -> Option<Freshness> {
-        let entry = self.entry(view);
-        let entry = entry.as_ref()?;
-        let elapsed = entry.read_at.elapsed();
-        if elapsed >= self.ttl || entry.generation != generation {
-            return None;
-        }
-        let mut freshness = entry.freshness.clone();
-        if let Some(last) = &mut freshness.last_refresh {
-            last.age_seconds += elapsed.as_secs_f64();
-        }
-        Some(freshness)
-    }
-
-    fn entry(&self, view: ViewName) -> std::sync::MutexGuard<'_, Option<Entry>> {
-        self.entries[view].lock().expect("never poisoned")
     }
 }

@@ -212,3 +212,50 @@ async fn a_view_never_populated_answers_503_with_retry_after_until_it_is() {
     app.get_json("/prospects", 200).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn while_one_request_reads_a_new_freshness_the_others_keep_the_previous_one_without_waiting()
+{
+    use prospect_api::views::freshness::FreshnessCache;
+    use std::sync::Arc;
+
+    let db = crate::helpers::TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    crate::helpers::refresh_all_ok(&db.pool).await;
+    let view = ViewName::CompanyProspectView;
+    let cache = Arc::new(FreshnessCache::new(Duration::from_secs(3600)));
+    let ready = |_| async { Ok(()) };
+    let log_id = |f: prospect_api::views::freshness::Freshness| f.last_refresh.unwrap().log_id;
+    let first = log_id(cache.read(&db.pool, view, 0, ready).await.unwrap());
+
+    // This process refreshes (its generation moves on): the next request reads the log anew, and
+    // readies what the new generation needs before anyone else is given it.
+    crate::helpers::refresh_one(&db.pool, view, RefreshTrigger::Manual).await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let (cache, pool) = (cache.clone(), db.pool.clone());
+        tokio::spawn(async move {
+            let prepare = |_| async move {
+                released.await.ok();
+                Ok(())
+            };
+            cache.read(&pool, view, 1, prepare).await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let meanwhile = tokio::time::timeout(
+        Duration::from_millis(500),
+        cache.read(&db.pool, view, 1, ready),
+    )
+    .await
+    .expect("no wait for the read under way")
+    .unwrap();
+    assert_eq!(log_id(meanwhile), first, "the previous freshness meanwhile");
+
+    release.send(()).unwrap();
+    let second = log_id(reader.await.unwrap());
+    assert!(second > first);
+    let after = cache.read(&db.pool, view, 1, ready).await.unwrap();
+    assert_eq!(log_id(after), second, "the new one, once ready");
+}

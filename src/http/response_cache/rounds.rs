@@ -83,29 +83,7 @@ impl Rounds {
         to: i64,
     ) -> Result<Option<Vec<Arc<RoundChanges>>>, sqlx::Error> {
         let mut known = self.known[view].lock().await;
-        match known.loaded_upto {
-            None => {
-                load(pool, view, from, to, &mut known).await?;
-                known.floor = from;
-                known.loaded_upto = Some(to);
-            }
-            Some(upto) => {
-                if upto < to {
-                    load(pool, view, upto, to, &mut known).await?;
-                    known.loaded_upto = Some(to);
-                }
-                if from < known.floor {
-                    let floor = known.floor;
-                    load(pool, view, from, floor, &mut known).await?;
-                    known.floor = from;
-                }
-            }
-        }
-        while known.rounds.len() > KEPT_PER_VIEW {
-            if let Some((oldest, _)) = known.rounds.pop_first() {
-                known.floor = oldest;
-            }
-        }
+        known.load_between(pool, view, from, to).await?;
         let mut rounds = Vec::new();
         for (_, changes) in known.rounds.range(from + 1..=to) {
             match changes {
@@ -114,6 +92,60 @@ impl Rounds {
             }
         }
         Ok(Some(rounds))
+    }
+
+    /// Loads the rounds of `view` up to `to` that follow those loaded, if any were: the first
+    /// requests of generation `to` then find them here rather than wait for them.
+    pub async fn load_up_to(
+        &self,
+        pool: &PgPool,
+        view: ViewName,
+        to: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut known = self.known[view].lock().await;
+        if let Some(upto) = known.loaded_upto
+            && upto < to
+        {
+            known.load_between(pool, view, upto, to).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Known {
+    /// Makes sure every round of `view` in `(from, to]` is loaded, then forgets the oldest beyond
+    /// `KEPT_PER_VIEW`.
+    async fn load_between(
+        &mut self,
+        pool: &PgPool,
+        view: ViewName,
+        from: i64,
+        to: i64,
+    ) -> Result<(), sqlx::Error> {
+        match self.loaded_upto {
+            None => {
+                load(pool, view, from, to, self).await?;
+                self.floor = from;
+                self.loaded_upto = Some(to);
+            }
+            Some(upto) => {
+                if upto < to {
+                    load(pool, view, upto, to, self).await?;
+                    self.loaded_upto = Some(to);
+                }
+                if from < self.floor {
+                    let floor = self.floor;
+                    load(pool, view, from, floor, self).await?;
+                    self.floor = from;
+                }
+            }
+        }
+        while self.rounds.len() > KEPT_PER_VIEW {
+            if let Some((oldest, _)) = self.rounds.pop_first() {
+                self.floor = oldest;
+            }
+        }
+        Ok(())
     }
 }
 
