@@ -179,13 +179,16 @@ def rounds_did(before, after):
     return moved
 
 
-def run_mix(url, mode, draws, duration, workdir, settings=None, during=None):
+def run_mix(url, mode, draws, hot, duration, workdir, settings=None, during=None):
     """The mix against a fresh server (with extra `settings`): warm-up, then the measurement (while
-    `during` runs, if given)."""
+    `during` runs, if given). The warm-up asks every distinct hot request a few times, then runs
+    the mix: the cache holds what a server up for a while would (the cold ids stay cold), so that
+    the runs compare steady states rather than how fast each fills the cache."""
     env = {"VIEW_MAINTENANCE": mode, **(settings or {})}
     server = suite.start_server(url, env)
     try:
         freshness.settle(url)  # the server brings the views up to date; then autovacuum, a checkpoint
+        suite.run_wrk([(path, {}) for path in hot], 3, workdir)
         requests = [(path, {}) for path in draws]
         suite.run_wrk(requests, 3, workdir)
         before, metrics_before = cache_counts(), cache_metrics()
@@ -252,31 +255,44 @@ def bench(args, workdir):
         server.terminate()
         server.wait()
     draws, hot_counts, ranked = draw_mix(requests, cold_ids(url), rng)
+    hot = [path for path, _ in ranked]
     print(f"== {args.size}: {prospects} prospects; {len(requests)} distinct requests + {COLD_IDS} cold ids", flush=True)
     result = {"size": args.size, "prospects": prospects, "modes": modes, "distinct": len(requests), "cold_ids": COLD_IDS,
+              "duration": args.duration,
               "command": " ".join(["bench/mixed.py"] + sys.argv[1:]),
               "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
     runs = {"cached": [], "uncached": []}
-    for _ in range(args.repeat):  # alternating, so that drift affects both alike
+    changing = collections.defaultdict(list)
+    for _ in range(args.repeat):  # alternating, so that drift affects every variant alike
         for label, settings in (("cached", {}), ("uncached", {"RESPONSE_CACHE_BYTES": "0"})):
-            runs[label].append(run_mix(url, first, draws, args.duration, workdir, settings))
+            runs[label].append(run_mix(url, first, draws, hot, args.duration, workdir, settings))
             print(f"  {label}: {runs[label][-1]}", flush=True)
+        for label, settings, during in changing_variants(first, url, args, workdir):
+            changing[label].append(run_mix(url, first, draws, hot, args.duration, workdir, settings, during))
+            print(f"  cache on, {label}, data changing: {changing[label][-1]}", flush=True)
     for label, measured in runs.items():
         result[label] = median_run(measured)
     result["pgbench_tps"] = pgbench_mix(url, ranked, hot_counts, args.duration, workdir)
     print(f"  pgbench, the same statements: {result['pgbench_tps']:.0f} TPS", flush=True)
-    result["changing"] = {}
-    for mode in modes:
+    for mode in modes[1:]:
         freshness.convert(url, mode, workdir)
-        variants = [(mode, {})]
-        if mode == "incremental":  # fewer rounds, fewer generations: the knob that trades age for hits
-            variants.append(("incremental, 1 s poll", {"REFRESH_POLL_INTERVAL": "1s"}))
-        for label, settings in variants:
-            during = (refresh_loop(url) if mode == "refresh"
-                      else writers(url, suite.SIZES[args.size], args.duration, workdir))
-            result["changing"][label] = run_mix(url, mode, draws, args.duration, workdir, settings, during)
-            print(f"  cache on, {label}, data changing: {result['changing'][label]}", flush=True)
+        for _ in range(args.repeat):
+            for label, settings, during in changing_variants(mode, url, args, workdir):
+                changing[label].append(run_mix(url, mode, draws, hot, args.duration, workdir, settings, during))
+                print(f"  cache on, {label}, data changing: {changing[label][-1]}", flush=True)
+    result["changing"] = {label: median_run(measured) for label, measured in changing.items()}
     return result
+
+
+def changing_variants(mode, url, args, workdir):
+    """(label, settings, what changes the data) of the runs while the data changes in `mode`."""
+    variants = [(mode, {})]
+    if mode == "incremental":  # fewer rounds, fewer generations: the knob that trades age for hits
+        variants.append(("incremental, 1 s poll", {"REFRESH_POLL_INTERVAL": "1s"}))
+    for label, settings in variants:
+        during = (refresh_loop(url) if mode == "refresh"
+                  else writers(url, suite.SIZES[args.size], args.duration, workdir))
+        yield label, settings, during
 
 
 def describe(r):
@@ -292,16 +308,26 @@ def describe(r):
              f"Written by `{r['command']}` on {r['date']} (same machine as above), {r['prospects']:,} prospects. "
              f"The mix: {r['distinct']} distinct requests drawn Zipf (s = {ZIPF_S}) plus {COLD_SHARE:.0%} cold "
              f"single-prospect requests over {r['cold_ids']:,} ids; wrk, {suite.CLIENTS} connections, {DRAWS:,} "
-             "pre-drawn requests. pgbench runs the same statements, weighted as the mix draws them "
+             f"pre-drawn requests, {r['duration']} s per run after a warm-up (every distinct request asked "
+             "for 3 s, then 3 s of the mix: the cold ids stay cold). pgbench runs the same statements, "
+             "weighted as the mix draws them "
              f"({tps:.0f} TPS). The idle runs are in {r['modes'][0]} mode.", "",
              "| run | req/s | p50 ms | p99 ms | hit ratio | peak RSS MB | ÷ pgbench | ÷ cache on, idle | errors |",
              "|---|---|---|---|---|---|---|---|---|",
              row("cache on (64 MiB)", cached), row("cache off", uncached)]
-    spread = (f"Median of {len(cached['all_rps'])} alternating runs each: with the cache {cached['all_rps']} req/s, "
+    spread = (f"Median of {len(cached['all_rps'])} alternating runs each: idle with the cache {cached['all_rps']} req/s, "
               f"p99 {cached['all_p99_ms']} ms; without {uncached['all_rps']} req/s, p99 {uncached['all_p99_ms']} ms.")
     for label, m in r["changing"].items():
         lines.append(row(f"cache on, {label} mode: {changing[label]}", m))
-    lines += ["", spread, "", "#### Raw figures", "", "```json", json.dumps(r, indent=1), "```"]
+    for label, m in r["changing"].items():
+        spread += f" {label}, data changing: {m['all_rps']} req/s, p99 {m['all_p99_ms']} ms."
+    lines += ["", spread]
+    for label, m in r["changing"].items():
+        if m.get("rounds_did"):
+            did = "; ".join(f"{view}: " + ", ".join(f"{count:,} {what}" for what, count in sorted(counts.items()))
+                            for view, counts in sorted(m["rounds_did"].items()))
+            lines += ["", f"What the rounds did to cached entries during the {label} run: {did}."]
+    lines += ["", "#### Raw figures", "", "```json", json.dumps(r, indent=1), "```"]
     return "\n".join(lines) + "\n"
 
 
