@@ -223,10 +223,8 @@ impl Query {
     /// vocabulary holds them all).
     pub fn may_correct(&self, row: &RowWords) -> bool {
         self.terms.iter().any(|term| {
-            term.budget > 0
-                && row
-                    .scored()
-                    .any(|(_, word)| word != term.text && typos(&term.text, word) <= term.budget)
+            row.scored()
+                .any(|(_, word)| word != term.text && within_budget(term, word).is_some())
         })
     }
 }
@@ -241,8 +239,18 @@ fn word_score(term: &Term, word: &str, rank: i32) -> Option<i32> {
     if term.prefix && word.starts_with(&term.text) {
         return Some(1000 + field);
     }
+    let typos = within_budget(term, word)?;
+    Some(1000 - 100 * typos as i32 + field)
+}
+
+/// The typos between a term and another word, when within the term's budget.
+fn within_budget(term: &Term, word: &str) -> Option<usize> {
+    // Each typo changes the length by one at most.
+    if term.budget == 0 || term.text.len().abs_diff(word.len()) > term.budget {
+        return None;
+    }
     let typos = typos(&term.text, word);
-    (term.budget > 0 && typos <= term.budget).then(|| 1000 - 100 * typos as i32 + field)
+    (typos <= term.budget).then_some(typos)
 }
 
 /// `search_typo_budget()`: none under 5 letters or with a digit, one from 5, two from 9.

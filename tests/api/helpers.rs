@@ -237,6 +237,28 @@ pub fn quick_refresh_settings() -> RefreshSettings {
     }
 }
 
+/// A database with 60 seeded companies of about 4 prospects each (from `seed`) and the fixture's
+/// formatting cases, with `extra` written after them, every view refreshed: rows enough to compare
+/// Rust's reading of the statements with the statements.
+pub async fn seeded_and_fixture(seed: i64, extra: impl AsyncFnOnce(&PgPool)) -> TestDb {
+    let db = TestDb::new().await;
+    let options = prospect_api::seed::SeedOptions {
+        companies: 60,
+        prospects_per_company: 4,
+        seed,
+        replace: false,
+    };
+    let progress = prospect_api::progress::Progress::hidden("seed");
+    prospect_api::seed::seed(&db.pool, &options, &progress)
+        .await
+        .unwrap();
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    extra(&db.pool).await;
+    refresh_all_ok(&db.pool).await;
+    db
+}
+
 /// Refreshes every view in full (as the CLI does) and asserts that each one succeeded.
 pub async fn refresh_all_ok(pool: &PgPool) -> Vec<prospect_api::refresh::RefreshReport> {
     use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all};

@@ -8,14 +8,13 @@ use std::collections::BTreeSet;
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
-use prospect_api::seed::{SeedOptions, seed};
 use prospect_api::views::filters::{FilterKind, FilterSet, FilterSource, FilterSpec};
 use prospect_api::views::order::{Sort, SortKey, compare_keys};
 use prospect_api::views::{Admits, ReadModel, ReadModelVisitor, visit_read_models};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{TestDb, refresh_all_ok};
+use crate::helpers::seeded_and_fixture;
 
 /// Every row, more than the seed holds.
 const ALL: i64 = 100_000;
@@ -205,23 +204,7 @@ impl ReadModelVisitor for Checks {
 #[tokio::test]
 async fn what_rust_admits_and_how_it_orders_keys_is_what_the_sql_returns_for_every_filter_and_order()
  {
-    let db = TestDb::new().await;
-    let options = SeedOptions {
-        companies: 60,
-        prospects_per_company: 4,
-        seed: 7,
-        replace: false,
-    };
-    seed(
-        &db.pool,
-        &options,
-        &prospect_api::progress::Progress::hidden("seed"),
-    )
-    .await
-    .unwrap();
-    db.execute(include_str!("../fixtures/formatting_cases.sql"))
-        .await;
-    refresh_all_ok(&db.pool).await;
+    let db = seeded_and_fixture(7, async |_| {}).await;
     let bytewise = prospect_api::db::text_orders_bytewise(&db.pool)
         .await
         .unwrap();

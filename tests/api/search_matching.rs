@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-use prospect_api::seed::{SeedOptions, seed};
 use prospect_api::views::filters::Terms;
 use prospect_api::views::order::{Sort, SortKey};
 use prospect_api::views::prospect_search::{ProspectSearch, SearchFilters, SearchOrder};
@@ -17,7 +16,7 @@ use prospect_api::views::{Admits, Image, Place, ReadModel};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{TestDb, refresh_all_ok};
+use crate::helpers::{TestDb, seeded_and_fixture};
 
 /// Rows made to be hard: each a company name, first and last name, job title and email.
 const HARD_ROWS: &[[&str; 5]] = &[
@@ -213,27 +212,12 @@ async fn insert_hard_row(pool: &PgPool, i: usize, row: &[&str; 5]) {
 }
 
 async fn seeded() -> TestDb {
-    let db = TestDb::new().await;
-    let options = SeedOptions {
-        companies: 60,
-        prospects_per_company: 4,
-        seed: 11,
-        replace: false,
-    };
-    seed(
-        &db.pool,
-        &options,
-        &prospect_api::progress::Progress::hidden("seed"),
-    )
+    seeded_and_fixture(11, async |pool| {
+        for (i, row) in HARD_ROWS.iter().enumerate() {
+            insert_hard_row(pool, i, row).await;
+        }
+    })
     .await
-    .unwrap();
-    db.execute(include_str!("../fixtures/formatting_cases.sql"))
-        .await;
-    for (i, row) in HARD_ROWS.iter().enumerate() {
-        insert_hard_row(&db.pool, i, row).await;
-    }
-    refresh_all_ok(&db.pool).await;
-    db
 }
 
 #[tokio::test]
