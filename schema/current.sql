@@ -3,7 +3,8 @@
 -- without replaying them. `tests/api/schema_definitions.rs` builds a database from this file and one
 -- from the migrations and proves them equal (tables, columns, constraints, indexes, views,
 -- functions, triggers, the catalog's rows). A change to the schema is a new migration and the same
--- change here; the test fails until both say the same.
+-- change here; the test fails until both say the same. (Migrations 0002 to 0015 were squashed into
+-- 0016, whose body is this file as it stood then; src/db.rs adopts a database that had applied them.)
 --
 -- It is not applied by the service. The base tables "Company" and "Prospect" are the writing app's,
 -- as migrations/0001_base_tables.sql creates them (unchanged since, and left out here): `psql -f
@@ -11,7 +12,7 @@
 -- fresh `prospect-api migrate` (read models as materialized views, not yet populated).
 
 -- ===================================================================================================
--- Formatting, inlined into the definitions (0002).
+-- Formatting, inlined into the definitions.
 -- ===================================================================================================
 -- Revenue for display: NULL or <= 0 -> 'NA'; >= 1e9 -> '1.5B'; >= 1e6 -> 'M'; >= 1e3 -> 'K'; else '$999'.
 -- Computed in whole tenths with BIGINT arithmetic: exact (no float rounding), and the decimal is
@@ -43,7 +44,7 @@ $$;
 
 -- ===================================================================================================
 -- The read models: one SELECT each (the definition views), the catalog of their facts, and their
--- relations with the indexes that serve the API's statements (0002, 0006, 0007).
+-- relations with the indexes that serve the API's statements.
 -- ===================================================================================================
 CREATE OR REPLACE VIEW company_prospect_view_definition AS
 SELECT
@@ -111,8 +112,8 @@ FROM "Company" c
 LEFT JOIN "Prospect" p ON p."companyId" = c."id"
 GROUP BY c."id";
 
--- Search's words (0011), used by the search view's definition: accents folded by unaccent, typos
--- measured by fuzzystrmatch's levenshtein (pg_trgm, from 0001, finds their candidates).
+-- Search's words, used by the search view's definition: accents folded by unaccent, typos
+-- measured by fuzzystrmatch's levenshtein (pg_trgm, created with the base tables, finds their candidates).
 CREATE EXTENSION IF NOT EXISTS unaccent;
 CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
 
@@ -155,7 +156,7 @@ SELECT
     c."revenue"         AS revenue,
     c."city"            AS company_city,
     c."country"         AS company_country,
-    -- What search matches (0011): the words of the name (n), the company's name (c), the job title
+    -- What search matches: the words of the name (n), the company's name (c), the job title
     -- and the industry (t), and the whole email (e), each prefixed with its field's letter.
     search_lexemes(search_words(concat_ws(' ', p."firstName", p."lastName")), 'n')
         || search_lexemes(search_words(c."name"), 'c')
@@ -221,7 +222,7 @@ CREATE INDEX company_prospect_view_updated_order
     WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_prospect_id
     ON company_prospect_view (prospect_id) WHERE prospect_id IS NOT NULL;
--- Without a WHERE clause, so that ANALYZE keeps statistics of the expression (migration 0012).
+-- Without a WHERE clause, so that ANALYZE keeps statistics of the expression.
 CREATE INDEX company_prospect_view_email
     ON company_prospect_view (lower(email));
 CREATE INDEX company_prospect_view_domain
@@ -261,14 +262,13 @@ CREATE INDEX prospect_search_view_search_vector
 CREATE INDEX prospect_search_view_name_order
     ON prospect_search_view (COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id);
 CREATE INDEX prospect_search_view_company ON prospect_search_view (company_id);
--- Each filter of /search, in key order: search_prospects() walks the rows passing them (migration 0012).
+-- Each filter of /search, in key order: search_prospects() walks the rows passing them.
 CREATE INDEX prospect_search_view_industry ON prospect_search_view (industry, prospect_id);
 CREATE INDEX prospect_search_view_company_country ON prospect_search_view (company_country, prospect_id);
 CREATE INDEX prospect_search_view_department ON prospect_search_view (department, prospect_id);
 
 -- ===================================================================================================
--- The refresh log (every freshness header is read from it), the error record, and the change record
--- (0003, 0006, 0007, 0008).
+-- The refresh log (every freshness header is read from it), the error record, and the change record.
 -- ===================================================================================================
 
 -- One row per view for every refresh, incremental round, rebuild and conversion.
@@ -277,7 +277,7 @@ CREATE TABLE materialized_view_log (
     view_name     TEXT        NOT NULL REFERENCES read_model_catalog (name),
     -- What asked for it: the app's scheduler, a NOTIFY, polling, an admin, startup population, the
     -- CLI, a catch-up after missed changes, SQL (refresh_materialized_views()), the applier, a
-    -- conversion between modes, a read that asked to see its own writes (0015).
+    -- conversion between modes, a read that asked to see its own writes.
     trigger       TEXT        NOT NULL
         CONSTRAINT materialized_view_log_trigger_check
         CHECK (trigger IN ('schedule', 'notify', 'poll', 'manual', 'startup', 'cli', 'catchup', 'sql',
@@ -575,7 +575,7 @@ END
 $$;
 
 -- ===================================================================================================
--- Change capture (0005, 0007).
+-- Change capture.
 -- ===================================================================================================
 
 -- Records, for every written row, the writing transaction and the companies the row touched: a
@@ -640,11 +640,12 @@ END
 $$;
 
 -- ===================================================================================================
--- Refreshing the materialized views (mode refresh; 0003, 0007).
+-- Refreshing the materialized views (mode refresh).
 -- ===================================================================================================
 
--- As in 0003 (the caller owns the transaction, its timeouts and the advisory lock), for a read model
--- that is a materialized view; the log says how it was done.
+-- Refreshes read model p_view, a materialized view: CONCURRENTLY when it is populated (readers are
+-- not blocked), plainly when it is not (CONCURRENTLY refuses an unpopulated view). The caller owns
+-- the transaction, its timeouts and the advisory lock; the log says how it was done.
 CREATE OR REPLACE FUNCTION refresh_view_logged(p_view TEXT, p_trigger TEXT)
 RETURNS SETOF materialized_view_log
 LANGUAGE plpgsql AS $$
@@ -681,11 +682,14 @@ BEGIN
 END
 $$;
 
--- For DBAs and pg_cron, in both modes: each materialized view is refreshed as in 0003, then every
+-- For DBAs and pg_cron, in both modes: each materialized view is refreshed as refresh_view_logged() does, then every
 -- table-backed read model is rebuilt (diffed against its definition) in one block, except one being
 -- built beside; a failure is logged and recorded in materialized_view_errors and the rest still runs.
--- It runs as ONE transaction (see 0003 for what that means for locks) and must run in READ
--- COMMITTED, the default.
+-- It runs as ONE transaction and must run in READ COMMITTED, the default. Caution: each view's refresh
+-- lock (and advisory lock) is held until the whole function returns, and nothing it did is visible to
+-- others before that. The application instead refreshes each view in its own short transaction
+-- (src/refresh/), the path to prefer; this function waits for a refresh the application is running
+-- rather than skipping it.
 CREATE OR REPLACE FUNCTION refresh_materialized_views(p_trigger TEXT DEFAULT 'sql')
 RETURNS SETOF materialized_view_log
 LANGUAGE plpgsql AS $$
@@ -734,7 +738,7 @@ END
 $$;
 
 -- ===================================================================================================
--- Maintaining the table-backed read models (mode incremental; 0007, 0014): applies, builds beside, repairs.
+-- Maintaining the table-backed read models (mode incremental): applies, builds beside, repairs.
 -- ===================================================================================================
 
 -- Makes a table-backed read model (or p_relation, a table of its shape) equal to its definition
@@ -1183,7 +1187,7 @@ END
 $$;
 
 -- ===================================================================================================
--- Converting between the modes (0007, 0009): the new relation is built in prospect_api_staging,
+-- Converting between the modes: the new relation is built in prospect_api_staging,
 -- beside the one readers use, and moved into place when complete.
 -- ===================================================================================================
 
@@ -1197,7 +1201,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Whether a read model is already what p_mode asks for and built from its definition: a materialized
--- view selecting from the definition view (those of 0002 hold their own copy of the SELECT), or a
+-- view selecting from the definition view (those the first migrations created hold their own copy of the SELECT), or a
 -- table with the definition's columns.
 CREATE OR REPLACE FUNCTION read_model_is_current(p_view TEXT, p_mode TEXT) RETURNS BOOLEAN
 LANGUAGE sql STABLE AS $$
@@ -1375,7 +1379,7 @@ END
 $$;
 
 -- ===================================================================================================
--- Ranked search (0011): the vocabulary typos are corrected to, and the functions that plan and rank.
+-- Ranked search: the vocabulary typos are corrected to, and the functions that plan and rank.
 -- ===================================================================================================
 
 -- The words of the search view that a typo may be corrected to (words of 4 letters and more: a term
@@ -1713,7 +1717,7 @@ END
 $$;
 
 -- ===================================================================================================
--- Access control (0010): API keys, daily export quotas, the audit log.
+-- Access control: API keys, daily export quotas, the audit log.
 -- ===================================================================================================
 
 -- API keys for servers and dashboards (`prospect-api keys create|list|revoke`). Only a hash of each

@@ -81,8 +81,81 @@ fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
 }
 
 /// Applies every migration not yet applied. Safe to run again: applied ones are skipped.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    adopt_squashed_migrations(pool).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Migrations 0002 to 0015, squashed into 0016 (its header says why), which builds the schema they
+/// built.
+const SQUASHED: std::ops::RangeInclusive<i64> = 2..=15;
+const SQUASHED_INTO: i64 = 16;
+
+/// A database that applied every squashed migration already has 0016's schema: their rows in
+/// `_sqlx_migrations` give way to one for 0016, as if it had run (keeping when they were applied and
+/// how long they took), so that sqlx finds a history it knows. Run by every instance that starts;
+/// one adopts, the others then find nothing to do.
+async fn adopt_squashed_migrations(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let history =
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !history {
+        return Ok(());
+    }
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext('prospect-api: adopt squashed migrations'))"
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied = sqlx::query_scalar!(
+        r#"SELECT version AS "version!" FROM _sqlx_migrations
+           WHERE version BETWEEN $1 AND $2 AND success ORDER BY version"#,
+        SQUASHED.start(),
+        SQUASHED.end(),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if applied.is_empty() {
+        return Ok(());
+    }
+    if !SQUASHED.eq(applied.iter().copied()) {
+        anyhow::bail!(
+            "this database applied migrations {applied:?} of the {}..={} that this prospect-api \
+             squashed into {SQUASHED_INTO}: migrate it first with a prospect-api from before the \
+             squash (git commit da18316 or earlier), then with this one",
+            SQUASHED.start(),
+            SQUASHED.end(),
+        );
+    }
+    let squash = MIGRATOR
+        .iter()
+        .find(|m| m.version == SQUASHED_INTO)
+        .expect("the squashed migration is embedded");
+    sqlx::query!(
+        "WITH squashed AS (
+             DELETE FROM _sqlx_migrations WHERE version BETWEEN $1 AND $2
+             RETURNING installed_on, execution_time
+         )
+         INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+         SELECT $3, $4, max(installed_on), TRUE, $5, sum(execution_time)::bigint FROM squashed",
+        SQUASHED.start(),
+        SQUASHED.end(),
+        SQUASHED_INTO,
+        &*squash.description,
+        &*squash.checksum,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        "adopted a database migrated before the squash: migrations {}..={} are now {SQUASHED_INTO}",
+        SQUASHED.start(),
+        SQUASHED.end()
+    );
+    Ok(())
 }
 
 /// Sets PostgreSQL settings for the rest of the current transaction (as `SET LOCAL` does): its

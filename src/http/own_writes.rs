@@ -5,7 +5,7 @@
 //! visible in it), reads from the primary (a replica may not have replayed the covering round yet),
 //! and waits until the read model it reads covers that snapshot: until no change in the change
 //! record is visible in it and not in the snapshot of the model's last successful refresh
-//! (`read_model_covers()`, migration 0015). Meanwhile it nudges the maintenance: in incremental mode
+//! (`read_model_covers()` in schema/current.sql). Meanwhile it nudges the maintenance: in incremental mode
 //! it asks for a round at once (about one round's wait), in refresh mode for a refresh of the model,
 //! single-flight with every other request (a burst costs at most two refreshes). A round or refresh
 //! by another instance serves it too. Past `READ_YOUR_WRITES_TIMEOUT` it is answered 503 with

@@ -5,7 +5,7 @@
 //!
 //! A build runs on its own connection, outside the pool: it first takes each model's lock for the
 //! session (rounds leave a locked model alone), then, in one REPEATABLE READ transaction, builds
-//! every model asked for from that transaction's snapshot (`build_read_model()`, migration 0014):
+//! every model asked for from that transaction's snapshot (`build_read_model()` in schema/current.sql):
 //! loaded from the definition, indexed after the load, analyzed. The next round brings the builds up
 //! to its snapshot and swaps them in, so nothing committed during the build is lost. Closing the
 //! connection releases the locks, whatever happened.

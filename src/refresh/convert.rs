@@ -1,5 +1,5 @@
 //! Converting the read models between the modes: what `migrate` and `serve` do after the migrations.
-//! Each read model is converted in its own transaction by `convert_read_model()` (migration 0007): the
+//! Each read model is converted in its own transaction by `convert_read_model()` (schema/current.sql): the
 //! new relation is built beside the old one, which keeps serving, and swapped in; readers wait only for
 //! the swap. Meanwhile another connection watches the converting backend (the statistics views
 //! PostgreSQL keeps of index builds, ANALYZE and lock waits) and reports its phase to a `Progress`.

@@ -3,7 +3,7 @@
 //! counts and `/prospects` rows agree), and logs that snapshot for each. A round applies the pending
 //! changes per company, swaps in the models built beside (`build`), recomputes the companies a
 //! repair found different (`repair`), and says which models only a build can bring up to date: see
-//! `maintain_incremental_read_models()` in migration 0014.
+//! `maintain_incremental_read_models()` in schema/current.sql.
 //!
 //! One process at a time maintains them: the round locks `read_model_catalog` before its first
 //! snapshot-taking statement (`LOCK` takes none), so its snapshot sees every earlier round. The lock is

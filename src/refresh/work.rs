@@ -1,5 +1,5 @@
 //! Builds and repairs in progress, as the process doing one last reported it in `read_model_work`
-//! (migration 0014): written on its own connection, outside the work's transactions, so that every
+//! (schema/current.sql): written on its own connection, outside the work's transactions, so that every
 //! instance's `/admin/views` and `/metrics` show it, whichever instance does the work. A report
 //! older than `STALE_AFTER_SECONDS` belongs to a process that stopped, and is ignored.
 

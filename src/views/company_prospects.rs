@@ -189,7 +189,7 @@ const NO_REVENUE: i64 = i64::MIN;
 /// most $2 of them; the filters are $3 to $18, and $19 picks one prospect by id. Each order gives
 /// its `keyset` condition (the sort key compared with $1) and its `order`. The revenue bounds are
 /// written on the revenue order's expression (no revenue is `NO_REVENUE`, which they leave out): its
-/// index bounds them in every order, and its statistics estimate them (migration 0012).
+/// index bounds them in every order, and its statistics estimate them (schema/current.sql).
 macro_rules! page {
     ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
      keyset: $keyset:literal, order: $order:literal) => {{

@@ -1,6 +1,6 @@
 //! Ranked search on `prospect_search_view`: `GET /search`.
 //!
-//! What a query matches and how it ranks is written once, in SQL (migration 0011): `search_plan()`
+//! What a query matches and how it ranks is written once, in SQL (schema/current.sql): `search_plan()`
 //! turns the terms into what a row must match and how each match scores, `search_prospects()`
 //! returns the best-ranked matches, and its `everything` query serves the counts and the
 //! company-name order. A term matches the start of a word, whole when it is not the last term;

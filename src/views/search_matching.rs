@@ -2,7 +2,7 @@
 //! round changed in `prospect_search_view` leaves a cached search as it was unless one of the
 //! changed rows could be among its results before the page's last row.
 //!
-//! The SQL decides (migration 0011: `search_terms()`, `search_plan()`, `search_prospects()`). This
+//! The SQL decides (schema/current.sql: `search_terms()`, `search_plan()`, `search_prospects()`). This
 //! reads a row and a query as it does, for ASCII text (case folding and accents beyond ASCII are
 //! PostgreSQL's to decide), and errs one way only: a row it says cannot match does not, a score it
 //! gives is one the row cannot beat. Typo corrections come from the vocabulary, which this does not

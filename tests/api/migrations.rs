@@ -69,3 +69,82 @@ async fn the_migrations_adopt_base_tables_an_app_already_created_and_keep_their_
     .await;
     assert_eq!(changed, 3);
 }
+
+/// The `_sqlx_migrations` versions, in order.
+async fn applied_versions(db: &TestDb) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Rewrites a fresh database's history to what sqlx recorded before 0002 to 0015 were squashed into
+/// 0016, up to migration `last`: the schema stays (0016 builds what they built), the history says
+/// it came from them.
+async fn pretend_migrated_before_the_squash(db: &TestDb, last: i64) {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM _sqlx_migrations WHERE version = 16 RETURNING 1)
+         INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+         SELECT v, 'squashed ' || v, now() - (20 - v) * interval '1 day', TRUE, sha384(v::text::bytea), v * 1000
+         FROM generate_series(2, $1::bigint) AS v",
+    )
+    .bind(last)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_migrated_before_the_squash_is_adopted_with_its_schema_and_rows() {
+    let db = TestDb::new().await;
+    db.execute(include_str!("../fixtures/formatting_cases.sql"))
+        .await;
+    refresh_all_ok(&db.pool).await;
+    let schema = schema_fingerprint(&db).await;
+    let rows = r#"SELECT count(*) AS "n!" FROM company_prospect_view"#;
+    let rows_before = scalar::<i64>(&db.pool, rows).await;
+    assert!(rows_before > 10);
+    pretend_migrated_before_the_squash(&db, 15).await;
+
+    prospect_api::db::migrate(&db.pool).await.unwrap();
+
+    assert_eq!(applied_versions(&db).await, [1, 16]);
+    let squash = prospect_api::db::MIGRATOR
+        .iter()
+        .find(|m| m.version == 16)
+        .unwrap();
+    let (checksum, installed_days_ago, execution_time): (Vec<u8>, f64, i64) = sqlx::query_as(
+        "SELECT checksum, extract(epoch FROM now() - installed_on)::float8 / 86400, execution_time
+         FROM _sqlx_migrations WHERE version = 16",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(checksum, *squash.checksum);
+    // When the last squashed migration was applied, and how long they took together.
+    assert_eq!(installed_days_ago.round(), 5.0);
+    assert_eq!(execution_time, (2..=15).sum::<i64>() * 1000);
+    assert_eq!(schema_fingerprint(&db).await, schema);
+    assert_eq!(scalar::<i64>(&db.pool, rows).await, rows_before);
+
+    // Adopted once: the next start finds a history sqlx knows and nothing to do.
+    prospect_api::db::migrate(&db.pool).await.unwrap();
+    assert_eq!(applied_versions(&db).await, [1, 16]);
+}
+
+#[tokio::test]
+async fn a_database_that_stopped_part_way_through_the_squashed_migrations_is_refused_untouched() {
+    let db = TestDb::new().await;
+    pretend_migrated_before_the_squash(&db, 9).await;
+    let history = applied_versions(&db).await;
+
+    let error = prospect_api::db::migrate(&db.pool).await.unwrap_err();
+
+    let message = error.to_string();
+    assert!(
+        message.contains("applied migrations [2, 3, 4, 5, 6, 7, 8, 9]")
+            && message.contains("from before the squash"),
+        "{message}"
+    );
+    assert_eq!(applied_versions(&db).await, history);
+}
