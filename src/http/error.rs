@@ -161,6 +161,20 @@ impl Described {
         }
     }
 
+    /// A problem about `params`, each listed in `invalid_params`; `detail` is given their names.
+    fn naming(
+        status: StatusCode,
+        problem_type: &'static str,
+        params: &[InvalidParam],
+        detail: impl FnOnce(String) -> String,
+    ) -> Self {
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        Described {
+            invalid_params: params.to_vec(),
+            ..Described::new(status, problem_type, detail(names.join(", ")))
+        }
+    }
+
     fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -192,32 +206,24 @@ impl ApiError {
         match self {
             ApiError::Shared(inner) => inner.describe(),
             ApiError::InvalidParams(params) => {
-                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
                 let count = if params.len() == 1 {
                     "1 parameter is"
                 } else {
                     "some parameters are"
                 };
-                Described {
-                    invalid_params: params.clone(),
-                    ..Described::new(
-                        S::BAD_REQUEST,
-                        "urn:prospect-api:problem:invalid-parameters",
-                        format!("{count} invalid: {}", names.join(", ")),
-                    )
-                }
+                Described::naming(
+                    S::BAD_REQUEST,
+                    "urn:prospect-api:problem:invalid-parameters",
+                    params,
+                    |names| format!("{count} invalid: {names}"),
+                )
             }
-            ApiError::ConflictingParams(params) => {
-                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-                Described {
-                    invalid_params: params.clone(),
-                    ..Described::new(
-                        S::CONFLICT,
-                        "urn:prospect-api:problem:conflict",
-                        format!("in conflict with this server's state: {}", names.join(", ")),
-                    )
-                }
-            }
+            ApiError::ConflictingParams(params) => Described::naming(
+                S::CONFLICT,
+                "urn:prospect-api:problem:conflict",
+                params,
+                |names| format!("in conflict with this server's state: {names}"),
+            ),
             ApiError::NotFound(what) => Described::new(S::NOT_FOUND, "about:blank", what),
             ApiError::NoRoute => Described::new(
                 S::NOT_FOUND,
@@ -329,17 +335,12 @@ impl ApiError {
                 "urn:prospect-api:problem:role-refused",
                 detail.clone(),
             ),
-            ApiError::Forbidden(params) => {
-                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-                Described {
-                    invalid_params: params.clone(),
-                    ..Described::new(
-                        S::FORBIDDEN,
-                        "urn:prospect-api:problem:forbidden-parameters",
-                        format!("Your role may not use: {}", names.join(", ")),
-                    )
-                }
-            }
+            ApiError::Forbidden(params) => Described::naming(
+                S::FORBIDDEN,
+                "urn:prospect-api:problem:forbidden-parameters",
+                params,
+                |names| format!("Your role may not use: {names}"),
+            ),
             ApiError::RateLimited {
                 retry_after_secs,
                 per_second,

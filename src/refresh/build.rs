@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::convert::{ExpectedBuild, expected_build};
+use super::convert::{ExpectedBuild, build_step, expected_build};
 use super::watch::{self, Activity};
 use super::work::{self, WorkKind};
 use crate::config::{RefreshSettings, pg_duration};
 use crate::db::set_local;
-use crate::progress::{Progress, Step, thousands};
+use crate::progress::{Progress, Step};
 use crate::views::ViewName;
 
 /// How often the building backend is sampled for progress.
@@ -90,10 +90,7 @@ impl BuildBeside {
         )
         .fetch_all(&mut connection)
         .await?;
-        let views: Vec<ViewName> = locked
-            .into_iter()
-            .filter(|view| still.iter().any(|name| name == view.as_str()))
-            .collect();
+        let views = ViewName::named_in(&locked, &still);
         if views.is_empty() {
             let _ = connection.close().await;
             return Ok(None);
@@ -216,7 +213,7 @@ async fn report_progress(
         let activity = watch::sample(pool, backend).await;
         if let (Some((view, since)), Some(activity)) = (now, activity) {
             let position = expected.iter().position(|(v, _)| *v == view).unwrap_or(0);
-            let step = step(view, since, &expected[position].1, &activity, &mut loaded);
+            let step = step(view, since, &expected[position].1, activity, &mut loaded);
             progress.report(&step);
             for (index, (other, _)) in expected.iter().enumerate() {
                 let phase = if *other == view {
@@ -256,42 +253,23 @@ fn step(
     view: ViewName,
     since: Instant,
     expected: &ExpectedBuild,
-    activity: &Activity,
+    activity: Activity,
     loaded: &mut Vec<ViewName>,
 ) -> Step {
-    let mut step = Step {
-        phase: if loaded.contains(&view) {
-            format!("{view}: finishing (row count, search words)")
-        } else {
-            format!("{view}: loading rows from its definition")
-        },
-        detail: expected
-            .rows
-            .map(|rows| format!("about {} rows", thousands(rows.max(0) as u64))),
-        remaining: expected
-            .took
-            .and_then(|took| took.checked_sub(since.elapsed())),
-        ..Step::default()
-    };
-    match activity {
-        Activity::Working => {}
-        Activity::Indexing { phase, done, unit } => {
-            if !loaded.contains(&view) {
-                loaded.push(view);
-            }
-            step.phase = format!("{view}: building indexes");
-            step.detail = Some(phase.clone());
-            (step.done, step.unit) = (*done, unit);
-        }
-        Activity::Analyzing => {
-            if !loaded.contains(&view) {
-                loaded.push(view);
-            }
-            step.phase = format!("{view}: analyzing");
-        }
-        Activity::WaitingForLock => {
-            step.phase = format!("{view}: waiting for a lock");
-        }
+    let phases = (
+        "loading rows from its definition",
+        "finishing (row count, search words)",
+    );
+    let (step, past_load) = build_step(
+        view,
+        activity,
+        expected,
+        since,
+        phases,
+        loaded.contains(&view),
+    );
+    if past_load && !loaded.contains(&view) {
+        loaded.push(view);
     }
     step
 }

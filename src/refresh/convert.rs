@@ -144,49 +144,59 @@ async fn report_phases(
     progress: &Progress,
 ) -> std::convert::Infallible {
     let started = Instant::now();
-    let expected_rows = expected
-        .rows
-        .map(|rows| format!("about {} rows", thousands(rows.max(0) as u64)));
     // Past the indexes and ANALYZE, what is left is counting the rows and the swap.
     let mut built = false;
+    let phases = ("building from its definition", "finishing");
     loop {
         tokio::time::sleep(SAMPLE_EVERY).await;
         let Some(activity) = watch::sample(pool, backend).await else {
             continue;
         };
-        let mut step = Step {
-            phase: if built {
-                format!("{view}: finishing")
-            } else {
-                format!("{view}: building from its definition")
-            },
-            detail: expected_rows.clone(),
-            remaining: expected
-                .took
-                .and_then(|took| took.checked_sub(started.elapsed())),
-            ..Step::default()
-        };
-        match activity {
-            Activity::Working => {}
-            Activity::Indexing { phase, done, unit } => {
-                built = true;
-                step.phase = format!("{view}: building indexes");
-                step.detail = Some(phase);
-                (step.done, step.unit) = (done, unit);
-            }
-            Activity::Analyzing => {
-                built = true;
-                step.phase = format!("{view}: analyzing");
-            }
-            Activity::WaitingForLock => {
-                step.phase = format!("{view}: waiting for a lock");
-                step.detail = Some(
-                    "a refresh elsewhere, or readers of the relation being swapped".to_owned(),
-                );
-            }
+        let waiting = activity == Activity::WaitingForLock;
+        let mut step;
+        (step, built) = build_step(view, activity, expected, started, phases, built);
+        if waiting {
+            step.detail =
+                Some("a refresh elsewhere, or readers of the relation being swapped".to_owned());
         }
         progress.report(&step);
     }
+}
+
+/// The progress step of `view` being built from its definition, as `activity` shows it: `phases`
+/// name what it does before its indexes and after them. `past_load` says whether it was seen past
+/// its load (indexing or analyzing) before; returned with the step, updated.
+pub(super) fn build_step(
+    view: ViewName,
+    activity: Activity,
+    expected: &ExpectedBuild,
+    since: Instant,
+    (loading, finishing): (&str, &str),
+    past_load: bool,
+) -> (Step, bool) {
+    let past_load =
+        past_load || matches!(activity, Activity::Indexing { .. } | Activity::Analyzing);
+    let mut step = Step {
+        phase: format!("{view}: {}", if past_load { finishing } else { loading }),
+        detail: expected
+            .rows
+            .map(|rows| format!("about {} rows", thousands(rows.max(0) as u64))),
+        remaining: expected
+            .took
+            .and_then(|took| took.checked_sub(since.elapsed())),
+        ..Step::default()
+    };
+    match activity {
+        Activity::Working => {}
+        Activity::Indexing { phase, done, unit } => {
+            step.phase = format!("{view}: building indexes");
+            step.detail = Some(phase);
+            (step.done, step.unit) = (done, unit);
+        }
+        Activity::Analyzing => step.phase = format!("{view}: analyzing"),
+        Activity::WaitingForLock => step.phase = format!("{view}: waiting for a lock"),
+    }
+    (step, past_load)
 }
 
 fn relation(mode: Mode) -> &'static str {

@@ -135,11 +135,7 @@ pub(super) async fn to_build(
     )
     .fetch_all(pool)
     .await?;
-    Ok(tables
-        .iter()
-        .copied()
-        .filter(|v| to_build.iter().any(|name| name == v.as_str()))
-        .collect())
+    Ok(ViewName::named_in(tables, &to_build))
 }
 
 /// Runs rounds until the builds are swapped in (by this process or another's applier); each one's

@@ -120,15 +120,8 @@ async fn try_round(
         }
         locked => locked?,
     };
-    // The transaction's snapshot is taken here, after the lock. No JIT: a round's statements are
-    // planned afresh each time, and compiling them cost more than running them.
-    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
-    let local = [
-        ("statement_timeout", statement_timeout.as_str()),
-        ("work_mem", settings.refresh_work_mem.as_str()),
-        ("jit", "off"),
-    ];
-    set_local(&mut tx, &local).await?;
+    // The transaction's snapshot is taken here, after the lock.
+    set_maintenance_settings(&mut tx, settings).await?;
     let no_repair = RepairRange::default();
     let range = repair.unwrap_or(&no_repair);
     let repair_views: Vec<&str> = range.views.iter().map(|v| v.as_str()).collect();
@@ -203,4 +196,20 @@ pub async fn incremental_views(pool: &PgPool) -> Result<Vec<ViewName>, sqlx::Err
     .fetch_all(pool)
     .await?;
     Ok(names.iter().filter_map(|name| name.parse().ok()).collect())
+}
+
+/// The settings of a transaction that compares read models with their definitions (a round, a
+/// repair's comparison): its timeout and memory. No JIT: these statements are planned afresh each
+/// time, and compiling them cost more than running them.
+pub(super) async fn set_maintenance_settings(
+    conn: &mut sqlx::PgConnection,
+    settings: &RefreshSettings,
+) -> Result<(), sqlx::Error> {
+    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
+    let local = [
+        ("statement_timeout", statement_timeout.as_str()),
+        ("work_mem", settings.refresh_work_mem.as_str()),
+        ("jit", "off"),
+    ];
+    set_local(conn, &local).await
 }

@@ -18,8 +18,7 @@ use sqlx::PgPool;
 use super::incremental::{self, RepairRange, Round};
 use super::report::{RefreshMethod, RefreshReport, RefreshTrigger};
 use super::work::{self, WorkKind};
-use crate::config::{RefreshSettings, pg_duration};
-use crate::db::set_local;
+use crate::config::RefreshSettings;
 use crate::views::{PerView, ViewName};
 
 /// How long comparing one range should take: long enough that the per-range costs (planning, the
@@ -278,13 +277,7 @@ async fn differing(
     settings: &RefreshSettings,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let statement_timeout = pg_duration(settings.refresh_statement_timeout);
-    let local = [
-        ("statement_timeout", statement_timeout.as_str()),
-        ("work_mem", settings.refresh_work_mem.as_str()),
-        ("jit", "off"),
-    ];
-    set_local(&mut tx, &local).await?;
+    incremental::set_maintenance_settings(&mut tx, settings).await?;
     let names: Vec<&str> = views.iter().map(|view| view.as_str()).collect();
     let found = sqlx::query_scalar!(
         r#"SELECT companies AS "companies!" FROM read_model_differences($1, $2, $3)"#,

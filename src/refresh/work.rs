@@ -137,11 +137,7 @@ pub async fn claim_for_repair(
     )
     .fetch_all(pool)
     .await?;
-    Ok(views
-        .iter()
-        .copied()
-        .filter(|view| claimed.iter().any(|name| name == view.as_str()))
-        .collect())
+    Ok(ViewName::named_in(views, &claimed))
 }
 
 /// Removes this process's reports on `views`.

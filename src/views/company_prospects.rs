@@ -23,7 +23,7 @@ use super::filters::{any_of, contains_pattern, filters};
 use super::matching::{
     ascii_contains, ascii_equal, at_least, in_any_of, revenue_at_least, revenue_at_most, same,
 };
-use super::order::{Counted, Facet, FacetCount, KeyPart, MAX_FACET_VALUES, Sort, SortKey};
+use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, sort_keys};
 use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, estimated_rows};
 
 /// The prospects of `company_prospect_view` (a company without prospects has a row there too, which
@@ -122,42 +122,17 @@ filters! {
     }
 }
 
-/// The sort keys of prospects, each served in both directions by one index of the view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProspectSortKey {
-    /// Company name, last name, first name, prospect id (the default).
-    CompanyName,
-    /// Company revenue; unknown revenue counts as the lowest.
-    Revenue,
-    /// When the prospect was last updated.
-    UpdatedAt,
-}
-
-impl SortKey for ProspectSortKey {
-    const ALL: &'static [(&'static str, Self)] = &[
-        ("company_name", ProspectSortKey::CompanyName),
-        ("revenue", ProspectSortKey::Revenue),
-        ("updated_at", ProspectSortKey::UpdatedAt),
-    ];
-    const DEFAULT: Sort<Self> = Sort {
-        key: ProspectSortKey::CompanyName,
-        descending: false,
-    };
-
-    fn reads(self) -> &'static [&'static str] {
-        match self {
-            ProspectSortKey::CompanyName => &["company_name", "last_name", "first_name"],
-            ProspectSortKey::Revenue => &["revenue"],
-            ProspectSortKey::UpdatedAt => &["prospect_updated_at"],
-        }
-    }
-
-    fn parts(self) -> &'static [KeyPart] {
-        match self {
-            ProspectSortKey::CompanyName => &[KeyPart::Text; 4],
-            ProspectSortKey::Revenue => &[KeyPart::Number, KeyPart::Text],
-            ProspectSortKey::UpdatedAt => &[KeyPart::Instant, KeyPart::Text],
-        }
+sort_keys! {
+    /// The sort keys of prospects, each served in both directions by one index of the view.
+    pub enum ProspectSortKey {
+        /// Company name, last name, first name, prospect id (the default).
+        CompanyName = "company_name", reads ["company_name", "last_name", "first_name"],
+            parts [KeyPart::Text; 4];
+        /// Company revenue; unknown revenue counts as the lowest.
+        Revenue = "revenue", reads ["revenue"], parts [KeyPart::Number, KeyPart::Text];
+        /// When the prospect was last updated.
+        UpdatedAt = "updated_at", reads ["prospect_updated_at"],
+            parts [KeyPart::Instant, KeyPart::Text];
     }
 }
 

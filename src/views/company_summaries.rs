@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::filters::{any_of, filters};
 use super::matching::{at_least, in_any_of, revenue_at_least, revenue_at_most, same};
-use super::order::{Counted, Facet, FacetCount, KeyPart, MAX_FACET_VALUES, Sort, SortKey};
+use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, sort_keys};
 use super::{Admits, Api, IdPath, ReadModel, ViewName, estimated_rows};
 
 pub struct CompanySummaries;
@@ -72,46 +72,17 @@ filters! {
     }
 }
 
-/// The sort keys of companies, each served in both directions by one index of the view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompanySortKey {
-    Name,
-    /// Unknown revenue counts as the lowest.
-    Revenue,
-    ProspectCount,
-    /// A company without prospects counts as the oldest.
-    LastProspectUpdate,
-}
-
-impl SortKey for CompanySortKey {
-    const ALL: &'static [(&'static str, Self)] = &[
-        ("name", CompanySortKey::Name),
-        ("revenue", CompanySortKey::Revenue),
-        ("prospect_count", CompanySortKey::ProspectCount),
-        ("last_prospect_update", CompanySortKey::LastProspectUpdate),
-    ];
-    const DEFAULT: Sort<Self> = Sort {
-        key: CompanySortKey::Name,
-        descending: false,
-    };
-
-    fn reads(self) -> &'static [&'static str] {
-        match self {
-            CompanySortKey::Name => &["name"],
-            CompanySortKey::Revenue => &["revenue"],
-            CompanySortKey::ProspectCount => &["prospect_count"],
-            CompanySortKey::LastProspectUpdate => &["last_prospect_update"],
-        }
-    }
-
-    fn parts(self) -> &'static [KeyPart] {
-        match self {
-            CompanySortKey::Name => &[KeyPart::Text, KeyPart::Text],
-            CompanySortKey::Revenue | CompanySortKey::ProspectCount => {
-                &[KeyPart::Number, KeyPart::Text]
-            }
-            CompanySortKey::LastProspectUpdate => &[KeyPart::Instant, KeyPart::Text],
-        }
+sort_keys! {
+    /// The sort keys of companies, each served in both directions by one index of the view.
+    pub enum CompanySortKey {
+        Name = "name", reads ["name"], parts [KeyPart::Text, KeyPart::Text];
+        /// Unknown revenue counts as the lowest.
+        Revenue = "revenue", reads ["revenue"], parts [KeyPart::Number, KeyPart::Text];
+        ProspectCount = "prospect_count", reads ["prospect_count"],
+            parts [KeyPart::Number, KeyPart::Text];
+        /// A company without prospects counts as the oldest.
+        LastProspectUpdate = "last_prospect_update", reads ["last_prospect_update"],
+            parts [KeyPart::Instant, KeyPart::Text];
     }
 }
 

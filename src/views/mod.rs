@@ -88,6 +88,15 @@ impl ViewName {
     fn position(self) -> usize {
         self as usize
     }
+
+    /// Those of `views` that a statement named in `names`, in the order of `views`.
+    pub fn named_in(views: &[ViewName], names: &[String]) -> Vec<ViewName> {
+        views
+            .iter()
+            .copied()
+            .filter(|view| names.iter().any(|name| name == view.as_str()))
+            .collect()
+    }
 }
 
 impl fmt::Display for ViewName {

@@ -18,9 +18,9 @@ pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
     /// ask for the order).
     fn reads(self) -> &'static [&'static str];
 
-    /// Whether `-key` reverses the order (false for an order that has one sense, as relevance).
+    /// Whether `-key` reverses the order: false for a rank, which has one sense (best first).
     fn both_ways(self) -> bool {
-        true
+        !self.parts().contains(&KeyPart::Rank)
     }
 
     /// What each element of the key's cursor (`ReadModel::cursor_key`) holds, so that two keys can
@@ -30,6 +30,49 @@ pub trait SortKey: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static {
         &[]
     }
 }
+
+/// Declares a read model's sort keys, each once: its variant, its parameter name, the row fields it
+/// compares and (optionally) what its cursor key holds. The first is the default, ascending.
+/// Exported, as `filters!`, for read models defined outside this crate.
+#[macro_export]
+macro_rules! sort_keys {
+    (
+        $(#[$attr:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[doc = $doc:literal])* $variant:ident = $param:literal,
+               reads [$($read:literal),*] $(, parts [$($part:tt)*])? ; )+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[doc = $doc])* $variant, )+
+        }
+
+        impl $crate::views::order::SortKey for $name {
+            const ALL: &'static [(&'static str, Self)] = &[$( ($param, $name::$variant) ),+];
+            const DEFAULT: $crate::views::order::Sort<Self> = $crate::views::order::Sort {
+                key: Self::ALL[0].1,
+                descending: false,
+            };
+
+            fn reads(self) -> &'static [&'static str] {
+                match self {
+                    $( $name::$variant => &[$($read),*], )+
+                }
+            }
+
+            fn parts(self) -> &'static [$crate::views::order::KeyPart] {
+                #[allow(unused_imports)]
+                use $crate::views::order::KeyPart;
+                match self {
+                    $( $name::$variant => &[$($($part)*)?], )+
+                }
+            }
+        }
+    };
+}
+pub use crate::sort_keys;
 
 /// One element of a cursor key, as its SQL compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,22 +246,10 @@ pub struct FacetCount {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Key {
-        Name,
-        Revenue,
-    }
-
-    impl SortKey for Key {
-        const ALL: &'static [(&'static str, Self)] =
-            &[("name", Key::Name), ("revenue", Key::Revenue)];
-        const DEFAULT: Sort<Self> = Sort {
-            key: Key::Name,
-            descending: false,
-        };
-
-        fn reads(self) -> &'static [&'static str] {
-            &[]
+    sort_keys! {
+        enum Key {
+            Name = "name", reads [];
+            Revenue = "revenue", reads [];
         }
     }
 

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::filters::{Terms, any_of, filters};
 use super::matching::{in_any_of, same};
-use super::order::{FacetCount, KeyPart, NoFacets, Sort, SortKey};
+use super::order::{FacetCount, NoFacets, Sort, sort_keys};
 use super::search_matching::{Query, RowWords, Searched};
 use super::{Admits, Api, Place, ReadModel, ViewName, estimated_rows};
 
@@ -68,43 +68,16 @@ filters! {
     }
 }
 
-/// The orders of results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchOrder {
-    /// Best match first (the default).
-    Relevance,
-    /// Company name, last name, first name, id (the order before ranking).
-    CompanyName,
-}
-
-impl SortKey for SearchOrder {
-    const ALL: &'static [(&'static str, Self)] = &[
-        ("relevance", SearchOrder::Relevance),
-        ("company_name", SearchOrder::CompanyName),
-    ];
-    const DEFAULT: Sort<Self> = Sort {
-        key: SearchOrder::Relevance,
-        descending: false,
-    };
-
-    fn reads(self) -> &'static [&'static str] {
-        match self {
-            // The score counts only what the caller may see; the cursor holds it and the id.
-            SearchOrder::Relevance => &[],
-            SearchOrder::CompanyName => &["company_name", "last_name", "first_name"],
-        }
-    }
-
-    fn both_ways(self) -> bool {
-        self == SearchOrder::CompanyName
-    }
-
-    fn parts(self) -> &'static [KeyPart] {
-        match self {
-            // Best first, then by id; a changed row's score is bounded (`ReadModel::place`).
-            SearchOrder::Relevance => &[KeyPart::Rank, KeyPart::Text],
-            SearchOrder::CompanyName => &[KeyPart::Text; 4],
-        }
+sort_keys! {
+    /// The orders of results.
+    pub enum SearchOrder {
+        /// Best match first (the default). The score counts only what the caller may see, so the
+        /// order reads no field; best first, then by id (a changed row's score is bounded:
+        /// `ReadModel::place`); a rank has one sense.
+        Relevance = "relevance", reads [], parts [KeyPart::Rank, KeyPart::Text];
+        /// Company name, last name, first name, id (the order before ranking).
+        CompanyName = "company_name", reads ["company_name", "last_name", "first_name"],
+            parts [KeyPart::Text; 4];
     }
 }
 

@@ -713,6 +713,28 @@ mod tests {
         }
     }
 
+    /// What `cache` answers `request` (with `headers`) of `view` at a settled `generation` with,
+    /// `render` being what a render gives.
+    async fn answer(
+        cache: &ResponseCache,
+        (view, generation): (ViewName, i64),
+        request: &str,
+        headers: &HeaderMap,
+        render: Result<Rendered, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let source = Settled::at(generation);
+        let render = async move { render };
+        cache
+            .respond(view, Some(generation), request, headers, &source, render)
+            .await
+    }
+
+    async fn body(response: Response) -> Bytes {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+    }
+
     /// The body `cache` answers `request` of `generation` with, `json` being what a render gives.
     async fn served(
         cache: &ResponseCache,
@@ -720,29 +742,20 @@ mod tests {
         request: &str,
         json: &'static str,
     ) -> Bytes {
-        let view = ViewName::CompanyProspectView;
-        let render = async move { Ok(rendered(json)) };
-        let response = cache
-            .respond(
-                view,
-                Some(generation),
-                request,
-                &HeaderMap::new(),
-                &Settled::at(generation),
-                render,
-            )
-            .await
-            .unwrap();
-        axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap()
+        let at = (ViewName::CompanyProspectView, generation);
+        let headers = HeaderMap::new();
+        body(
+            answer(cache, at, request, &headers, Ok(rendered(json)))
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     #[tokio::test]
     async fn one_render_per_key_and_none_across_generations_codings_or_requests() {
         let cache = ResponseCache::new(1 << 20);
         let view = ViewName::CompanyProspectView;
-        let render = |json: &'static str| async move { Ok(rendered(json)) };
         assert_eq!(served(&cache, 1, "/a", "{\"g\":1}").await, "{\"g\":1}");
         assert_eq!(
             served(&cache, 1, "/a", "{\"g\":9}").await,
@@ -755,15 +768,8 @@ mod tests {
             "a new generation is a miss for a response that says nothing of what it shows"
         );
         assert_eq!(served(&cache, 2, "/b", "{\"b\":2}").await, "{\"b\":2}");
-        let gzip = cache
-            .respond(
-                view,
-                Some(2),
-                "/a",
-                &accept("gzip"),
-                &Settled::at(2),
-                render("{\"g\":2,\"padding\":\"....................................\"}"),
-            )
+        let padded = rendered("{\"g\":2,\"padding\":\"....................................\"}");
+        let gzip = answer(&cache, (view, 2), "/a", &accept("gzip"), Ok(padded))
             .await
             .unwrap();
         assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
@@ -779,24 +785,14 @@ mod tests {
     async fn the_etag_is_the_bodys_and_names_a_304() {
         let cache = ResponseCache::new(1 << 20);
         let view = ViewName::CompanySummaryView;
-        let first = cache
-            .respond(
-                view,
-                Some(1),
-                "/e",
-                &HeaderMap::new(),
-                &Settled::at(1),
-                async { Ok(rendered("{\"same\":true}")) },
-            )
+        let same = || Ok(rendered("{\"same\":true}"));
+        let first = answer(&cache, (view, 1), "/e", &HeaderMap::new(), same())
             .await
             .unwrap();
         let etag = first.headers()[header::ETAG].clone();
         let mut revalidating = HeaderMap::new();
         revalidating.insert(header::IF_NONE_MATCH, etag.clone());
-        let again = cache
-            .respond(view, Some(3), "/e", &revalidating, &Settled::at(3), async {
-                Ok(rendered("{\"same\":true}"))
-            })
+        let again = answer(&cache, (view, 3), "/e", &revalidating, same())
             .await
             .unwrap();
         assert_eq!(
@@ -805,10 +801,8 @@ mod tests {
             "the same body, rendered anew"
         );
         assert_eq!(again.headers()[header::ETAG], etag);
-        let changed = cache
-            .respond(view, Some(4), "/e", &revalidating, &Settled::at(4), async {
-                Ok(rendered("{\"same\":false}"))
-            })
+        let other = rendered("{\"same\":false}");
+        let changed = answer(&cache, (view, 4), "/e", &revalidating, Ok(other))
             .await
             .unwrap();
         assert_eq!(changed.status(), StatusCode::OK);
@@ -819,69 +813,39 @@ mod tests {
     async fn failures_are_not_cached() {
         let cache = ResponseCache::new(1 << 20);
         let view = ViewName::CompanySummaryView;
-        let failed = cache
-            .respond(
-                view,
-                Some(1),
-                "/c",
-                &HeaderMap::new(),
-                &Settled::at(1),
-                async { Err(ApiError::QueryTimeout) },
-            )
-            .await;
+        let headers = HeaderMap::new();
+        let failed = answer(
+            &cache,
+            (view, 1),
+            "/c",
+            &headers,
+            Err(ApiError::QueryTimeout),
+        )
+        .await;
         let status = axum::response::IntoResponse::into_response(failed.unwrap_err()).status();
         assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
-        let ok = cache
-            .respond(
-                view,
-                Some(1),
-                "/c",
-                &HeaderMap::new(),
-                &Settled::at(1),
-                async { Ok(rendered("[]")) },
-            )
+        let ok = answer(&cache, (view, 1), "/c", &headers, Ok(rendered("[]")))
             .await
             .unwrap();
-        let bytes = axum::body::to_bytes(ok.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        assert_eq!(bytes, "[]");
+        assert_eq!(body(ok).await, "[]");
     }
 
     #[tokio::test]
     async fn a_render_a_round_overtook_answers_its_request_only() {
         let cache = ResponseCache::new(1 << 20);
         let view = ViewName::CompanyProspectView;
+        // Each request reads generation 5; by the time its render ends, the source is at 6.
         let overtaken = Settled::at(6);
-        let render = |json: &'static str| async move { Ok(rendered(json)) };
-        let first = cache
-            .respond(
-                view,
-                Some(5),
-                "/o",
-                &HeaderMap::new(),
-                &overtaken,
-                render("{\"r\":1}"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(first.status(), StatusCode::OK);
-        let second = cache
-            .respond(
-                view,
-                Some(5),
-                "/o",
-                &HeaderMap::new(),
-                &overtaken,
-                render("{\"r\":2}"),
-            )
-            .await
-            .unwrap();
-        let body = axum::body::to_bytes(second.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let render_at_5 = async |json: &'static str| {
+            let render = async move { Ok(rendered(json)) };
+            let headers = HeaderMap::new();
+            let response = cache.respond(view, Some(5), "/o", &headers, &overtaken, render);
+            response.await.unwrap()
+        };
+        assert_eq!(render_at_5("{\"r\":1}").await.status(), StatusCode::OK);
         assert_eq!(
-            body, "{\"r\":2}",
+            body(render_at_5("{\"r\":2}").await).await,
+            "{\"r\":2}",
             "the overtaken render was not served again"
         );
         assert_eq!(served(&cache, 6, "/o", "{\"r\":3}").await, "{\"r\":3}");
