@@ -48,6 +48,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from chromium import ensure_chromium, free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432")
 DATABASE = "prospect_api_console_check"
@@ -61,18 +63,6 @@ LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class Failure(Exception):
     """A check that did not hold; the message says what was seen."""
-
-
-def ensure_chromium():
-    if not shutil.which("chromium"):
-        print("installing Debian's chromium", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def js(value):

@@ -7,7 +7,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::access_support::{As, POLICY, jwt, spawn_guarded, unix_now};
-use crate::helpers::{ADMIN_TOKEN, eventually, header, json, scalar};
+use crate::helpers::{ADMIN_TOKEN, eventually, header, json, run, scalar};
 
 /// The audit rows, oldest first: (credential, role, action, endpoint, outcome, rows, bytes).
 async fn audit_rows(
@@ -166,10 +166,11 @@ async fn two_concurrent_exports_cannot_both_pass_a_quota_only_one_fits() {
 async fn while_the_audit_log_cannot_be_written_exports_are_refused_and_pages_still_served() {
     let app = spawn_guarded(POLICY, |_| {}).await;
     let analyst = As::role("analyst");
-    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(
+        &app.db.pool,
+        "ALTER TABLE audit_log RENAME TO audit_log_away",
+    )
+    .await;
     let refused = app.get_as(&analyst, "/prospects?format=csv").await;
     assert_eq!(refused.status(), 503);
     assert_ne!(header(&refused, "content-type"), "text/csv; charset=utf-8");
@@ -183,10 +184,11 @@ async fn while_the_audit_log_cannot_be_written_exports_are_refused_and_pages_sti
         200,
         "pages are not exports"
     );
-    sqlx::query("ALTER TABLE audit_log_away RENAME TO audit_log")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(
+        &app.db.pool,
+        "ALTER TABLE audit_log_away RENAME TO audit_log",
+    )
+    .await;
     assert_eq!(
         app.get_as(&analyst, "/prospects?format=csv").await.status(),
         200

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json as json_value};
 
 use crate::access_support::{As, POLICY, spawn_guarded, token};
-use crate::helpers::{ADMIN_TOKEN, TestApp, json, rejected_params, spawn_admin_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, json, rejected_params, run, spawn_admin_app};
 
 async fn admin_send(
     app: &TestApp,
@@ -460,15 +460,10 @@ async fn without_a_policy_keys_cannot_be_made_for_lack_of_roles() {
 #[tokio::test]
 async fn the_audit_log_filters_by_utc_day_and_credential_and_pages() {
     let app = spawn_guarded(POLICY, |_| {}).await;
-    sqlx::query(
-        "INSERT INTO audit_log (at, credential, role, action, endpoint, outcome)
+    run(&app.db.pool, "INSERT INTO audit_log (at, credential, role, action, endpoint, outcome)
          SELECT timestamptz '2026-03-01 23:59:59.5+00' + i * interval '0.25 second',
                 CASE WHEN i % 2 = 0 THEN 'key:a' ELSE 'key:b' END, 'analyst', 'export', '/prospects.csv', 'completed'
-         FROM generate_series(0, 7) AS i",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+         FROM generate_series(0, 7) AS i").await;
     let day = json(app.admin_get("/admin/audit?day=2026-03-01").await, 200).await;
     assert_eq!(
         day.as_array().unwrap().len(),

@@ -10,10 +10,9 @@ use prospect_api::refresh::{
     Progressed, RefreshMethod, RefreshStatus, RefreshTrigger, Repair, incremental_round,
 };
 use prospect_api::views::{Mode, ViewName};
-use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, serve_config,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, json, quick_refresh_settings, run, serve_config,
     spawn_app_with,
 };
 
@@ -70,24 +69,11 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
     db.execute(r#"ANALYZE "Company""#).await;
     // A writer that holds the companies' table while it writes: the build, whose snapshot cannot
     // see this write, waits for the table, so the write commits during the build.
-    let mut writer = db.connection().await;
-    let mut writing = writer.begin().await.unwrap();
-    sqlx::query!(r#"LOCK TABLE "Company" IN ACCESS EXCLUSIVE MODE"#)
-        .execute(&mut *writing)
-        .await
-        .unwrap();
-    sqlx::query!(
-        r#"INSERT INTO "Company" ("id", "name", "industry") VALUES ('c_during', 'During Build', 'Software')"#
-    )
-    .execute(&mut *writing)
-    .await
-    .unwrap();
-    sqlx::query!(
-        r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName") VALUES ('p_during', 'c_during', 'Dora', 'During')"#
-    )
-    .execute(&mut *writing)
-    .await
-    .unwrap();
+    let mut writing = db
+        .transaction_with(r#"LOCK TABLE "Company" IN ACCESS EXCLUSIVE MODE"#)
+        .await;
+    run(&mut *writing, r#"INSERT INTO "Company" ("id", "name", "industry") VALUES ('c_during', 'During Build', 'Software')"#).await;
+    run(&mut *writing, r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName") VALUES ('p_during', 'c_during', 'Dora', 'During')"#).await;
 
     let mut config = serve_config(&db);
     config.maintenance.view_maintenance = Mode::Incremental;
@@ -178,24 +164,20 @@ async fn data_loaded_into_an_empty_incremental_database_is_built_beside_while_re
 
 /// Writes the triggers do not see, as a restore or a bulk load with them off makes them.
 async fn write_behind_the_triggers_back(db: &TestDb) {
-    let mut conn = db.connection().await;
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query!("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query!(r#"UPDATE "Prospect" SET "lastName" = 'Hidden' WHERE "id" = 'p_both'"#)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query!(r#"DELETE FROM "Prospect" WHERE "id" = 'p_2e9'"#)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_zz_hidden', 'Hidden Co')"#)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = db
+        .transaction_with("SET LOCAL session_replication_role = replica")
+        .await;
+    run(
+        &mut *tx,
+        r#"UPDATE "Prospect" SET "lastName" = 'Hidden' WHERE "id" = 'p_both'"#,
+    )
+    .await;
+    run(&mut *tx, r#"DELETE FROM "Prospect" WHERE "id" = 'p_2e9'"#).await;
+    run(
+        &mut *tx,
+        r#"INSERT INTO "Company" ("id", "name") VALUES ('c_zz_hidden', 'Hidden Co')"#,
+    )
+    .await;
     tx.commit().await.unwrap();
 }
 

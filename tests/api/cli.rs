@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use sqlx::migrate::MigrateDatabase;
 
-use crate::helpers::{TestDb, scalar, succeeded};
+use crate::helpers::{TestDb, succeeded};
 
 fn prospect_api(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prospect-api"))
@@ -48,13 +48,9 @@ async fn seed_then_refresh_print_what_they_did() {
         "{}",
         stdout(&seeded)
     );
-    let unpopulated = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM read_models WHERE NOT populated"#,
-    )
-    .await;
     assert_eq!(
-        unpopulated, 0,
+        db.count("read_models WHERE NOT populated").await,
+        0,
         "seed leaves the read models populated: serve answers at once"
     );
     assert_eq!(
@@ -78,9 +74,10 @@ async fn seed_then_refresh_print_what_they_did() {
     let one = prospect_api(&db.url, &["refresh", "--view", "company_summary_view"]);
     assert!(one.status.success());
     assert_eq!(stdout(&one).lines().count(), 1);
-    let logged = scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'cli' AND status = 'ok'"#).await;
     assert_eq!(
-        logged, 7,
+        db.count("materialized_view_log WHERE trigger = 'cli' AND status = 'ok'")
+            .await,
+        7,
         "three refreshes by seed, three by refresh, one by refresh --view"
     );
 }

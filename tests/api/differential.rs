@@ -18,7 +18,7 @@ use prospect_api::refresh::{
 use prospect_api::views::{Mode, ViewName};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::helpers::{TestDb, quick_refresh_settings};
+use crate::helpers::{TestDb, quick_refresh_settings, run};
 
 /// The oracle's settings: a round in which more than 40% of the companies changed leaves the tables
 /// to a build beside (a few companies: it happens).
@@ -399,10 +399,7 @@ impl Run {
                 format!("touch every prospect of {c}")
             }
             78 if self.open.is_empty() => {
-                sqlx::query!(r#"TRUNCATE "Prospect", "Company""#)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
+                run(&pool, r#"TRUNCATE "Prospect", "Company""#).await;
                 self.world.companies.clear();
                 self.world.prospects.clear();
                 for _ in 0..3 {

@@ -39,20 +39,9 @@ filters! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DomainOrder {
-    Name,
-}
-
-impl SortKey for DomainOrder {
-    const ALL: &'static [(&'static str, Self)] = &[("name", DomainOrder::Name)];
-    const DEFAULT: Sort<Self> = Sort {
-        key: DomainOrder::Name,
-        descending: false,
-    };
-
-    fn reads(self) -> &'static [&'static str] {
-        &["name"]
+prospect_api::sort_keys! {
+    enum DomainOrder {
+        Name = "name", reads ["name"];
     }
 }
 

@@ -15,7 +15,7 @@ use prospect_api::startup::Application;
 use prospect_api::views::Mode;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tokio::sync::OnceCell;
 
 const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -170,6 +170,42 @@ impl TestDb {
         .unwrap()
     }
 
+    /// How many rows `rows` holds: a relation with its condition (`"materialized_view_log WHERE
+    /// trigger = 'read'"`), for the assertions on tables the API does not serve.
+    pub async fn count(&self, rows: &'static str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {rows}");
+        // `rows` is a test's own literal, never a value from outside.
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
+    /// A transaction on a connection of its own (outside the pool), begun with `statement`: a lock,
+    /// a setting or a write that stays uncommitted while the test goes on, until it is committed,
+    /// rolled back or dropped.
+    pub async fn transaction_with(
+        &self,
+        statement: &'static str,
+    ) -> Transaction<'static, Postgres> {
+        let apart = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .unwrap();
+        let mut transaction = apart.begin().await.unwrap();
+        run(&mut *transaction, statement).await;
+        transaction
+    }
+
+    /// Holds `company_summary_view`'s ACCESS EXCLUSIVE lock (a plain REFRESH in an open transaction,
+    /// as a DBA might leave it) until the returned transaction ends: reads and refreshes of the view
+    /// wait.
+    pub async fn locking_summary_view(&self) -> Transaction<'static, Postgres> {
+        self.transaction_with("REFRESH MATERIALIZED VIEW company_summary_view")
+            .await
+    }
+
     pub async fn execute(&self, sql: &'static str) {
         sqlx::raw_sql(sql)
             .execute(&self.pool)
@@ -259,12 +295,21 @@ pub async fn seeded_and_fixture(seed: i64, extra: impl AsyncFnOnce(&PgPool)) -> 
     db
 }
 
+/// Refreshes every view in full with `trigger` and the quick settings: the reports, whatever
+/// each one's status.
+pub async fn refresh_all_as(
+    pool: &PgPool,
+    trigger: prospect_api::refresh::RefreshTrigger,
+) -> Vec<prospect_api::refresh::RefreshReport> {
+    prospect_api::refresh::refresh_all(pool, trigger, &quick_refresh_settings())
+        .await
+        .unwrap()
+}
+
 /// Refreshes every view in full (as the CLI does) and asserts that each one succeeded.
 pub async fn refresh_all_ok(pool: &PgPool) -> Vec<prospect_api::refresh::RefreshReport> {
-    use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all};
-    let reports = refresh_all(pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
+    use prospect_api::refresh::{RefreshStatus, RefreshTrigger};
+    let reports = refresh_all_as(pool, RefreshTrigger::Cli).await;
     assert!(
         reports.iter().all(|r| r.status == RefreshStatus::Ok),
         "{reports:?}"
@@ -337,17 +382,6 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         },
         refresh: quick_refresh_settings(),
     }
-}
-
-/// Holds `company_summary_view`'s ACCESS EXCLUSIVE lock (a plain REFRESH in an open transaction, as a
-/// DBA might leave it) until the returned transaction ends: reads and refreshes of the view wait.
-pub async fn lock_summary_view(connection: &mut PgConnection) -> sqlx::Transaction<'_, Postgres> {
-    let mut blocking = connection.begin().await.unwrap();
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_summary_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
-    blocking
 }
 
 /// Starts the server over `db` with `config` (see `serve_config`), without waiting for readiness.
@@ -484,6 +518,15 @@ impl TestApp {
         }
         panic!("the server did not become ready within 10 s");
     }
+}
+
+/// Runs one statement of a test's own (a write, a lock, a setting), on a pool or within a
+/// transaction, and asserts that it succeeded.
+pub async fn run<'c>(executor: impl sqlx::PgExecutor<'c>, sql: &'static str) {
+    sqlx::query(sql)
+        .execute(executor)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
 }
 
 /// One value of the test database, for assertions on tables the API does not serve (the log, the

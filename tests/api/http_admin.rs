@@ -5,8 +5,7 @@ use serde_json::Value;
 use prospect_api::http::lockout::{MAX_WRONG_SECRETS, WINDOW};
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, json, lock_summary_view, rejected_params, scalar, spawn_admin_app,
-    spawn_app, strings,
+    ADMIN_TOKEN, TestApp, json, rejected_params, spawn_admin_app, spawn_app, strings,
 };
 
 async fn post_refresh(
@@ -128,12 +127,12 @@ async fn the_right_token_refreshes_and_reports_each_view() {
     )
     .await;
     assert_eq!(one["results"].as_array().unwrap().len(), 1);
-    let manual = scalar::<i64>(
-        &app.db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#,
-    )
-    .await;
-    assert_eq!(manual, 4);
+    assert_eq!(
+        app.db
+            .count("materialized_view_log WHERE trigger = 'manual'")
+            .await,
+        4
+    );
 }
 
 #[tokio::test]
@@ -179,11 +178,9 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
         serde_json::json!(["prospect_search_view"])
     );
     crate::helpers::eventually(10, "the accepted refresh being logged", || async {
-        scalar::<i64>(
-            &app.db.pool,
-            r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'manual'"#,
-        )
-        .await
+        app.db
+            .count("materialized_view_log WHERE trigger = 'manual'")
+            .await
             == 1
     })
     .await;
@@ -192,8 +189,7 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
 #[tokio::test]
 async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_and_is_counted() {
     let app = spawn_admin_app().await;
-    let mut blocker = app.db.connection().await;
-    let blocking = lock_summary_view(&mut blocker).await;
+    let blocking = app.db.locking_summary_view().await;
     let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 500).await;
     blocking.rollback().await.unwrap();
 

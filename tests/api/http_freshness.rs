@@ -7,8 +7,8 @@ use prospect_api::views::ViewName;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, refresh_one, serve_config, spawn_app,
-    spawn_app_with, spawn_configured_app,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, refresh_one, run, serve_config,
+    spawn_app, spawn_app_with, spawn_configured_app,
 };
 
 /// Refreshes `company_prospect_view` through a pool of its own, as another instance or a cron job
@@ -62,13 +62,8 @@ async fn x_data_age_follows_a_refresh_made_by_another_process() {
 
     // Pretend every refresh of the view is two hours older: the age says so, and the data is flagged
     // stale.
-    sqlx::query!(
-        "UPDATE materialized_view_log SET started_at = started_at - interval '2 hours', finished_at = finished_at - interval '2 hours'
-         WHERE view_name = 'company_prospect_view'"
-    )
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(&app.db.pool, "UPDATE materialized_view_log SET started_at = started_at - interval '2 hours', finished_at = finished_at - interval '2 hours'
+         WHERE view_name = 'company_prospect_view'").await;
     let response = app.get("/prospects").await;
     let age: u64 = header(&response, "x-data-age").parse().unwrap();
     assert!((7200..7260).contains(&age), "{age}");
@@ -125,10 +120,11 @@ async fn a_matching_if_none_match_gets_a_304_until_a_refresh_changes_the_body() 
     );
 
     // One that changed a row of it changes the ETag.
-    sqlx::query!(r#"UPDATE "Prospect" SET "firstName" = 'Renamed' WHERE "id" = 'p_both'"#)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(
+        &app.db.pool,
+        r#"UPDATE "Prospect" SET "firstName" = 'Renamed' WHERE "id" = 'p_both'"#,
+    )
+    .await;
     refresh().await;
     let after_refresh = app
         .get_with("/prospects?industry=Software", &[("if-none-match", &*etag)])

@@ -11,11 +11,10 @@ use prospect_api::refresh::{
     RefreshMethod, RefreshStatus, RefreshTrigger, build_beside, incremental_round, refresh_all,
 };
 use prospect_api::views::{Mode, ViewName};
-use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, scalar,
-    serve_config, spawn_app_with, spawn_configured_app, spawn_instance,
+    ADMIN_TOKEN, TestApp, TestDb, eventually, header, json, quick_refresh_settings, refresh_all_as,
+    run, serve_config, spawn_app_with, spawn_configured_app, spawn_instance,
 };
 
 async fn spawn_incremental_app() -> TestApp {
@@ -67,10 +66,7 @@ async fn in_incremental_mode_a_write_is_applied_to_its_company_and_served_with_f
     let etag = header(&before, "etag");
     assert_eq!(json(before, 200).await["prospect_count"], 2);
 
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "department") VALUES ('p_new', 'c_0', 'Newly', 'Legal')"#)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(&app.db.pool, r#"INSERT INTO "Prospect" ("id", "companyId", "firstName", "department") VALUES ('p_new', 'c_0', 'Newly', 'Legal')"#).await;
     eventually(10, "the new prospect showing up", || visible(&app, "p_new")).await;
 
     // The counts agree with the rows: all three tables were changed in one transaction.
@@ -133,10 +129,11 @@ async fn with_notifications_a_write_is_applied_without_waiting_for_a_poll() {
     .await;
     // A new session, as the writing app's are: it picks up prospect_api.notify when it starts.
     let mut writer = app.db.connection().await;
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_notified', 'c_999')"#)
-        .execute(&mut writer)
-        .await
-        .unwrap();
+    run(
+        &mut writer,
+        r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_notified', 'c_999')"#,
+    )
+    .await;
     eventually(10, "the notified write showing up", || {
         visible(&app, "p_notified")
     })
@@ -283,10 +280,11 @@ async fn an_instance_started_in_incremental_mode_converts_a_served_database_and_
 
     // The first instance, configured for refresh, now applies changes too: it acts on the mode
     // the database is in.
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_peer', 'c_lonely')"#)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    run(
+        &app.db.pool,
+        r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_peer', 'c_lonely')"#,
+    )
+    .await;
     eventually(10, "the write showing up on the first instance", || {
         visible(&app, "p_peer")
     })
@@ -351,16 +349,15 @@ async fn an_apply_that_times_out_is_recorded_and_the_next_one_applies_everything
     })
     .await;
     // A lock that stops writes to one table (not reads): the apply waits for it until its timeout.
-    let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!("LOCK TABLE company_summary_view IN SHARE MODE")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_late', 'c_999')"#)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    let blocking = app
+        .db
+        .transaction_with("LOCK TABLE company_summary_view IN SHARE MODE")
+        .await;
+    run(
+        &app.db.pool,
+        r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_late', 'c_999')"#,
+    )
+    .await;
     eventually(10, "a failed apply in the log", || async {
         last_log(&app.db, "company_summary_view").await.1 == "error"
     })
@@ -395,16 +392,15 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
         config.maintenance.view_maintenance = Mode::Incremental;
     })
     .await;
-    let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!("LOCK TABLE prospect_search_view IN SHARE MODE")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
-    sqlx::query!(r#"UPDATE "Company" SET "name" = 'Killed Mid-Apply' WHERE "id" = 'c_1000'"#)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    let blocking = app
+        .db
+        .transaction_with("LOCK TABLE prospect_search_view IN SHARE MODE")
+        .await;
+    run(
+        &app.db.pool,
+        r#"UPDATE "Company" SET "name" = 'Killed Mid-Apply' WHERE "id" = 'c_1000'"#,
+    )
+    .await;
     // The apply is now waiting for the lock, half done; its backend goes away (as in a restart).
     let applier = || {
         app.db
@@ -476,10 +472,7 @@ fn methods(round: &[(String, Option<String>)]) -> Vec<&str> {
 #[tokio::test]
 async fn a_truncate_or_more_than_the_share_of_companies_changing_is_built_beside_and_swapped_in() {
     let db = fixture_in_incremental_mode().await;
-    sqlx::query!(r#"ANALYZE "Company""#)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    run(&db.pool, r#"ANALYZE "Company""#).await;
     assert_eq!(round(&db, 0.3).await, (vec![], vec![]), "nothing pending");
 
     db.execute(r#"UPDATE "Company" SET "revenue" = 7 WHERE "id" IN ('c_0', 'c_999')"#)
@@ -521,9 +514,7 @@ async fn a_truncate_or_more_than_the_share_of_companies_changing_is_built_beside
         (vec![], ViewName::ALL.to_vec()),
         "TRUNCATE names no company"
     );
-    let reports = refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
+    let reports = refresh_all_as(&db.pool, RefreshTrigger::Cli).await;
     let how: Vec<_> = reports.iter().map(|r| (r.status, r.method)).collect();
     assert_eq!(how, [(RefreshStatus::Ok, Some(RefreshMethod::Build)); 3]);
     assert_eq!(db.differences().await, [0, 0, 0]);
@@ -557,12 +548,9 @@ async fn refresh_materialized_views_rebuilds_tables_too_but_only_in_read_committ
     assert_eq!(got, expected);
     assert_eq!(db.differences().await, [0, 0, 0]);
 
-    let mut conn = db.connection().await;
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = db
+        .transaction_with("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await;
     let refused = sqlx::query!("SELECT count(*) FROM refresh_materialized_views()")
         .fetch_one(&mut *tx)
         .await
@@ -666,9 +654,7 @@ async fn two_instances_in_incremental_mode_apply_one_at_a_time_and_serve_the_sam
 #[tokio::test]
 async fn retention_prunes_old_log_rows_but_keeps_each_views_last_success_and_last_error() {
     let db = fixture_in_incremental_mode().await;
-    refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Cli).await;
     // Ten days of history: an old failure per view, then everything aged.
     db.execute(
         "SELECT record_refresh_failure(name, 'schedule', now(), 'an old failure') FROM read_model_catalog;
@@ -714,21 +700,14 @@ async fn retention_prunes_old_log_rows_but_keeps_each_views_last_success_and_las
         kept_after, kept_before,
         "freshness still reads the same rows"
     );
-    let errors = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_errors"#,
-    )
-    .await;
-    assert_eq!(errors, 3);
+    assert_eq!(db.count("materialized_view_errors").await, 3);
 }
 
 #[tokio::test]
 async fn the_server_applies_retention_from_its_setting() {
     let db = fixture_in_incremental_mode().await;
     for _ in 0..3 {
-        refresh_all(&db.pool, RefreshTrigger::Cli, &quick_refresh_settings())
-            .await
-            .unwrap();
+        refresh_all_as(&db.pool, RefreshTrigger::Cli).await;
     }
     db.execute(
         "UPDATE materialized_view_log SET started_at = started_at - interval '2 hours', finished_at = finished_at - interval '2 hours'",
@@ -740,7 +719,9 @@ async fn the_server_applies_retention_from_its_setting() {
     let app = spawn_app_with(db, config).await;
     app.wait_until_ready().await;
     eventually(10, "the old rows pruned", || async {
-        scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE finished_at < now() - interval '1 hour'"#).await
+        app.db
+            .count("materialized_view_log WHERE finished_at < now() - interval '1 hour'")
+            .await
             == 3
     })
     .await;

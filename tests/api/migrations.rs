@@ -24,12 +24,10 @@ async fn schema_fingerprint(db: &TestDb) -> Vec<String> {
 async fn applying_the_migrations_twice_changes_nothing() {
     let db = TestDb::new().await;
     let before = schema_fingerprint(&db).await;
-    let applied_before =
-        scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#).await;
+    let applied_before = db.count("_sqlx_migrations").await;
     prospect_api::db::migrate(&db.pool).await.unwrap();
     assert_eq!(schema_fingerprint(&db).await, before);
-    let applied_after =
-        scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#).await;
+    let applied_after = db.count("_sqlx_migrations").await;
     assert_eq!(applied_before, applied_after);
     assert_eq!(
         applied_after as usize,
@@ -62,12 +60,7 @@ async fn the_migrations_adopt_base_tables_an_app_already_created_and_keep_their_
     // The app's own writes now notify and are recorded.
     db.execute(r#"UPDATE "Prospect" SET "lastName" = 'Persona'"#)
         .await;
-    let changed = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#,
-    )
-    .await;
-    assert_eq!(changed, 3);
+    assert_eq!(db.count("views_needing_refresh()").await, 3);
 }
 
 /// The `_sqlx_migrations` versions, in order.

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use prospect_api::config::ServeConfig;
 use prospect_api::views::Mode;
-use sqlx::Connection;
 
-use crate::helpers::{TestApp, header, json, scalar, spawn_configured_app};
+use crate::helpers::{TestApp, header, json, spawn_configured_app};
 
 const OWN_WRITES: (&str, &str) = ("prefer", "min-freshness=now");
 
@@ -56,11 +55,10 @@ async fn in_incremental_mode_a_read_waits_for_the_round_covering_its_arrival() {
         .await;
     assert_eq!(csv.status(), 200);
     assert!(csv.text().await.unwrap().contains("owen@zero.example"));
-    let rounds = scalar::<i64>(
-        &app.db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'incremental' AND method = 'apply'"#,
-    )
-    .await;
+    let rounds = app
+        .db
+        .count("materialized_view_log WHERE trigger = 'incremental' AND method = 'apply'")
+        .await;
     assert!(rounds >= 1, "the request asked for the round");
 }
 
@@ -74,21 +72,16 @@ async fn in_refresh_mode_a_read_asks_for_the_refresh_and_waits_for_it() {
     assert!(plain.headers().get("preference-applied").is_none());
 
     own_write_is_served(&app).await;
-    let asked = scalar::<i64>(
-        &app.db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log
-           WHERE trigger = 'read' AND status = 'ok' AND view_name = 'company_prospect_view'"#,
-    )
-    .await;
+    let asked = app.db.count("materialized_view_log WHERE trigger = 'read' AND status = 'ok' AND view_name = 'company_prospect_view'").await;
     assert_eq!(asked, 1, "one refresh, logged as asked for by a read");
     // Covered now: a second such read asks for nothing more.
     own_write_is_served(&app).await;
-    let asked_again = scalar::<i64>(
-        &app.db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'read'"#,
-    )
-    .await;
-    assert_eq!(asked_again, 1);
+    assert_eq!(
+        app.db
+            .count("materialized_view_log WHERE trigger = 'read'")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -98,12 +91,10 @@ async fn a_read_not_covered_in_time_is_a_503_with_retry_after_showing_nothing() 
     })
     .await;
     // Another session holds the maintenance lock: no round can run.
-    let mut holder = app.db.connection().await;
-    let mut holding = holder.begin().await.unwrap();
-    sqlx::query("LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *holding)
-        .await
-        .unwrap();
+    let holding = app
+        .db
+        .transaction_with("LOCK TABLE read_model_catalog IN SHARE ROW EXCLUSIVE MODE")
+        .await;
     app.db.execute(WRITE).await;
 
     let refused = app.get_with("/prospects/p_own", &[OWN_WRITES]).await;

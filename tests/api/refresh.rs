@@ -1,10 +1,9 @@
 //! Refreshing views: the log, CONCURRENTLY, failures, the SQL function, and mutual exclusion.
 
-use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_all, refresh_view};
+use prospect_api::refresh::{RefreshStatus, RefreshTrigger, refresh_view};
 use prospect_api::views::ViewName;
-use sqlx::Connection;
 
-use crate::helpers::{TestDb, lock_summary_view, quick_refresh_settings, refresh_one, scalar};
+use crate::helpers::{TestDb, quick_refresh_settings, refresh_all_as, refresh_one, run};
 
 async fn db_with_fixture() -> TestDb {
     let db = TestDb::new().await;
@@ -46,11 +45,7 @@ async fn a_refresh_logs_a_snapshot_time_that_covers_everything_committed_before_
     );
     assert!(log.started_at <= log.finished_at && log.finished_at <= after);
     assert_eq!(report.started_at, log.started_at);
-    let rows = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM company_prospect_view"#,
-    )
-    .await;
+    let rows = db.count("company_prospect_view").await;
     assert_eq!(log.row_count, Some(rows));
     assert_eq!(rows, 13, "12 prospects plus the company without prospects");
     assert!(log.duration_ms.unwrap() >= 0);
@@ -82,12 +77,9 @@ async fn the_first_refresh_populates_and_later_ones_do_not_block_readers() {
 
     // A reader holds its lock in an open transaction. A plain REFRESH would need an ACCESS EXCLUSIVE
     // lock and time out; REFRESH ... CONCURRENTLY only conflicts with other refreshes.
-    let mut reader = db.connection().await;
-    let mut reading = reader.begin().await.unwrap();
-    sqlx::query!("SELECT count(*) FROM company_summary_view")
-        .fetch_one(&mut *reading)
-        .await
-        .unwrap();
+    let reading = db
+        .transaction_with("SELECT count(*) FROM company_summary_view")
+        .await;
     let second = refresh_one(
         &db.pool,
         ViewName::CompanySummaryView,
@@ -101,23 +93,14 @@ async fn the_first_refresh_populates_and_later_ones_do_not_block_readers() {
 #[tokio::test]
 async fn a_failed_refresh_is_recorded_keeps_the_old_data_and_the_other_views_still_refresh() {
     let db = db_with_fixture().await;
-    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Startup).await;
     db.execute(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_new', 'Newcomer')"#)
         .await;
 
     // A DBA's plain REFRESH, left open in a transaction, holds the summary view's ACCESS EXCLUSIVE lock:
     // our refresh cannot get the view's lock within the lock timeout.
-    let mut blocker = db.connection().await;
-    let blocking = lock_summary_view(&mut blocker).await;
-    let reports = refresh_all(
-        &db.pool,
-        RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    let blocking = db.locking_summary_view().await;
+    let reports = refresh_all_as(&db.pool, RefreshTrigger::Schedule).await;
     blocking.rollback().await.unwrap();
 
     let statuses: Vec<(ViewName, RefreshStatus)> =
@@ -157,16 +140,12 @@ async fn a_failed_refresh_is_recorded_keeps_the_old_data_and_the_other_views_sti
     assert_eq!(logged.no_snapshot, Some(true));
 
     // The failed view still serves its previous contents; the refreshed one has the new company.
-    let in_summary = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_new'"#,
-    )
-    .await;
-    let in_company_prospects = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM company_prospect_view WHERE company_id = 'c_new'"#,
-    )
-    .await;
+    let in_summary = db
+        .count("company_summary_view WHERE company_id = 'c_new'")
+        .await;
+    let in_company_prospects = db
+        .count("company_prospect_view WHERE company_id = 'c_new'")
+        .await;
     assert_eq!((in_summary, in_company_prospects), (0, 1));
 
     // The next attempt succeeds.
@@ -202,22 +181,14 @@ async fn the_sql_function_refreshes_every_view_on_a_fresh_database() {
 #[tokio::test]
 async fn the_sql_function_records_a_failing_view_and_carries_on_with_the_next() {
     let db = db_with_fixture().await;
-    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Startup).await;
 
-    let mut blocker = db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!("REFRESH MATERIALIZED VIEW company_prospect_view")
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = db
+        .transaction_with("REFRESH MATERIALIZED VIEW company_prospect_view")
+        .await;
 
     let mut dba = db.connection().await;
-    sqlx::query!("SET lock_timeout = '300ms'")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    run(&mut dba, "SET lock_timeout = '300ms'").await;
     let rows = sqlx::query!(
         r#"SELECT view_name AS "view_name!", status AS "status!", error_message FROM refresh_materialized_views()"#
     )
@@ -245,16 +216,17 @@ async fn the_sql_function_records_a_failing_view_and_carries_on_with_the_next() 
             .unwrap()
             .contains("lock timeout")
     );
-    let errors = scalar::<i64>(&db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_errors WHERE view_name = 'company_prospect_view'"#).await;
-    assert_eq!(errors, 1);
+    assert_eq!(
+        db.count("materialized_view_errors WHERE view_name = 'company_prospect_view'")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn two_refreshers_never_refresh_one_view_at_the_same_time() {
     let db = db_with_fixture().await;
-    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Startup).await;
     // Two independent pools, as two server processes would have.
     let other = sqlx::PgPool::connect(&db.url).await.unwrap();
     let settings = quick_refresh_settings();

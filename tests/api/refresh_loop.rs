@@ -2,19 +2,12 @@
 
 use std::time::Duration;
 
-use crate::helpers::{
-    TestApp, eventually, lock_summary_view, scalar, spawn_app, spawn_configured_app,
-};
+use crate::helpers::{TestApp, eventually, run, scalar, spawn_app, spawn_configured_app};
 
 /// Refreshes of company_prospect_view that a base-table change caused (noticed by polling or by
 /// notification).
 async fn notify_refreshes(app: &TestApp) -> i64 {
-    scalar::<i64>(
-        &app.db.pool,
-        r#"SELECT count(*) AS "n!" FROM materialized_view_log
-           WHERE view_name = 'company_prospect_view' AND trigger IN ('notify', 'poll')"#,
-    )
-    .await
+    app.db.count("materialized_view_log WHERE view_name = 'company_prospect_view' AND trigger IN ('notify', 'poll')").await
 }
 
 async fn visible(app: &TestApp, prospect_id: &str) -> bool {
@@ -25,10 +18,7 @@ async fn insert_becomes_visible(app: &TestApp, expected_trigger: &str) {
     assert!(!visible(app, "p_new").await);
     // A new session, as the writing app's are: sessions pick up prospect_api.notify when they start.
     let mut writer = app.db.connection().await;
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_new', 'c_0', 'Newly')"#)
-        .execute(&mut writer)
-        .await
-        .unwrap();
+    run(&mut writer, r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_new', 'c_0', 'Newly')"#).await;
     eventually(15, "the new prospect showing up", || visible(app, "p_new")).await;
     let response = app.get("/prospects/p_new").await;
     let age: u64 = response.headers()["x-data-age"]
@@ -124,10 +114,7 @@ async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_o
         .fetch_one(&mut writer)
         .await
         .unwrap();
-    sqlx::query!(r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_unheard', 'c_0', 'Unheard')"#)
-        .execute(&mut writer)
-        .await
-        .unwrap();
+    run(&mut writer, r#"INSERT INTO "Prospect" ("id", "companyId", "firstName") VALUES ('p_unheard', 'c_0', 'Unheard')"#).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!visible(&app, "p_unheard").await, "nobody was listening");
     sqlx::raw_sql(allow(true))
@@ -140,7 +127,10 @@ async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_o
         visible(&app, "p_unheard")
     })
     .await;
-    let catchups = scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'catchup' AND status = 'ok'"#).await;
+    let catchups = app
+        .db
+        .count("materialized_view_log WHERE trigger = 'catchup' AND status = 'ok'")
+        .await;
     assert!(catchups >= 1);
     assert_ne!(listener_pid().await, Some(pid), "a new listener connection");
 }
@@ -172,7 +162,10 @@ async fn a_cron_schedule_refreshes_every_view_at_its_times() {
     let app = crate::helpers::spawn_app_with(db, config).await;
     app.wait_until_ready().await;
     crate::helpers::eventually(10, "two scheduled refreshes of every view", || async {
-        let scheduled = scalar::<i64>(&app.db.pool, r#"SELECT count(*) AS "n!" FROM materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'"#).await;
+        let scheduled = app
+            .db
+            .count("materialized_view_log WHERE trigger = 'schedule' AND status = 'ok'")
+            .await;
         scheduled >= 6
     })
     .await;
@@ -194,8 +187,7 @@ async fn a_refresh_that_fails_after_a_notification_is_retried_without_another_wr
     };
     // The summary view's lock is held past the refresh's lock timeout: the refresh the write
     // prompts fails, and no write comes after it to prompt another.
-    let mut blocker = app.db.connection().await;
-    let blocking = lock_summary_view(&mut blocker).await;
+    let blocking = app.db.locking_summary_view().await;
     let mut writer = app.db.connection().await;
     sqlx::raw_sql(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_retried', 'Retried Inc')"#)
         .execute(&mut writer)

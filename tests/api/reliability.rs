@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Away, FlakyProxy, TestApp, TestDb, eventually, header, json, lock_summary_view,
-    serve_config, spawn_app_with, spawn_configured_app, spawn_instance,
+    ADMIN_TOKEN, Away, FlakyProxy, TestApp, TestDb, eventually, header, json, serve_config,
+    spawn_app_with, spawn_configured_app, spawn_instance,
 };
 
 /// What a client saw under load: the statuses, each checked to be a 200 or an honest 503.
@@ -138,9 +137,8 @@ async fn a_query_past_statement_timeout_is_a_503_query_timeout_and_the_next_one_
         config.read_statement_timeout = Duration::from_millis(300);
     })
     .await;
-    let mut blocker = app.db.connection().await;
     // A plain REFRESH holds ACCESS EXCLUSIVE on the view until its transaction ends: reads wait.
-    let blocking = lock_summary_view(&mut blocker).await;
+    let blocking = app.db.locking_summary_view().await;
     let started = Instant::now();
     let response = app.get("/companies").await;
     assert_eq!(response.headers()["retry-after"], "5");
@@ -165,9 +163,8 @@ async fn an_exhausted_pool_answers_503_within_the_request_timeout_while_healthz_
         config.request_timeout = request_timeout;
     })
     .await;
-    let mut blocker = app.db.connection().await;
     // A plain REFRESH holds ACCESS EXCLUSIVE on the view until its transaction ends: reads wait.
-    let blocking = lock_summary_view(&mut blocker).await;
+    let blocking = app.db.locking_summary_view().await;
 
     let slow: Vec<JoinHandle<(u16, String, Duration)>> = (0..12)
         .map(|_| {
@@ -224,12 +221,10 @@ async fn a_view_whose_refresh_keeps_failing_serves_its_last_data_with_a_growing_
 
     // A lock on a base table (an app's migration, say) stops the refresh, which must read it, but
     // not the readers, who read only the view.
-    let mut blocker = app.db.connection().await;
-    let mut blocking = blocker.begin().await.unwrap();
-    sqlx::query!(r#"LOCK TABLE "Company" IN ACCESS EXCLUSIVE MODE"#)
-        .execute(&mut *blocking)
-        .await
-        .unwrap();
+    let blocking = app
+        .db
+        .transaction_with(r#"LOCK TABLE "Company" IN ACCESS EXCLUSIVE MODE"#)
+        .await;
     for _ in 0..3 {
         let response = app
             .client

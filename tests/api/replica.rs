@@ -14,7 +14,7 @@ use prospect_api::views::Mode;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{Instance, eventually, header, quick_refresh_settings, spawn_instance};
+use crate::helpers::{Instance, eventually, header, quick_refresh_settings, run, spawn_instance};
 
 const DATABASE: &str = "prospects";
 
@@ -213,10 +213,7 @@ async fn an_instance_reading_the_replica_serves_what_the_replica_holds_with_its_
 
     // With the replica's replay paused, a write reaches the primary's read models but not the replica.
     let replica = cluster.replica_pool().await;
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&replica)
-        .await
-        .unwrap();
+    run(&replica, "SELECT pg_wal_replay_pause()").await;
     add_prospect(&primary, "p_replicated").await;
     eventually(30, "the write served by the primary's instance", || async {
         get(&on_primary, "/prospects/p_replicated").await.status() == 200
@@ -239,10 +236,7 @@ async fn an_instance_reading_the_replica_serves_what_the_replica_holds_with_its_
     );
 
     // Replay resumes: the write shows up, with the snapshot time and age of the primary's log.
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&replica)
-        .await
-        .unwrap();
+    run(&replica, "SELECT pg_wal_replay_resume()").await;
     // Until the freshness cache's entry (TTL 1 s) from before is read again, the age may be the
     // older snapshot's: too high, never too low.
     eventually(
@@ -361,10 +355,7 @@ async fn reads_leave_a_stopped_or_lagging_replica_and_come_back_or_answer_503_wi
     // Replay paused under load while the primary keeps writing: the lag passes MAX_REPLICA_LAG.
     let load = Load::start(&falling_back);
     let replica = cluster.replica_pool().await;
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&replica)
-        .await
-        .unwrap();
+    run(&replica, "SELECT pg_wal_replay_pause()").await;
     let writer = keep_writing(primary.clone());
     wait_reading_from(&falling_back, "primary").await;
     let lag = metric(&falling_back, "replica_lag_seconds").await.unwrap();
@@ -387,10 +378,7 @@ async fn reads_leave_a_stopped_or_lagging_replica_and_come_back_or_answer_503_wi
         "{problem}"
     );
 
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&replica)
-        .await
-        .unwrap();
+    run(&replica, "SELECT pg_wal_replay_resume()").await;
     replica.close().await;
     wait_reading_from(&falling_back, "replica").await;
     wait_reading_from(&strict, "replica").await;

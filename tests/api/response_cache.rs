@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use prospect_api::views::Mode;
 use serde_json::Value;
-use sqlx::Connection;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, eventually, header, json, lock_summary_view, serve_config,
-    spawn_configured_app, spawn_instance, strings,
+    ADMIN_TOKEN, TestApp, eventually, header, json, serve_config, spawn_configured_app,
+    spawn_instance, strings,
 };
 
 async fn spawn_cached_app(adjust: impl FnOnce(&mut prospect_api::config::ServeConfig)) -> TestApp {
@@ -201,10 +200,9 @@ async fn different_filters_sorts_cursors_and_codings_never_share_an_entry() {
 async fn identical_concurrent_misses_run_one_query_and_failures_are_not_cached() {
     let app =
         spawn_cached_app(|config| config.read_statement_timeout = Duration::from_millis(700)).await;
-    let mut blocker = app.db.connection().await;
 
     // While the view is locked, the query times out: a 503, and nothing cached.
-    let lock = lock_summary_view(&mut blocker).await;
+    let lock = app.db.locking_summary_view().await;
     let failed = app.get("/companies?country=France").await;
     assert_eq!(failed.status(), 503);
     lock.rollback().await.unwrap();
@@ -213,7 +211,7 @@ async fn identical_concurrent_misses_run_one_query_and_failures_are_not_cached()
     assert_eq!(counts(&app, "company_summary_view").await, (0, 1, 0));
 
     // Eight identical requests arrive while the view is locked; released in time, they share one query.
-    let lock = lock_summary_view(&mut blocker).await;
+    let lock = app.db.locking_summary_view().await;
     let requests: Vec<_> = (0..8)
         .map(|_| {
             let (client, url) = (
@@ -231,7 +229,6 @@ async fn identical_concurrent_misses_run_one_query_and_failures_are_not_cached()
     let (hits, misses, coalesced) = counts(&app, "company_summary_view").await;
     assert_eq!(misses, 2, "one query for the eight");
     assert_eq!(hits + coalesced, 7);
-    blocker.close().await.unwrap();
 }
 
 #[tokio::test]

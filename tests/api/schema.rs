@@ -1,6 +1,6 @@
 //! The materialized views' contents and keys, against a hand-made fixture.
 
-use crate::helpers::{TestDb, refresh_all_ok, scalar};
+use crate::helpers::{TestDb, refresh_all_ok};
 
 async fn fixture_db() -> TestDb {
     let db = TestDb::new().await;
@@ -111,13 +111,10 @@ async fn a_company_without_prospects_appears_once_with_null_prospect_columns() {
     assert_eq!(summary.job_level_count, Some(0));
     assert_eq!(summary.last_prospect_update, None);
 
-    let searchable = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM prospect_search_view WHERE company_id = 'c_lonely'"#,
-    )
-    .await;
     assert_eq!(
-        searchable, 0,
+        db.count("prospect_search_view WHERE company_id = 'c_lonely'")
+            .await,
+        0,
         "the search view joins prospects to companies, so a lonely company has no rows"
     );
 }

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use prospect_api::refresh::{RefreshTrigger, refresh_all};
-use sqlx::Connection;
+use prospect_api::refresh::RefreshTrigger;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{TestDb, quick_refresh_settings, scalar};
+use crate::helpers::{TestDb, refresh_all_as, run};
 
 async fn next_notification(listener: &mut PgListener) -> serde_json::Value {
     let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
@@ -85,12 +84,7 @@ async fn by_default_writes_are_recorded_but_not_notified() {
         heard.is_err(),
         "no notification without prospect_api.notify = on"
     );
-    let recorded = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM base_table_changes"#,
-    )
-    .await;
-    assert_eq!(recorded, 1);
+    assert_eq!(db.count("base_table_changes").await, 1);
 }
 
 #[tokio::test]
@@ -103,10 +97,11 @@ async fn set_change_notifications_turns_notifying_on_for_new_sessions() {
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen("refresh_views").await.unwrap();
     let mut new_session = db.connection().await;
-    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
-        .execute(&mut new_session)
-        .await
-        .unwrap();
+    run(
+        &mut new_session,
+        r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#,
+    )
+    .await;
     assert_eq!(next_notification(&mut listener).await["table"], "Company");
 }
 
@@ -120,9 +115,7 @@ async fn views_need_refresh_until_refreshed_and_again_after_a_write() {
             .unwrap()
     };
     assert_eq!(needing().await.len(), 3, "never refreshed");
-    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Startup).await;
     assert!(needing().await.is_empty());
     db.execute(r#"INSERT INTO "Company" ("id", "name") VALUES ('c1', 'One')"#)
         .await;
@@ -134,49 +127,33 @@ async fn views_need_refresh_until_refreshed_and_again_after_a_write() {
             "prospect_search_view"
         ]
     );
-    refresh_all(&db.pool, RefreshTrigger::Catchup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Catchup).await;
     assert!(needing().await.is_empty());
 }
 
 #[tokio::test]
 async fn a_write_committed_after_the_refresh_snapshot_is_still_detected_even_if_it_began_before() {
     let db = TestDb::new().await;
-    refresh_all(&db.pool, RefreshTrigger::Startup, &quick_refresh_settings())
-        .await
-        .unwrap();
+    refresh_all_as(&db.pool, RefreshTrigger::Startup).await;
 
     // A writer inserts, and is still open while the refresh takes its snapshot...
-    let mut writer = db.connection().await;
-    let mut writing = writer.begin().await.unwrap();
-    sqlx::query!(r#"INSERT INTO "Company" ("id", "name") VALUES ('c_slow', 'Slow Writer')"#)
-        .execute(&mut *writing)
-        .await
-        .unwrap();
-    refresh_all(
-        &db.pool,
-        RefreshTrigger::Schedule,
-        &quick_refresh_settings(),
-    )
-    .await
-    .unwrap();
+    let writing = db
+        .transaction_with(
+            r#"INSERT INTO "Company" ("id", "name") VALUES ('c_slow', 'Slow Writer')"#,
+        )
+        .await;
+    refresh_all_as(&db.pool, RefreshTrigger::Schedule).await;
     // ...then commits: the refreshed views do not contain its row, and the change record knows it.
     writing.commit().await.unwrap();
 
-    let in_view = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM company_summary_view WHERE company_id = 'c_slow'"#,
-    )
-    .await;
-    assert_eq!(in_view, 0);
-    let needing = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM views_needing_refresh()"#,
-    )
-    .await;
     assert_eq!(
-        needing, 3,
+        db.count("company_summary_view WHERE company_id = 'c_slow'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count("views_needing_refresh()").await,
+        3,
         "a timestamp comparison would miss this write; the snapshot comparison does not"
     );
 }
@@ -243,13 +220,10 @@ async fn the_change_record_is_pruned_once_every_view_has_seen_it() {
         .await;
     db.execute(r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p1', 'c1')"#)
         .await;
-    refresh_all(&db.pool, RefreshTrigger::Notify, &quick_refresh_settings())
-        .await
-        .unwrap();
-    let left = scalar::<i64>(
-        &db.pool,
-        r#"SELECT count(*) AS "n!" FROM base_table_changes"#,
-    )
-    .await;
-    assert_eq!(left, 0, "every view has seen these changes");
+    refresh_all_as(&db.pool, RefreshTrigger::Notify).await;
+    assert_eq!(
+        db.count("base_table_changes").await,
+        0,
+        "every view has seen these changes"
+    );
 }
