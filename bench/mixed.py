@@ -16,6 +16,9 @@ Measured, side by side in one run:
     database alone can serve, and the ratios API ÷ pgbench;
   - the mix with the cache while the data changes: in refresh mode while all views are refreshed in a
     loop; in incremental mode while writers change 50 companies a second.
+  - beside each of those runs, the changes alone with no reads: the share of the machine's CPU they
+    take (/proc/stat), which the reads cannot have while the data changes. On a small machine it
+    bounds the ratio of the two runs, whatever the cache does.
 
 Needs what bench/run.py needs (psql, pgbench, wrk). Standard library only.
 """
@@ -25,6 +28,7 @@ import datetime
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import subprocess
@@ -179,6 +183,42 @@ def rounds_did(before, after):
     return moved
 
 
+def machine_ticks():
+    """Ticks the whole machine has spent busy, and in all, so far (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_share(before, after):
+    """The share of the machine's CPU busy between two `machine_ticks()`."""
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
+def writes_alone(url, mode, duration, settings, during):
+    """The share of the machine's CPU the changing data takes with no reads at all (the writers,
+    PostgreSQL running their transactions, the server's rounds): CPU that a read load saturating
+    the machine when idle cannot have while the data changes, so 1 − this share bounds the
+    writers' run ÷ idle run ratio on this machine whatever the cache does."""
+    server = suite.start_server(url, {"VIEW_MAINTENANCE": mode, **(settings or {})})
+    try:
+        freshness.settle(url)
+        stop = threading.Event()
+        worker = threading.Thread(target=during, args=(stop,), daemon=True)
+        worker.start()
+        time.sleep(1)
+        before = machine_ticks()
+        time.sleep(duration)
+        share = busy_share(before, machine_ticks())
+        stop.set()
+        worker.join()
+        return share
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def run_mix(url, mode, draws, hot, duration, workdir, settings=None, during=None):
     """The mix against a fresh server (with extra `settings`): warm-up, then the measurement (while
     `during` runs, if given). The warm-up asks every distinct hot request a few times, then runs
@@ -197,7 +237,9 @@ def run_mix(url, mode, draws, hot, duration, workdir, settings=None, during=None
         if worker:
             worker.start()
             time.sleep(1)
+        ticks = machine_ticks()
         result = suite.run_wrk(requests, duration, workdir)
+        result["machine_busy"] = busy_share(ticks, machine_ticks())
         stop.set()
         if worker:
             worker.join()
@@ -222,6 +264,8 @@ def median_run(runs):
     chosen = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
     chosen["all_rps"] = [round(r["rps"]) for r in runs]
     chosen["all_p99_ms"] = [round(r["p99_ms"], 1) for r in runs]
+    if all("writes_alone_busy" in r for r in runs):
+        chosen["all_writes_alone_busy"] = [r["writes_alone_busy"] for r in runs]
     return chosen
 
 
@@ -267,9 +311,7 @@ def bench(args, workdir):
         for label, settings in (("cached", {}), ("uncached", {"RESPONSE_CACHE_BYTES": "0"})):
             runs[label].append(run_mix(url, first, draws, hot, args.duration, workdir, settings))
             print(f"  {label}: {runs[label][-1]}", flush=True)
-        for label, settings, during in changing_variants(first, url, args, workdir):
-            changing[label].append(run_mix(url, first, draws, hot, args.duration, workdir, settings, during))
-            print(f"  cache on, {label}, data changing: {changing[label][-1]}", flush=True)
+        measure_changing(first, url, args, workdir, draws, hot, changing)
     for label, measured in runs.items():
         result[label] = median_run(measured)
     result["pgbench_tps"] = pgbench_mix(url, ranked, hot_counts, args.duration, workdir)
@@ -277,11 +319,19 @@ def bench(args, workdir):
     for mode in modes[1:]:
         freshness.convert(url, mode, workdir)
         for _ in range(args.repeat):
-            for label, settings, during in changing_variants(mode, url, args, workdir):
-                changing[label].append(run_mix(url, mode, draws, hot, args.duration, workdir, settings, during))
-                print(f"  cache on, {label}, data changing: {changing[label][-1]}", flush=True)
+            measure_changing(mode, url, args, workdir, draws, hot, changing)
     result["changing"] = {label: median_run(measured) for label, measured in changing.items()}
     return result
+
+
+def measure_changing(mode, url, args, workdir, draws, hot, changing):
+    """One run of the mix per way the data changes in `mode`, each beside a run of the changes
+    alone (no reads): what they leave of the machine for the reads."""
+    for label, settings, during in changing_variants(mode, url, args, workdir):
+        alone = writes_alone(url, mode, args.duration, settings, during)
+        changing[label].append(run_mix(url, mode, draws, hot, args.duration, workdir, settings, during))
+        changing[label][-1]["writes_alone_busy"] = alone
+        print(f"  cache on, {label}, data changing: {changing[label][-1]}", flush=True)
 
 
 def changing_variants(mode, url, args, workdir):
@@ -322,6 +372,14 @@ def describe(r):
     for label, m in r["changing"].items():
         spread += f" {label}, data changing: {m['all_rps']} req/s, p99 {m['all_p99_ms']} ms."
     lines += ["", spread]
+    for label, m in r["changing"].items():
+        if "all_writes_alone_busy" in m:
+            alone = statistics.median(m["all_writes_alone_busy"])
+            lines += ["", f"The {label} changes alone, with no reads, kept the machine {alone:.0%} busy "
+                      f"(runs {m['all_writes_alone_busy']}); the idle cached mix kept it "
+                      f"{cached['machine_busy']:.0%} busy. So the reads under those changes can have at most "
+                      f"about {1 - alone:.2f} of the CPU they had idle: on this machine that bounds the "
+                      f"÷ idle ratio of the {label} run ({m['rps'] / cached['rps']:.2f}) whatever the cache does."]
     for label, m in r["changing"].items():
         if m.get("rounds_did"):
             did = "; ".join(f"{view}: " + ", ".join(f"{count:,} {what}" for what, count in sorted(counts.items()))
