@@ -44,6 +44,17 @@ COMPANIES = {"100k": 10_000, "1m": 100_000, "10m": 1_000_000}
 VIEWS = ["company_prospect_view", "company_summary_view", "prospect_search_view"]
 
 
+def empty_read_models(url, trigger):
+    """The read models as `migrate` leaves them on an empty database: empty tables, each logged as
+    synced at the current snapshot (by `trigger`), and no change recorded."""
+    for view in VIEWS:
+        suite.psql(url, f"TRUNCATE {view}")
+    suite.psql(url, "DELETE FROM base_table_changes")
+    suite.psql(url, "INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, "
+                    f"finished_at, row_count, snapshot) SELECT name, {suite.literal(trigger)}, 'ok', 'build', "
+                    "now(), now(), 0, pg_current_snapshot() FROM read_model_catalog")
+
+
 def prepare(server, size):
     """The size's database with its base tables loaded while the read models were empty tables."""
     url = f"{server}/prospect_api_scale_{size}"
@@ -54,12 +65,7 @@ def prepare(server, size):
         print(f"  seeding {size} (read models empty) ...", flush=True)
         # Empty read models with a logged snapshot: what `migrate` on an empty database leaves.
         suite.psql(url, 'TRUNCATE "Prospect", "Company"')
-        for view in VIEWS:
-            suite.psql(url, f"TRUNCATE {view}")
-        suite.psql(url, "DELETE FROM base_table_changes")
-        suite.psql(url, "INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, "
-                        "finished_at, row_count, snapshot) SELECT name, 'cli', 'ok', 'build', now(), now(), 0, "
-                        "pg_current_snapshot() FROM read_model_catalog")
+        empty_read_models(url, "cli")
         out = suite.sh(suite.BINARY, "seed", "--companies", str(COMPANIES[size]), "--no-refresh", env=env)
         print("  " + out.strip(), flush=True)
     for table in ('"Company"', '"Prospect"'):
@@ -327,12 +333,7 @@ def main():
     if args.reload:
         # As `migrate` leaves an empty database (empty tables, synced at a snapshot), then the change
         # record as loading the base tables through their triggers leaves it: a row per prospect.
-        for view in VIEWS:
-            suite.psql(url, f"TRUNCATE {view}")
-        suite.psql(url, "DELETE FROM base_table_changes")
-        suite.psql(url, "INSERT INTO materialized_view_log (view_name, trigger, status, method, started_at, "
-                        "finished_at, row_count, snapshot) SELECT name, 'migrate', 'ok', 'build', now(), now(), 0, "
-                        "pg_current_snapshot() FROM read_model_catalog")
+        empty_read_models(url, "migrate")
         suite.psql(url, 'INSERT INTO base_table_changes (table_name, company_ids) '
                         'SELECT \'Prospect\', ARRAY["companyId"] FROM "Prospect"')
         suite.psql(url, "VACUUM ANALYZE base_table_changes")

@@ -30,7 +30,6 @@ Installs Debian's chromium when it is missing. Standard library only (a minimal 
 the DevTools connection is below).
 """
 
-import argparse
 import base64
 import datetime
 import hashlib
@@ -48,7 +47,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from chromium import ensure_chromium, free_port
+from chromium import arguments, ensure_chromium, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432")
@@ -865,11 +864,7 @@ def csp_header(base):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "prospect-api"))
-    parser.add_argument("--screenshot", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
-                                                              "console.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "console.png")
     ensure_chromium()
     token = secrets.token_hex(24)
     port = free_port()

@@ -9,7 +9,6 @@ operations of the spec. Writes a screenshot (default $CARGO_TARGET_DIR or target
 Installs Debian's chromium when it is missing. Standard library only.
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -17,9 +16,8 @@ import tempfile
 import time
 import urllib.request
 
-from chromium import ensure_chromium, free_port
+from chromium import arguments, ensure_chromium, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432")
 
 
@@ -35,11 +33,7 @@ def chromium(url, *flags):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "prospect-api"))
-    parser.add_argument("--screenshot", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
-                                                              "docs.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "docs.png")
     ensure_chromium()
     database = f"{SERVER}/prospect_api_docs_render"
     port = free_port()
