@@ -1,16 +1,18 @@
 //! `company_prospect_view`'s prospects: `GET /prospects`, `/prospects/{id}`, `/prospects/facets` and
 //! `/companies/{id}/prospects`.
 //!
-//! Two statement shapes, each written whole below: a page in one order (`page!`; under EXPLAIN it
-//! gives the planner's estimate of the matches), and the counts of a facet or of all matching rows
-//! (`counts!`). Every filter is a `($n IS NULL OR condition)` line in each; the read pool runs with
+//! Two statement shapes: a page in one order (`page!`; under EXPLAIN it gives the planner's
+//! estimate of the matches), and the counts of a facet or of all matching rows (`counts!`). Both
+//! read the rows `matching_prospects!` keeps, where every filter is written once as a
+//! `($n IS NULL OR condition)` line; `.sqlx/` holds each statement whole. The read pool runs with
 //! `plan_cache_mode = force_custom_plan`, so each execution is planned with its values: the unused
 //! filters fold away (so does the CASE that turns a one-value list into an equality) and the indexes
 //! of the view can deliver a sorted first page in either direction.
 //!
 //! Adding a filter: a field in `ProspectFilters` (its name, type and doc comment are the parameter,
-//! its parsing and its OpenAPI entry), its line and bind in both shapes, and an index.
-//! `tests/api/http_prospects.rs` checks that every declared filter reaches both.
+//! its parsing and its OpenAPI entry), its line and bind in `matching_prospects!`, its condition in
+//! `admits`, and an index. `tests/api/every_read_model.rs` checks that every declared filter
+//! reaches every statement.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;
@@ -23,7 +25,9 @@ use super::filters::{any_of, contains_pattern, filters};
 use super::matching::{
     ascii_contains, ascii_equal, at_least, in_any_of, revenue_at_least, revenue_at_most, same,
 };
-use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, sort_keys};
+use super::order::{
+    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, sort_keys,
+};
 use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, estimated_rows};
 
 /// The prospects of `company_prospect_view` (a company without prospects has a row there too, which
@@ -159,19 +163,75 @@ impl Facet for ProspectFacet {
 /// Matches the COALESCE in the revenue order index.
 const NO_REVENUE: i64 = i64::MIN;
 
-/// The page statement: the matching prospects in one order, after the keyset cursor $1 (the sort
-/// key of the previous page's last row, as `cursor_key` writes it, or NULL for the first page), at
-/// most $2 of them; the filters are $3 to $18, and $19 picks one prospect by id. Each order gives
-/// its `keyset` condition (the sort key compared with $1) and its `order`. The revenue bounds are
-/// written on the revenue order's expression (no revenue is `NO_REVENUE`, which they leave out): its
-/// index bounds them in every order, and its statistics estimate them (schema/current.sql).
-macro_rules! page {
-    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
-     keyset: $keyset:literal, order: $order:literal) => {{
+/// The rows the prospects' statements read: every filter as a `($n IS NULL OR condition)` line, $3
+/// to $18, written once for the page and the counts, so that a count counts what the pages show.
+/// The statement is `$select`, then `FROM … WHERE` the filters, then `$tail`; its parameters are
+/// `$first`, `$second`, the filters' and then `$more`. The revenue bounds are written on the revenue
+/// order's expression (no revenue is `NO_REVENUE`, which they leave out): its index bounds them in
+/// every order, and its statistics estimate them (schema/current.sql).
+macro_rules! matching_prospects {
+    ($kind:ident [$($head:tt)*] select ($($select:tt)+) then ($($tail:tt)+), $filters:expr,
+     $first:expr, $second:expr $(, $more:expr)*) => {{
         let f: &ProspectFilters = $filters;
         sqlx::$kind!(
             $($head)*
-            $explain
+            $($select)+
+                + r#"
+               FROM company_prospect_view
+               WHERE prospect_id IS NOT NULL
+                 AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
+                                                  ELSE industry = ANY($3) END)
+                 AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
+                                                  ELSE department = ANY($4) END)
+                 AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
+                                                  ELSE job_title_level = ANY($5) END)
+                 AND ($6::text IS NULL OR company_country = $6)
+                 AND ($7::text IS NULL OR company_state = $7)
+                 AND ($8::text IS NULL OR company_city = $8)
+                 AND ($9::text IS NULL OR prospect_country = $9)
+                 AND ($10::text IS NULL OR company_id = $10)
+                 AND ($11::text IS NULL OR domain = $11)
+                 AND ($12::text IS NULL OR lower(email) = lower($12))
+                 AND ($13::text IS NULL OR job_title ILIKE $13)
+                 AND ($14::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($14, '-9223372036854775807'::bigint))
+                 AND ($15::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $15)
+                 AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
+                                            AND COALESCE(max_employee_size, 2147483647) >= $16))
+                 AND ($17::int IS NULL OR min_employee_size <= $17)
+                 AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18)"#
+                + $($tail)+,
+            $first,
+            $second,
+            any_of(&f.industry),
+            any_of(&f.department),
+            any_of(&f.job_title_level),
+            f.company_country.as_deref(),
+            f.company_state.as_deref(),
+            f.company_city.as_deref(),
+            f.prospect_country.as_deref(),
+            f.company_id.as_deref(),
+            f.domain.as_deref(),
+            f.email.as_deref(),
+            contains_pattern(f.job_title.as_deref()),
+            f.revenue_min,
+            f.revenue_max,
+            f.employees_min,
+            f.employees_max,
+            f.updated_since,
+            $($more),*
+        )
+    }};
+}
+
+/// The page statement: the matching prospects in one order, after the keyset cursor $1 (the sort
+/// key of the previous page's last row, as `cursor_key` writes it, or NULL for the first page), at
+/// most $2 of them; $19 picks one prospect by id. Each order gives its `keyset` condition (the sort
+/// key compared with $1) and its `order` (`page_in_order!`).
+macro_rules! page {
+    (($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr),
+     keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {
+        matching_prospects!($kind [$($head)*]
+            select ($explain
                 + r#"SELECT prospect_id AS "prospect_id!", salutation, first_name, last_name, full_name, email,
                       job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
                       prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
@@ -180,117 +240,32 @@ macro_rules! page {
                       min_employee_size, max_employee_size, revenue, formatted_revenue AS "formatted_revenue!",
                       company_address, company_city, company_state, company_country, company_zip_code,
                       company_phone, company_mobile_phone, company_created_at AS "company_created_at!",
-                      company_updated_at AS "company_updated_at!"
-               FROM company_prospect_view
-               WHERE prospect_id IS NOT NULL
-                 AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
-                                                  ELSE industry = ANY($3) END)
-                 AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
-                                                  ELSE department = ANY($4) END)
-                 AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
-                                                  ELSE job_title_level = ANY($5) END)
-                 AND ($6::text IS NULL OR company_country = $6)
-                 AND ($7::text IS NULL OR company_state = $7)
-                 AND ($8::text IS NULL OR company_city = $8)
-                 AND ($9::text IS NULL OR prospect_country = $9)
-                 AND ($10::text IS NULL OR company_id = $10)
-                 AND ($11::text IS NULL OR domain = $11)
-                 AND ($12::text IS NULL OR lower(email) = lower($12))
-                 AND ($13::text IS NULL OR job_title ILIKE $13)
-                 AND ($14::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($14, '-9223372036854775807'::bigint))
-                 AND ($15::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $15)
-                 AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
-                                            AND COALESCE(max_employee_size, 2147483647) >= $16))
-                 AND ($17::int IS NULL OR min_employee_size <= $17)
-                 AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18)
+                      company_updated_at AS "company_updated_at!""#)
+            then (r#"
                  AND ($19::text IS NULL OR prospect_id = $19)
-                 AND ($1::jsonb IS NULL OR "#
-                + $keyset
-                + ") ORDER BY "
-                + $order
-                + " LIMIT $2",
-            $after,
-            $rows,
-            any_of(&f.industry),
-            any_of(&f.department),
-            any_of(&f.job_title_level),
-            f.company_country.as_deref(),
-            f.company_state.as_deref(),
-            f.company_city.as_deref(),
-            f.prospect_country.as_deref(),
-            f.company_id.as_deref(),
-            f.domain.as_deref(),
-            f.email.as_deref(),
-            contains_pattern(f.job_title.as_deref()),
-            f.revenue_min,
-            f.revenue_max,
-            f.employees_min,
-            f.employees_max,
-            f.updated_since,
-            $one,
-        )
-    }};
+                 AND ($1::jsonb IS NULL OR "# + $($keyset)+ + ")
+               ORDER BY " + $($order)+ + " LIMIT $2"),
+            $filters, $after, $rows, $one)
+    };
 }
 
 /// The counting statement: how many matching prospects have each value of the facet $1 (its
 /// column, chosen by the CASE, which the custom plan folds to that column), most frequent first, at
-/// most $2 values; the filters are $3 to $18. With $1 NULL every matching row falls in one group:
-/// the total.
+/// most $2 values. With $1 NULL every matching row falls in one group: the total.
 macro_rules! counts {
-    ($filters:expr, $facet:expr, $values:expr) => {{
-        let f: &ProspectFilters = $filters;
-        sqlx::query_as!(
-            Counted,
-            r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'department' THEN department
+    ($filters:expr, $facet:expr, $values:expr) => {
+        matching_prospects!(query_as [Counted,]
+            select (r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'department' THEN department
                                     WHEN 'job_title_level' THEN job_title_level
                                     WHEN 'company_country' THEN company_country END AS value,
-                      count(*) AS "count!"
-               FROM company_prospect_view
-               WHERE prospect_id IS NOT NULL
-                 AND ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
-                                                  ELSE industry = ANY($3) END)
-                 AND ($4::text[] IS NULL OR CASE WHEN cardinality($4) = 1 THEN department = $4[1]
-                                                  ELSE department = ANY($4) END)
-                 AND ($5::text[] IS NULL OR CASE WHEN cardinality($5) = 1 THEN job_title_level = $5[1]
-                                                  ELSE job_title_level = ANY($5) END)
-                 AND ($6::text IS NULL OR company_country = $6)
-                 AND ($7::text IS NULL OR company_state = $7)
-                 AND ($8::text IS NULL OR company_city = $8)
-                 AND ($9::text IS NULL OR prospect_country = $9)
-                 AND ($10::text IS NULL OR company_id = $10)
-                 AND ($11::text IS NULL OR domain = $11)
-                 AND ($12::text IS NULL OR lower(email) = lower($12))
-                 AND ($13::text IS NULL OR job_title ILIKE $13)
-                 AND ($14::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($14, '-9223372036854775807'::bigint))
-                 AND ($15::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $15)
-                 AND ($16::int IS NULL OR (min_employee_size IS NOT NULL
-                                            AND COALESCE(max_employee_size, 2147483647) >= $16))
-                 AND ($17::int IS NULL OR min_employee_size <= $17)
-                 AND ($18::timestamptz IS NULL OR prospect_updated_at >= $18)
+                      count(*) AS "count!""#)
+            then (r#"
                  AND ($1 IS NULL OR CASE $1 WHEN 'industry' THEN industry WHEN 'department' THEN department
                                             WHEN 'job_title_level' THEN job_title_level
                                             WHEN 'company_country' THEN company_country END IS NOT NULL)
-               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#,
-            $facet,
-            $values,
-            any_of(&f.industry),
-            any_of(&f.department),
-            any_of(&f.job_title_level),
-            f.company_country.as_deref(),
-            f.company_state.as_deref(),
-            f.company_city.as_deref(),
-            f.prospect_country.as_deref(),
-            f.company_id.as_deref(),
-            f.domain.as_deref(),
-            f.email.as_deref(),
-            contains_pattern(f.job_title.as_deref()),
-            f.revenue_min,
-            f.revenue_max,
-            f.employees_min,
-            f.employees_max,
-            f.updated_since,
-        )
-    }};
+               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#),
+            $filters, $facet, $values)
+    };
 }
 
 impl ReadModel for CompanyProspects {
@@ -348,10 +323,9 @@ impl ReadModel for CompanyProspects {
     }
 
     async fn estimate(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
-        let plan = page!(query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64),
-            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
-                     > ($1->>0, $1->>1, $1->>2, $1->>3)",
-            order: "COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id")
+        // The planner's estimate of the matches does not depend on the order.
+        let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
+            keyset: ("TRUE"), order: ("prospect_id"))
         .fetch_one(pool)
         .await?;
         Ok(estimated_rows(plan.as_ref()))
@@ -465,7 +439,8 @@ impl ReadModel for CompanyProspects {
     }
 }
 
-/// The page statement in `sort`'s order; `one` restricts it to one prospect.
+/// The page statement in `sort`'s order; `one` restricts it to one prospect. Each order is read
+/// by an index of the view (schema/current.sql), forwards or backwards.
 fn sorted_rows<'a>(
     pool: &'a PgPool,
     filters: &'a ProspectFilters,
@@ -475,33 +450,13 @@ fn sorted_rows<'a>(
     limit: i64,
 ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
     let rows = Some(limit);
-    match (sort.key, sort.descending) {
-        (ProspectSortKey::CompanyName, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
-                     > ($1->>0, $1->>1, $1->>2, $1->>3)",
-            order: "COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id")
-            .fetch(pool),
-        (ProspectSortKey::CompanyName, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(company_name, ''), COALESCE(last_name, ''), COALESCE(first_name, ''), prospect_id)
-                     < ($1->>0, $1->>1, $1->>2, $1->>3)",
-            order: "COALESCE(company_name, '') DESC, COALESCE(last_name, '') DESC, COALESCE(first_name, '') DESC,
-                    prospect_id DESC")
-            .fetch(pool),
-        (ProspectSortKey::Revenue, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id) > (($1->>0)::bigint, $1->>1)",
-            order: "COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id")
-            .fetch(pool),
-        (ProspectSortKey::Revenue, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), prospect_id) < (($1->>0)::bigint, $1->>1)",
-            order: "COALESCE(revenue, '-9223372036854775808'::bigint) DESC, prospect_id DESC")
-            .fetch(pool),
-        (ProspectSortKey::UpdatedAt, false) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(prospect_updated_at, prospect_id) > (($1->>0)::timestamptz, $1->>1)",
-            order: "prospect_updated_at, prospect_id")
-            .fetch(pool),
-        (ProspectSortKey::UpdatedAt, true) => page!(query_as [ProspectRow,] "", filters, one, after, rows,
-            keyset: "(prospect_updated_at, prospect_id) < (($1->>0)::timestamptz, $1->>1)",
-            order: "prospect_updated_at DESC, prospect_id DESC")
-            .fetch(pool),
-    }
+    page_in_order!(sort, page!(query_as [ProspectRow,] "", filters, one, after, rows).fetch(pool), {
+        ProspectSortKey::CompanyName => ["COALESCE(company_name, '')", "COALESCE(last_name, '')",
+                                         "COALESCE(first_name, '')", "prospect_id"]
+            from "($1->>0, $1->>1, $1->>2, $1->>3)";
+        ProspectSortKey::Revenue => ["COALESCE(revenue, '-9223372036854775808'::bigint)", "prospect_id"]
+            from "(($1->>0)::bigint, $1->>1)";
+        ProspectSortKey::UpdatedAt => ["prospect_updated_at", "prospect_id"]
+            from "(($1->>0)::timestamptz, $1->>1)";
+    })
 }

@@ -1,7 +1,7 @@
 //! `company_summary_view`: `GET /companies`, `/companies/{id}` and `/companies/facets`.
 //!
-//! The same two statement shapes as `company_prospects` (a page, the counts), each written whole;
-//! see there for how the optional filters fold away.
+//! The same two statement shapes as `company_prospects` (a page, the counts), over the rows
+//! `matching_companies!` keeps; see there for how the optional filters fold away.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;
@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 
 use super::filters::{any_of, filters};
 use super::matching::{at_least, in_any_of, revenue_at_least, revenue_at_most, same};
-use super::order::{Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, sort_keys};
+use super::order::{
+    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, sort_keys,
+};
 use super::{Admits, Api, IdPath, ReadModel, ViewName, estimated_rows};
 
 pub struct CompanySummaries;
@@ -102,21 +104,16 @@ impl Facet for CompanyFacet {
     ];
 }
 
-/// The page statement: the matching companies in one order, after the keyset cursor $1, at most
-/// $2 of them; the filters are $3 to $12, and $13 picks one company by id. Each order gives its
-/// `keyset` condition and its `order` (see `company_prospects::page!`).
-macro_rules! page {
-    ($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr,
-     keyset: $keyset:literal, order: $order:literal) => {{
+/// The rows the companies' statements read: every filter once, $3 to $12, for the page and the
+/// counts (see `company_prospects::matching_prospects!`).
+macro_rules! matching_companies {
+    ($kind:ident [$($head:tt)*] select ($($select:tt)+) then ($($tail:tt)+), $filters:expr,
+     $first:expr, $second:expr $(, $more:expr)*) => {{
         let f: &CompanyFilters = $filters;
         sqlx::$kind!(
             $($head)*
-            $explain
-                + r#"SELECT company_id AS "company_id!", domain, name AS "name!", industry, min_employee_size,
-                      max_employee_size, revenue, formatted_revenue AS "formatted_revenue!", address, city,
-                      state, country, prospect_count AS "prospect_count!",
-                      department_count AS "department_count!", job_level_count AS "job_level_count!",
-                      last_prospect_update
+            $($select)+
+                + r#"
                FROM company_summary_view
                WHERE ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
                                                   ELSE industry = ANY($3) END)
@@ -129,15 +126,10 @@ macro_rules! page {
                  AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
                                             AND COALESCE(max_employee_size, 2147483647) >= $10))
                  AND ($11::int IS NULL OR min_employee_size <= $11)
-                 AND ($12::bigint IS NULL OR prospect_count >= $12)
-                 AND ($13::text IS NULL OR company_id = $13)
-                 AND ($1::jsonb IS NULL OR "#
-                + $keyset
-                + ") ORDER BY "
-                + $order
-                + " LIMIT $2",
-            $after,
-            $rows,
+                 AND ($12::bigint IS NULL OR prospect_count >= $12)"#
+                + $($tail)+,
+            $first,
+            $second,
             any_of(&f.industry),
             f.country.as_deref(),
             f.state.as_deref(),
@@ -148,51 +140,45 @@ macro_rules! page {
             f.employees_min,
             f.employees_max,
             f.min_prospects,
-            $one,
+            $($more),*
         )
     }};
 }
 
+/// The page statement: the matching companies in one order, after the keyset cursor $1, at most
+/// $2 of them; $13 picks one company by id (see `company_prospects::page!`).
+macro_rules! page {
+    (($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr),
+     keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {
+        matching_companies!($kind [$($head)*]
+            select ($explain
+                + r#"SELECT company_id AS "company_id!", domain, name AS "name!", industry, min_employee_size,
+                      max_employee_size, revenue, formatted_revenue AS "formatted_revenue!", address, city,
+                      state, country, prospect_count AS "prospect_count!",
+                      department_count AS "department_count!", job_level_count AS "job_level_count!",
+                      last_prospect_update"#)
+            then (r#"
+                 AND ($13::text IS NULL OR company_id = $13)
+                 AND ($1::jsonb IS NULL OR "# + $($keyset)+ + ")
+               ORDER BY " + $($order)+ + " LIMIT $2"),
+            $filters, $after, $rows, $one)
+    };
+}
+
 /// The counting statement: how many matching companies have each value of the facet $1, most
-/// frequent first, at most $2 values; the filters are $3 to $12. With $1 NULL: the total, in one
-/// group (see `company_prospects::counts!`).
+/// frequent first, at most $2 values. With $1 NULL: the total, in one group (see
+/// `company_prospects::counts!`).
 macro_rules! counts {
-    ($filters:expr, $facet:expr, $values:expr) => {{
-        let f: &CompanyFilters = $filters;
-        sqlx::query_as!(
-            Counted,
-            r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'country' THEN country END AS value,
-                      count(*) AS "count!"
-               FROM company_summary_view
-               WHERE ($3::text[] IS NULL OR CASE WHEN cardinality($3) = 1 THEN industry = $3[1]
-                                                  ELSE industry = ANY($3) END)
-                 AND ($4::text IS NULL OR country = $4)
-                 AND ($5::text IS NULL OR state = $5)
-                 AND ($6::text IS NULL OR city = $6)
-                 AND ($7::text IS NULL OR domain = $7)
-                 AND ($8::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) >= GREATEST($8, '-9223372036854775807'::bigint))
-                 AND ($9::bigint IS NULL OR COALESCE(revenue, '-9223372036854775808'::bigint) BETWEEN '-9223372036854775807'::bigint AND $9)
-                 AND ($10::int IS NULL OR (min_employee_size IS NOT NULL
-                                            AND COALESCE(max_employee_size, 2147483647) >= $10))
-                 AND ($11::int IS NULL OR min_employee_size <= $11)
-                 AND ($12::bigint IS NULL OR prospect_count >= $12)
+    ($filters:expr, $facet:expr, $values:expr) => {
+        matching_companies!(query_as [Counted,]
+            select (r#"SELECT CASE $1::text WHEN 'industry' THEN industry WHEN 'country' THEN country END AS value,
+                      count(*) AS "count!""#)
+            then (r#"
                  AND ($1 IS NULL OR CASE $1 WHEN 'industry' THEN industry WHEN 'country' THEN country END
                                     IS NOT NULL)
-               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#,
-            $facet,
-            $values,
-            any_of(&f.industry),
-            f.country.as_deref(),
-            f.state.as_deref(),
-            f.city.as_deref(),
-            f.domain.as_deref(),
-            f.revenue_min,
-            f.revenue_max,
-            f.employees_min,
-            f.employees_max,
-            f.min_prospects,
-        )
-    }};
+               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"#),
+            $filters, $facet, $values)
+    };
 }
 
 impl ReadModel for CompanySummaries {
@@ -249,9 +235,9 @@ impl ReadModel for CompanySummaries {
     }
 
     async fn estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-        let plan = page!(query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64),
-            keyset: "(COALESCE(name, ''), company_id) > ($1->>0, $1->>1)",
-            order: "COALESCE(name, ''), company_id")
+        // The planner's estimate of the matches does not depend on the order.
+        let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
+            keyset: ("TRUE"), order: ("company_id"))
         .fetch_one(pool)
         .await?;
         Ok(estimated_rows(plan.as_ref()))
@@ -337,40 +323,13 @@ fn sorted_rows<'a>(
     limit: i64,
 ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
     let rows = Some(limit);
-    match (sort.key, sort.descending) {
-        (CompanySortKey::Name, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(name, ''), company_id) > ($1->>0, $1->>1)",
-            order: "COALESCE(name, ''), company_id")
-            .fetch(pool),
-        (CompanySortKey::Name, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(name, ''), company_id) < ($1->>0, $1->>1)",
-            order: "COALESCE(name, '') DESC, company_id DESC")
-            .fetch(pool),
-        (CompanySortKey::Revenue, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), company_id) > (($1->>0)::bigint, $1->>1)",
-            order: "COALESCE(revenue, '-9223372036854775808'::bigint), company_id")
-            .fetch(pool),
-        (CompanySortKey::Revenue, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(revenue, '-9223372036854775808'::bigint), company_id) < (($1->>0)::bigint, $1->>1)",
-            order: "COALESCE(revenue, '-9223372036854775808'::bigint) DESC, company_id DESC")
-            .fetch(pool),
-        (CompanySortKey::ProspectCount, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(prospect_count, company_id) > (($1->>0)::bigint, $1->>1)",
-            order: "prospect_count, company_id")
-            .fetch(pool),
-        (CompanySortKey::ProspectCount, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(prospect_count, company_id) < (($1->>0)::bigint, $1->>1)",
-            order: "prospect_count DESC, company_id DESC")
-            .fetch(pool),
-        (CompanySortKey::LastProspectUpdate, false) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id)
-                     > (($1->>0)::timestamptz, $1->>1)",
-            order: "COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id")
-            .fetch(pool),
-        (CompanySortKey::LastProspectUpdate, true) => page!(query_as [CompanyRow,] "", filters, one, after, rows,
-            keyset: "(COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id)
-                     < (($1->>0)::timestamptz, $1->>1)",
-            order: "COALESCE(last_prospect_update, '-infinity'::timestamptz) DESC, company_id DESC")
-            .fetch(pool),
-    }
+    page_in_order!(sort, page!(query_as [CompanyRow,] "", filters, one, after, rows).fetch(pool), {
+        CompanySortKey::Name => ["COALESCE(name, '')", "company_id"] from "($1->>0, $1->>1)";
+        CompanySortKey::Revenue => ["COALESCE(revenue, '-9223372036854775808'::bigint)", "company_id"]
+            from "(($1->>0)::bigint, $1->>1)";
+        CompanySortKey::ProspectCount => ["prospect_count", "company_id"] from "(($1->>0)::bigint, $1->>1)";
+        CompanySortKey::LastProspectUpdate => ["COALESCE(last_prospect_update, '-infinity'::timestamptz)",
+                                               "company_id"]
+            from "(($1->>0)::timestamptz, $1->>1)";
+    })
 }

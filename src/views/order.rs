@@ -74,6 +74,31 @@ macro_rules! sort_keys {
 }
 pub use crate::sort_keys;
 
+/// A read model's page statement in the order `$sort` asks for. Each sort key is one line: its
+/// ORDER BY expressions, the row's id last, and how the cursor (`ReadModel::cursor_key`) reads them
+/// back; both directions follow from it (`>` and ascending, `<` and `DESC` on every expression), so
+/// that they cannot disagree. `$page!(…)` is the model's statement macro, called with its own
+/// arguments in parentheses, then `keyset:` and `order:` fragments; `.$run(…)` runs the statement
+/// (each order is a statement of its own, and so a type of its own).
+#[macro_export]
+macro_rules! page_in_order {
+    ($sort:expr, $page:ident!$args:tt .$run:ident $run_args:tt, {
+        $($key:path => [$first:literal $(, $rest:literal)*] from $cursor:literal;)+
+    }) => {
+        match ($sort.key, $sort.descending) {
+            $(
+                ($key, false) => $page!($args,
+                    keyset: ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
+                    order: ($first $(+ ", " + $rest)*)).$run $run_args,
+                ($key, true) => $page!($args,
+                    keyset: ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
+                    order: ($first + " DESC" $(+ ", " + $rest + " DESC")*)).$run $run_args,
+            )+
+        }
+    };
+}
+pub use crate::page_in_order;
+
 /// One element of a cursor key, as its SQL compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyPart {

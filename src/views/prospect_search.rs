@@ -81,50 +81,65 @@ sort_keys! {
     }
 }
 
-/// The rows of `search_prospects()`: the best matches after the cursor $7, $8, at most $9.
-macro_rules! ranked_statement {
-    ($f:expr, $after:expr, $limit:expr) => {{
+/// A search statement: `$sql` with the terms and filters as $1 to $6 (what `search_plan()` and
+/// `search_prospects()` take, in their order), then `$more`.
+macro_rules! searching {
+    ($kind:ident [$($head:tt)*] ($($sql:tt)+), $f:expr $(, $more:expr)*) => {{
         let f: &SearchFilters = $f;
-        let (after_score, after_id) = relevance_cursor($after);
-        sqlx::query_as!(
-            SearchRow,
-            r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
-                      v.job_title, v.job_title_level, v.department, v.prospect_city, v.prospect_country,
-                      v.company_id AS "company_id!", v.domain, v.company_name AS "company_name!", v.industry,
-                      v.revenue, v.company_city, v.company_country, s.score AS "score?"
-               FROM search_prospects($1, $2, $3, $4, $5, $6, $7, $8, $9) s
-               JOIN prospect_search_view v ON v.prospect_id = s.prospect_id
-               ORDER BY s.score DESC, s.prospect_id"#,
+        sqlx::$kind!(
+            $($head)*
+            $($sql)+,
             f.q.text(),
             &f.q.excluded,
             f.q.prefix_last,
             any_of(&f.industry),
             f.company_country.as_deref(),
             any_of(&f.department),
-            after_score,
-            after_id,
-            $limit,
+            $($more),*
         )
+    }};
+}
+
+/// Every row the terms and filters match, in no order: `$select`, then `FROM … WHERE`, then `$tail`
+/// (the company-name order and the count).
+macro_rules! everything_matching {
+    ($kind:ident [$($head:tt)*] select ($($select:tt)+) then ($($tail:literal)?), $f:expr $(, $more:expr)*) => {
+        searching!($kind [$($head)*] ($($select)+ + r#"
+               FROM search_plan($1, $2, $3) p, prospect_search_view v
+               WHERE NOT p.impossible
+                 AND v.search_vector @@ p.everything
+                 AND ($4::text[] IS NULL OR v.industry = ANY ($4))
+                 AND ($5::text IS NULL OR v.company_country = $5)
+                 AND ($6::text[] IS NULL OR v.department = ANY ($6))"# $(+ $tail)?), $f $(, $more)*)
+    };
+}
+
+/// The rows of `search_prospects()`: the best matches after the cursor $7, $8, at most $9.
+macro_rules! ranked_statement {
+    ($f:expr, $after:expr, $limit:expr) => {{
+        let (after_score, after_id) = relevance_cursor($after);
+        searching!(query_as [SearchRow,]
+            (r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
+                      v.job_title, v.job_title_level, v.department, v.prospect_city, v.prospect_country,
+                      v.company_id AS "company_id!", v.domain, v.company_name AS "company_name!", v.industry,
+                      v.revenue, v.company_city, v.company_country, s.score AS "score?"
+               FROM search_prospects($1, $2, $3, $4, $5, $6, $7, $8, $9) s
+               JOIN prospect_search_view v ON v.prospect_id = s.prospect_id
+               ORDER BY s.score DESC, s.prospect_id"#),
+            $f, after_score, after_id, $limit)
     }};
 }
 
 /// The matches in company-name order after the keyset cursor $7 (`sort=company_name`, or
 /// `sort=-company_name` with $8), at most $9.
 macro_rules! by_company_name_statement {
-    ($f:expr, $after:expr, $descending:expr, $limit:expr) => {{
-        let f: &SearchFilters = $f;
-        sqlx::query_as!(
-            SearchRow,
-            r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
+    ($f:expr, $after:expr, $descending:expr, $limit:expr) => {
+        everything_matching!(query_as [SearchRow,]
+            select (r#"SELECT v.prospect_id AS "prospect_id!", v.email, v.first_name, v.last_name, v.full_name,
                       v.job_title, v.job_title_level, v.department, v.prospect_city, v.prospect_country,
                       v.company_id AS "company_id!", v.domain, v.company_name AS "company_name!", v.industry,
-                      v.revenue, v.company_city, v.company_country, NULL::int AS "score?"
-               FROM search_plan($1, $2, $3) p, prospect_search_view v
-               WHERE NOT p.impossible
-                 AND v.search_vector @@ p.everything
-                 AND ($4::text[] IS NULL OR v.industry = ANY ($4))
-                 AND ($5::text IS NULL OR v.company_country = $5)
-                 AND ($6::text[] IS NULL OR v.department = ANY ($6))
+                      v.revenue, v.company_city, v.company_country, NULL::int AS "score?""#)
+            then (r#"
                  AND ($7::jsonb IS NULL
                       OR (NOT $8 AND (COALESCE(v.company_name, ''), COALESCE(v.last_name, ''), COALESCE(v.first_name, ''), v.prospect_id)
                                      > ($7->>0, $7->>1, $7->>2, $7->>3))
@@ -136,40 +151,9 @@ macro_rules! by_company_name_statement {
                         CASE WHEN NOT $8 THEN v.prospect_id END,
                         COALESCE(v.company_name, '') DESC, COALESCE(v.last_name, '') DESC,
                         COALESCE(v.first_name, '') DESC, v.prospect_id DESC
-               LIMIT $9"#,
-            f.q.text(),
-            &f.q.excluded,
-            f.q.prefix_last,
-            any_of(&f.industry),
-            f.company_country.as_deref(),
-            any_of(&f.department),
-            $after,
-            $descending,
-            $limit,
-        )
-    }};
-}
-
-/// The count statement.
-macro_rules! count_statement {
-    ($f:expr) => {{
-        let f: &SearchFilters = $f;
-        sqlx::query_scalar!(
-            r#"SELECT count(*) AS "total!"
-               FROM search_plan($1, $2, $3) p, prospect_search_view v
-               WHERE NOT p.impossible
-                 AND v.search_vector @@ p.everything
-                 AND ($4::text[] IS NULL OR v.industry = ANY ($4))
-                 AND ($5::text IS NULL OR v.company_country = $5)
-                 AND ($6::text[] IS NULL OR v.department = ANY ($6))"#,
-            f.q.text(),
-            &f.q.excluded,
-            f.q.prefix_last,
-            any_of(&f.industry),
-            f.company_country.as_deref(),
-            any_of(&f.department),
-        )
-    }};
+               LIMIT $9"#),
+            $f, $after, $descending, $limit)
+    };
 }
 
 /// The text of the fields search reads.
@@ -245,19 +229,14 @@ impl ReadModel for ProspectSearch {
     }
 
     async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
-        count_statement!(f).fetch_one(pool).await
+        everything_matching!(query_scalar [] select (r#"SELECT count(*) AS "total!""#) then (), f)
+            .fetch_one(pool)
+            .await
     }
 
     async fn estimate(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {
-        let plan = sqlx::query_scalar!(
-            r#"SELECT search_matches_plan($1, $2, $3, $4, $5, $6)::jsonb AS plan"#,
-            f.q.text(),
-            &f.q.excluded,
-            f.q.prefix_last,
-            any_of(&f.industry),
-            f.company_country.as_deref(),
-            any_of(&f.department),
-        )
+        let plan = searching!(query_scalar []
+            (r#"SELECT search_matches_plan($1, $2, $3, $4, $5, $6)::jsonb AS plan"#), f)
         .fetch_one(pool)
         .await?;
         Ok(estimated_rows(plan.as_ref()))

@@ -55,7 +55,7 @@ impl Facet for DomainFacet {
 }
 
 macro_rules! domains {
-    ($filters:expr, $one:expr, $after:expr, $rows:expr, keyset: $keyset:literal, order: $order:literal) => {{
+    (($filters:expr, $one:expr, $after:expr, $rows:expr), keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {{
         let f: &DomainFilters = $filters;
         sqlx::query_as!(
             DomainRow,
@@ -66,9 +66,9 @@ macro_rules! domains {
                  AND ($4::text IS NULL OR country = $4)
                  AND ($5::text IS NULL OR company_id = $5)
                  AND ($1::jsonb IS NULL OR "#
-                + $keyset
+                + $($keyset)+
                 + ") ORDER BY "
-                + $order
+                + $($order)+
                 + " LIMIT $2",
             $after,
             $rows,
@@ -88,17 +88,9 @@ fn sorted<'a>(
     limit: i64,
 ) -> BoxStream<'a, Result<DomainRow, sqlx::Error>> {
     let rows = Some(limit);
-    if sort.descending {
-        domains!(filters, one, after, rows,
-            keyset: "(COALESCE(name, ''), company_id) < ($1->>0, $1->>1)",
-            order: "COALESCE(name, '') DESC, company_id DESC")
-        .fetch(pool)
-    } else {
-        domains!(filters, one, after, rows,
-            keyset: "(COALESCE(name, ''), company_id) > ($1->>0, $1->>1)",
-            order: "COALESCE(name, ''), company_id")
-        .fetch(pool)
-    }
+    prospect_api::page_in_order!(sort, domains!(filters, one, after, rows).fetch(pool), {
+        DomainOrder::Name => ["COALESCE(name, '')", "company_id"] from "($1->>0, $1->>1)";
+    })
 }
 
 impl ReadModel for CompanyDomains {
