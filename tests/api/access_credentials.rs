@@ -306,7 +306,7 @@ async fn api_keys_are_made_listed_and_revoked_by_the_cli_and_revocation_holds_wi
     assert!(key.starts_with("pak_") && key.len() == 47, "{stdout}");
 
     for who in [As::ApiKey(key.clone()), As::Bearer(key.clone())] {
-        let page = json(app.get_as(&who, "/prospects").await, 200).await;
+        let page = app.get_json_as(&who, "/prospects", 200).await;
         assert!(page["data"][0].get("email").is_none(), "read as analyst");
     }
     let listed = cli(&app, &["keys", "list"]);
@@ -436,7 +436,7 @@ async fn wrong_keys_from_one_address_lock_it_out_but_jwts_never_do() {
     let key = create_key(&app.db.pool, "real", "frontend", None).await;
     for i in 0..prospect_api::http::lockout::MAX_WRONG_SECRETS {
         let guess = As::ApiKey(format!("pak_guess{i}"));
-        json(app.get_as(&guess, "/prospects").await, 401).await;
+        app.get_json_as(&guess, "/prospects", 401).await;
     }
     let locked = app.get_as(&As::ApiKey(key), "/prospects").await;
     assert!(header(&locked, "retry-after").parse::<u64>().unwrap() >= 1);

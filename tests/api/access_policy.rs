@@ -55,7 +55,7 @@ async fn a_hidden_column_is_absent_from_json_csv_and_single_rows() {
             }
         }
     }
-    let one = json(app.get_as(&analyst, "/prospects/p_both").await, 200).await;
+    let one = app.get_json_as(&analyst, "/prospects/p_both", 200).await;
     assert!(
         one.get("email").is_none() && one.get("first_name").is_some(),
         "{one}"
@@ -104,20 +104,18 @@ async fn asking_for_a_hidden_column_in_any_parameter_is_a_403_naming_it() {
         ["sort"]
     );
     // Relevance reads only what the role may see: the score counts no company name.
-    let ranked = json(app.get_as(&nameless, "/search?q=ada").await, 200).await;
+    let ranked = app.get_json_as(&nameless, "/search?q=ada", 200).await;
     assert_eq!(strings(&ranked["data"], "prospect_id"), ["p_both"]);
     assert!(ranked["data"][0].get("company_name").is_none());
-    let by_company = json(app.get_as(&nameless, "/search?q=zero").await, 200).await;
+    let by_company = app.get_json_as(&nameless, "/search?q=zero", 200).await;
     assert_eq!(
         by_company["data"],
         serde_json::json!([]),
         "Zero is only a company's name"
     );
-    let by_update = json(
-        app.get_as(&nameless, "/prospects?sort=updated_at").await,
-        200,
-    )
-    .await;
+    let by_update = app
+        .get_json_as(&nameless, "/prospects?sort=updated_at", 200)
+        .await;
     assert!(by_update["data"][0].get("company_name").is_none());
     for (path, refused) in [
         ("/prospects?email=ada@zero.example", vec!["email"]),
@@ -142,18 +140,12 @@ async fn asking_for_a_hidden_column_in_any_parameter_is_a_403_naming_it() {
         assert_eq!(names, expected, "{path}");
     }
     // A forbidden request is told only that it is forbidden, whether or not any row matches.
-    let matching = json(
-        app.get_as(&analyst, "/prospects?email=ada@zero.example")
-            .await,
-        403,
-    )
-    .await;
-    let missing = json(
-        app.get_as(&analyst, "/prospects?email=nobody@x.example")
-            .await,
-        403,
-    )
-    .await;
+    let matching = app
+        .get_json_as(&analyst, "/prospects?email=ada@zero.example", 403)
+        .await;
+    let missing = app
+        .get_json_as(&analyst, "/prospects?email=nobody@x.example", 403)
+        .await;
     assert_eq!(matching, missing);
 }
 
@@ -169,12 +161,13 @@ async fn a_search_never_matches_on_a_column_the_role_cannot_see() {
     .await;
     assert_eq!(strings(&everyone["data"], "prospect_id"), ["p_first"]);
     let analyst = As::role("analyst");
-    let hidden = json(
-        app.get_as(&analyst, "/search?q=zebra.stripes@zero.example&count=exact")
-            .await,
-        200,
-    )
-    .await;
+    let hidden = app
+        .get_json_as(
+            &analyst,
+            "/search?q=zebra.stripes@zero.example&count=exact",
+            200,
+        )
+        .await;
     assert_eq!(hidden["data"], serde_json::json!([]));
     assert_eq!(hidden["total"], 0, "the count does not match on it either");
     let export = app
@@ -183,22 +176,17 @@ async fn a_search_never_matches_on_a_column_the_role_cannot_see() {
     let csv = export.text().await.unwrap();
     assert_eq!(csv.lines().count(), 1, "only the header: {csv}");
     // What the analyst may see is still searched, in every term.
-    let visible = json(
-        app.get_as(&analyst, "/search?q=grace%20zebra.stripes@zero")
-            .await,
-        200,
-    )
-    .await;
+    let visible = app
+        .get_json_as(&analyst, "/search?q=grace%20zebra.stripes@zero", 200)
+        .await;
     assert_eq!(
         visible["data"],
         serde_json::json!([]),
         "a term on the email matches nothing, even beside one that matches"
     );
-    let visible = json(
-        app.get_as(&analyst, "/search?q=grace%20engineer").await,
-        200,
-    )
-    .await;
+    let visible = app
+        .get_json_as(&analyst, "/search?q=grace%20engineer", 200)
+        .await;
     assert_eq!(strings(&visible["data"], "prospect_id"), ["p_first"]);
 }
 
@@ -214,7 +202,9 @@ async fn a_row_scope_holds_in_every_statement_and_cannot_be_widened() {
             .map(|row| row[key].as_str().unwrap_or("(null)").to_owned())
             .collect()
     };
-    let page = json(app.get_as(&partner, "/prospects?count=exact").await, 200).await;
+    let page = app
+        .get_json_as(&partner, "/prospects?count=exact", 200)
+        .await;
     assert_eq!(
         countries(&page, "company_country"),
         BTreeSet::from(["Germany".to_owned()])
@@ -226,19 +216,20 @@ async fn a_row_scope_holds_in_every_statement_and_cannot_be_widened() {
     )
     .await;
     assert_eq!(page["total"], all["total"], "exactly the German rows");
-    let companies = json(app.get_as(&partner, "/companies").await, 200).await;
+    let companies = app.get_json_as(&partner, "/companies", 200).await;
     assert_eq!(
         countries(&companies, "country"),
         BTreeSet::from(["Germany".to_owned()])
     );
 
     // Asking for France: nothing, not the French rows.
-    let widened = json(
-        app.get_as(&partner, "/prospects?company_country=France&count=exact")
-            .await,
-        200,
-    )
-    .await;
+    let widened = app
+        .get_json_as(
+            &partner,
+            "/prospects?company_country=France&count=exact",
+            200,
+        )
+        .await;
     assert_eq!(widened["data"], serde_json::json!([]));
     assert_eq!(widened["total"], 0);
     let csv = app
@@ -246,15 +237,13 @@ async fn a_row_scope_holds_in_every_statement_and_cannot_be_widened() {
         .await;
     assert_eq!(csv.text().await.unwrap().lines().count(), 1);
     // Single rows and parents outside the scope are as absent as missing ones.
-    json(app.get_as(&partner, "/prospects/p_last").await, 404).await; // c_null is French
-    json(app.get_as(&partner, "/companies/c_null").await, 404).await;
-    json(
-        app.get_as(&partner, "/companies/c_null/prospects").await,
-        404,
-    )
-    .await;
-    json(app.get_as(&partner, "/prospects/p_both").await, 200).await;
-    json(app.get_as(&partner, "/companies/c_0/prospects").await, 200).await;
+    app.get_json_as(&partner, "/prospects/p_last", 404).await; // c_null is French
+    app.get_json_as(&partner, "/companies/c_null", 404).await;
+    app.get_json_as(&partner, "/companies/c_null/prospects", 404)
+        .await;
+    app.get_json_as(&partner, "/prospects/p_both", 200).await;
+    app.get_json_as(&partner, "/companies/c_0/prospects", 200)
+        .await;
     // Facets count within the scope, their own filter left out or not.
     let facets = json(
         app.get_as(
@@ -275,13 +264,13 @@ async fn a_row_scope_holds_in_every_statement_and_cannot_be_widened() {
         .sum();
     assert_eq!(serde_json::json!(industries), page["total"]);
     // Search too.
-    let search = json(app.get_as(&partner, "/search?q=hopper").await, 200).await;
+    let search = app.get_json_as(&partner, "/search?q=hopper", 200).await;
     assert_eq!(
         search["data"],
         serde_json::json!([]),
         "Hopper works in France"
     );
-    let search = json(app.get_as(&partner, "/search?q=lovelace").await, 200).await;
+    let search = app.get_json_as(&partner, "/search?q=lovelace", 200).await;
     assert_eq!(strings(&search["data"], "prospect_id"), ["p_both"]);
 }
 
@@ -306,7 +295,7 @@ async fn a_scope_no_filter_can_hold_refuses_the_endpoint_instead_of_serving_too_
 async fn a_roles_page_cap_bounds_its_pages_and_its_default() {
     let app = spawn_guarded(POLICY, |_| {}).await;
     let frontend = As::role("frontend");
-    let page = json(app.get_as(&frontend, "/prospects").await, 200).await;
+    let page = app.get_json_as(&frontend, "/prospects", 200).await;
     assert_eq!(
         page["data"].as_array().unwrap().len(),
         5,
@@ -317,7 +306,7 @@ async fn a_roles_page_cap_bounds_its_pages_and_its_default() {
         ["limit"]
     );
     assert_eq!(
-        json(app.get_as(&frontend, "/prospects?limit=3").await, 200).await["data"]
+        app.get_json_as(&frontend, "/prospects?limit=3", 200).await["data"]
             .as_array()
             .unwrap()
             .len(),

@@ -187,6 +187,16 @@ impl TestApp {
         self.get_as_with(who, path_and_query, &[]).await
     }
 
+    /// The JSON body of a GET as `who`, which must answer `status` (see `json`).
+    pub async fn get_json_as(
+        &self,
+        who: &As,
+        path_and_query: &str,
+        status: u16,
+    ) -> serde_json::Value {
+        crate::helpers::json(self.get_as(who, path_and_query).await, status).await
+    }
+
     /// A GET as `who` to another instance (`address`) over the same database.
     pub async fn get_as_at(
         &self,

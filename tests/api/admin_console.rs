@@ -24,6 +24,14 @@ async fn admin_send(
     request.send().await.unwrap()
 }
 
+/// Each `(query, parameter)`: `path?query` is a 400 naming the parameter.
+async fn assert_rejects(app: &TestApp, path: &str, cases: &[(&str, &str)]) {
+    for (query, name) in cases {
+        let response = app.admin_get(&format!("{path}?{query}")).await;
+        assert_eq!(rejected_params(response).await, [*name], "{query}");
+    }
+}
+
 #[tokio::test]
 async fn the_console_page_is_served_from_the_binary_under_a_strict_policy_and_holds_no_data() {
     let app = spawn_admin_app().await;
@@ -155,18 +163,18 @@ async fn the_history_pages_by_before_filters_by_view_and_names_bad_parameters() 
     assert!(summary.len() >= 7);
     assert!(summary.iter().all(|e| e["view"] == "company_summary_view"));
 
-    for (query, name) in [
-        ("view=nope", "view"),
-        ("before=0", "before"),
-        ("before=x", "before"),
-        ("limit=0", "limit"),
-        ("since=1", "since"),
-    ] {
-        let response = app
-            .admin_get(&format!("/admin/refresh/history?{query}"))
-            .await;
-        assert_eq!(rejected_params(response).await, [name], "{query}");
-    }
+    assert_rejects(
+        &app,
+        "/admin/refresh/history",
+        &[
+            ("view=nope", "view"),
+            ("before=0", "before"),
+            ("before=x", "before"),
+            ("limit=0", "limit"),
+            ("since=1", "since"),
+        ],
+    )
+    .await;
 }
 
 /// The timeline's definition, computed here from the log rows: per bucket of the span, the runs
@@ -295,17 +303,17 @@ async fn the_timeline_is_the_log_of_the_span_in_buckets_as_its_definition_says()
         "every run of the span, in one bucket each"
     );
 
-    for (query, name) in [
-        ("hours=0", "hours"),
-        ("hours=169", "hours"),
-        ("hours=x", "hours"),
-        ("x=1", "x"),
-    ] {
-        let response = app
-            .admin_get(&format!("/admin/refresh/timeline?{query}"))
-            .await;
-        assert_eq!(rejected_params(response).await, [name], "{query}");
-    }
+    assert_rejects(
+        &app,
+        "/admin/refresh/timeline",
+        &[
+            ("hours=0", "hours"),
+            ("hours=169", "hours"),
+            ("hours=x", "hours"),
+            ("x=1", "x"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -497,14 +505,16 @@ async fn the_audit_log_filters_by_utc_day_and_credential_and_pages() {
         first.as_array().unwrap().len() + rest.as_array().unwrap().len(),
         6
     );
-    for (query, name) in [
-        ("day=2026-13-01", "day"),
-        ("day=yesterday", "day"),
-        ("before=-1", "before"),
-    ] {
-        let response = app.admin_get(&format!("/admin/audit?{query}")).await;
-        assert_eq!(rejected_params(response).await, [name], "{query}");
-    }
+    assert_rejects(
+        &app,
+        "/admin/audit",
+        &[
+            ("day=2026-13-01", "day"),
+            ("day=yesterday", "day"),
+            ("before=-1", "before"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

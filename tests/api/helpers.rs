@@ -186,7 +186,7 @@ impl TestDb {
     /// rolled back or dropped.
     pub async fn transaction_with(
         &self,
-        statement: &'static str,
+        statement: impl sqlx::SqlSafeStr,
     ) -> Transaction<'static, Postgres> {
         let apart = PgPoolOptions::new()
             .max_connections(1)
@@ -194,8 +194,18 @@ impl TestDb {
             .await
             .unwrap();
         let mut transaction = apart.begin().await.unwrap();
-        run(&mut *transaction, statement).await;
+        sqlx::query(statement)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
         transaction
+    }
+
+    /// Holds a SHARE lock on `table` until the returned transaction ends: reads go on, writes to
+    /// it (an apply's) wait.
+    pub async fn blocking_writes_to(&self, table: &str) -> Transaction<'static, Postgres> {
+        let statement = format!("LOCK TABLE {table} IN SHARE MODE");
+        self.transaction_with(sqlx::AssertSqlSafe(statement)).await
     }
 
     /// Holds `company_summary_view`'s ACCESS EXCLUSIVE lock (a plain REFRESH in an open transaction,

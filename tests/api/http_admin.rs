@@ -28,10 +28,19 @@ async fn post_refresh(
     request.send().await.unwrap()
 }
 
+/// The JSON body of `POST /admin/refresh{query}` with the admin token, which must answer `status`.
+async fn refreshed(app: &TestApp, query: &str, body: Option<&str>, status: u16) -> Value {
+    json(
+        post_refresh(app, query, Some(ADMIN_TOKEN), body).await,
+        status,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn without_an_admin_token_the_admin_endpoints_are_disabled_and_say_how_to_enable_them() {
     let app = spawn_app().await;
-    let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 403).await;
+    let problem = refreshed(&app, "", None, 403).await;
     assert!(problem["detail"].as_str().unwrap().contains("ADMIN_TOKEN"));
     app.get_json("/admin/views", 403).await;
 }
@@ -85,7 +94,7 @@ async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
         problem["type"],
         "urn:prospect-api:problem:too-many-wrong-tokens"
     );
-    json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 429).await;
+    refreshed(&app, "", None, 429).await;
     // The data endpoints are not affected.
     app.get_json("/prospects", 200).await;
 }
@@ -93,7 +102,7 @@ async fn repeated_wrong_tokens_lock_the_address_out_with_429_and_retry_after() {
 #[tokio::test]
 async fn the_right_token_refreshes_and_reports_each_view() {
     let app = spawn_admin_app().await;
-    let body = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 200).await;
+    let body = refreshed(&app, "", None, 200).await;
     let results = body["results"].as_array().unwrap();
     let views: Vec<&str> = results
         .iter()
@@ -115,14 +124,10 @@ async fn the_right_token_refreshes_and_reports_each_view() {
                 && result["rows"].is_i64()
         );
     }
-    let one = json(
-        post_refresh(
-            &app,
-            "",
-            Some(ADMIN_TOKEN),
-            Some(r#"{"views": ["company_summary_view"]}"#),
-        )
-        .await,
+    let one = refreshed(
+        &app,
+        "",
+        Some(r#"{"views": ["company_summary_view"]}"#),
         200,
     )
     .await;
@@ -152,24 +157,16 @@ async fn bad_refresh_requests_are_400s_naming_what_is_wrong() {
         assert_eq!(&names, expected, "{query} {body:?}");
     }
     let huge = format!(r#"{{"views": ["{}"]}}"#, "x".repeat(100_000));
-    json(
-        post_refresh(&app, "", Some(ADMIN_TOKEN), Some(&huge)).await,
-        413,
-    )
-    .await;
+    refreshed(&app, "", Some(&huge), 413).await;
 }
 
 #[tokio::test]
 async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
     let app = spawn_admin_app().await;
-    let body = json(
-        post_refresh(
-            &app,
-            "?wait=false",
-            Some(ADMIN_TOKEN),
-            Some(r#"{"views": ["prospect_search_view"]}"#),
-        )
-        .await,
+    let body = refreshed(
+        &app,
+        "?wait=false",
+        Some(r#"{"views": ["prospect_search_view"]}"#),
         202,
     )
     .await;
@@ -190,7 +187,7 @@ async fn wait_false_accepts_at_once_and_the_refresh_still_happens() {
 async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_and_is_counted() {
     let app = spawn_admin_app().await;
     let blocking = app.db.locking_summary_view().await;
-    let problem = json(post_refresh(&app, "", Some(ADMIN_TOKEN), None).await, 500).await;
+    let problem = refreshed(&app, "", None, 500).await;
     blocking.rollback().await.unwrap();
 
     assert_eq!(problem["type"], "urn:prospect-api:problem:refresh-failed");
@@ -217,14 +214,10 @@ async fn a_failing_refresh_is_a_problem_naming_the_view_and_the_database_error_a
 
     // Old data is still served, and the next trigger succeeds.
     app.get_json("/companies", 200).await;
-    json(
-        post_refresh(
-            &app,
-            "",
-            Some(ADMIN_TOKEN),
-            Some(r#"{"views": ["company_summary_view"]}"#),
-        )
-        .await,
+    refreshed(
+        &app,
+        "",
+        Some(r#"{"views": ["company_summary_view"]}"#),
         200,
     )
     .await;

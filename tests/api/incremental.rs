@@ -349,10 +349,7 @@ async fn an_apply_that_times_out_is_recorded_and_the_next_one_applies_everything
     })
     .await;
     // A lock that stops writes to one table (not reads): the apply waits for it until its timeout.
-    let blocking = app
-        .db
-        .transaction_with("LOCK TABLE company_summary_view IN SHARE MODE")
-        .await;
+    let blocking = app.db.blocking_writes_to("company_summary_view").await;
     run(
         &app.db.pool,
         r#"INSERT INTO "Prospect" ("id", "companyId") VALUES ('p_late', 'c_999')"#,
@@ -392,10 +389,7 @@ async fn an_apply_whose_connection_dies_loses_nothing() {
         config.maintenance.view_maintenance = Mode::Incremental;
     })
     .await;
-    let blocking = app
-        .db
-        .transaction_with("LOCK TABLE prospect_search_view IN SHARE MODE")
-        .await;
+    let blocking = app.db.blocking_writes_to("prospect_search_view").await;
     run(
         &app.db.pool,
         r#"UPDATE "Company" SET "name" = 'Killed Mid-Apply' WHERE "id" = 'c_1000'"#,

@@ -75,13 +75,18 @@ async fn a_burst_of_1000_single_row_inserts_causes_only_a_few_refreshes() {
     );
 }
 
-#[tokio::test]
-async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_on_missed_writes() {
-    let app = spawn_configured_app(|config| {
+/// An app refreshing on notifications, 50 ms after the last.
+async fn notified_app() -> TestApp {
+    spawn_configured_app(|config| {
         config.refresh_notify = true;
         config.refresh_debounce = Duration::from_millis(50);
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn after_its_connection_is_killed_the_listener_reconnects_and_catches_up_on_missed_writes() {
+    let app = notified_app().await;
     let listener_pid = || async {
         sqlx::query_scalar!(
             r#"SELECT pid AS "pid!" FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"#
@@ -173,11 +178,7 @@ async fn a_cron_schedule_refreshes_every_view_at_its_times() {
 
 #[tokio::test]
 async fn a_refresh_that_fails_after_a_notification_is_retried_without_another_write() {
-    let app = spawn_configured_app(|config| {
-        config.refresh_notify = true;
-        config.refresh_debounce = Duration::from_millis(50);
-    })
-    .await;
+    let app = notified_app().await;
     let failed_refreshes = || {
         scalar::<i64>(
             &app.db.pool,

@@ -156,6 +156,15 @@ async fn reads_from(instance: &Instance) -> String {
     body["reads_from"].as_str().unwrap().to_owned()
 }
 
+/// A primary with a replica, the primary's pool, and an instance reading the primary.
+async fn cluster_with_an_instance_on_the_primary() -> (ReplicaCluster, PgPool, Instance) {
+    let cluster = ReplicaCluster::start().await;
+    let primary = cluster.prepare_primary().await;
+    let on_primary = spawn_instance(instance_config(&cluster, false)).await;
+    wait_reading_from(&on_primary, "primary").await;
+    (cluster, primary, on_primary)
+}
+
 async fn wait_reading_from(instance: &Instance, server: &str) {
     eventually(30, &format!("reads going to the {server}"), || async {
         reads_from(instance).await == server
@@ -202,10 +211,7 @@ async fn primary_log(primary: &PgPool) -> (String, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_reading_the_replica_serves_what_the_replica_holds_with_its_true_age() {
-    let cluster = ReplicaCluster::start().await;
-    let primary = cluster.prepare_primary().await;
-    let on_primary = spawn_instance(instance_config(&cluster, false)).await;
-    wait_reading_from(&on_primary, "primary").await;
+    let (cluster, primary, on_primary) = cluster_with_an_instance_on_the_primary().await;
     let mut config = instance_config(&cluster, true);
     config.max_replica_lag = Duration::from_secs(600);
     let on_replica = spawn_instance(config).await;
@@ -339,10 +345,7 @@ async fn metric(instance: &Instance, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_leave_a_stopped_or_lagging_replica_and_come_back_or_answer_503_without_fallback() {
-    let cluster = ReplicaCluster::start().await;
-    let primary = cluster.prepare_primary().await;
-    let on_primary = spawn_instance(instance_config(&cluster, false)).await;
-    wait_reading_from(&on_primary, "primary").await;
+    let (cluster, primary, _on_primary) = cluster_with_an_instance_on_the_primary().await;
     let mut config = instance_config(&cluster, true);
     config.max_replica_lag = Duration::from_secs(1);
     let falling_back = spawn_instance(config.clone()).await;

@@ -98,8 +98,8 @@ fn all_sql_in_src_goes_through_the_compile_time_checked_macros() {
     assert!(macro_calls > 20, "{macro_calls} macro calls found");
 }
 
-#[test]
-fn the_readme_configuration_table_lists_exactly_the_settings_the_code_reads() {
+/// The rows of the README's configuration table, each after its opening "| `".
+fn readme_configuration_rows() -> Vec<String> {
     let readme = repository_file("README.md");
     let table = readme
         .split("## Configuration")
@@ -108,9 +108,17 @@ fn the_readme_configuration_table_lists_exactly_the_settings_the_code_reads() {
         .split("\n## ")
         .next()
         .unwrap();
-    let listed: BTreeSet<String> = table
+    table
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_readme_configuration_table_lists_exactly_the_settings_the_code_reads() {
+    let listed: BTreeSet<String> = readme_configuration_rows()
+        .iter()
         .map(|rest| rest.split('`').next().unwrap().to_owned())
         .collect();
     let read = settings_read_by_the_code();
@@ -157,17 +165,8 @@ fn defaults_declared_by_the_code() -> BTreeSet<(String, Option<String>)> {
 
 #[test]
 fn the_readme_configuration_table_gives_each_default_as_the_code_declares_it() {
-    let readme = repository_file("README.md");
-    let table = readme
-        .split("## Configuration")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let cells: BTreeMap<String, String> = table
-        .lines()
-        .filter_map(|line| line.strip_prefix("| `"))
+    let cells: BTreeMap<String, String> = readme_configuration_rows()
+        .iter()
         .map(|rest| {
             let mut columns = rest.split(" | ");
             let name = columns.next().unwrap().trim_end_matches('`').to_owned();
