@@ -23,7 +23,6 @@ Standard library only; needs what bench/run.py needs.
 
 import argparse
 import base64
-import datetime
 import hashlib
 import hmac
 import json
@@ -182,8 +181,7 @@ def main():
                                env=dict(os.environ, DATABASE_URL=url), capture_output=True)
     text = table(results, chosen)
     print(text)
-    prospects = int(run.psql(url, 'SELECT count(*) FROM "Prospect"'))
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    prospects, now = run.measured_on(url)
     command = f"bench/ab.py --size {args.size} --rounds {args.rounds} --seconds {args.seconds}"
     if args.baseline_binary:
         command += " --baseline-binary … --baseline-database …"

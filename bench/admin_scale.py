@@ -16,7 +16,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -45,22 +44,6 @@ def add_synthetic_rows(url, rows):
                'export', '/prospects', 500, 100000, 'completed'
         FROM generate_series(1, {rows}) AS i""")
     run.psql(url, "ANALYZE materialized_view_log; ANALYZE audit_log")
-
-
-def start_server(binary, url, token):
-    """The server, once it is live (/healthz): the console must work with a view not yet populated."""
-    env = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{run.PORT}", RUST_LOG="warn",
-               REFRESH_INTERVAL="0", ADMIN_TOKEN=token)
-    server = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if run.http_get("/healthz")[0] == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.1)
-    server.kill()
-    raise SystemExit("the server did not start")
 
 
 def timed(path, token, requests):
@@ -94,7 +77,8 @@ def main():
                                          "(SELECT count(*) / 2 FROM materialized_view_log) LIMIT 1")
     day = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=15)).date().isoformat()
     token = secrets.token_hex(24)
-    server = start_server(args.binary, args.database, token)
+    # Live (/healthz) is enough: the console must work with a view not yet populated.
+    server = run.start_server(args.database, {"ADMIN_TOKEN": token}, binary=args.binary, ready="/healthz")
     cases = [
         ("views (every 5 s)", "/admin/views"),
         ("instance (every 5 s)", "/admin/instance"),

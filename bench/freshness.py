@@ -405,7 +405,7 @@ def describe(results, args):
                          f"{w['with triggers']['update_tps']:.0f} vs {w['without triggers']['update_tps']:.0f} "
                          f"(paired ratios {', '.join(f'{x:.2f}' for x in w['update_tps_ratios'])}).")
         lines.append("")
-    lines += ["#### Raw figures", "", "```json", json.dumps(results, indent=1), "```", ""]
+    lines += suite.raw_figures(results)
     return "\n".join(lines)
 
 

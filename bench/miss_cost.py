@@ -13,7 +13,6 @@ Standard library only; needs wrk and a seeded benchmark database (bench/run.py).
 """
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -84,8 +83,7 @@ def main():
                      f"{median / baseline:.3f} | {sum(f['errors'] for f in runs)} |")
     table = "\n".join(lines)
     print(table)
-    prospects = int(run.psql(url, 'SELECT count(*) FROM "Prospect"'))
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    prospects, now = run.measured_on(url)
     command = f"bench/miss_cost.py --size {args.size} --rounds {args.rounds} --seconds {args.seconds}"
     if args.other_binary:
         command += " --other-binary …"

@@ -385,7 +385,7 @@ def describe(r):
             did = "; ".join(f"{view}: " + ", ".join(f"{count:,} {what}" for what, count in sorted(counts.items()))
                             for view, counts in sorted(m["rounds_did"].items()))
             lines += ["", f"What the rounds did to cached entries during the {label} run: {did}."]
-    lines += ["", "#### Raw figures", "", "```json", json.dumps(r, indent=1), "```"]
+    lines += [""] + suite.raw_figures(r)
     return "\n".join(lines) + "\n"
 
 

@@ -14,13 +14,10 @@ polled every 250 ms) on the size's database (bench/freshness.py prepares it), si
 Printed: median, p99 and worst of each, and how many preferring requests did not get their row.
 Needs psql; standard library only.
 """
-import argparse
 import datetime
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -109,21 +106,13 @@ def describe(r):
              row("one GET with `Prefer: min-freshness=now`", r["prefer"]),
              row("GET without it, polled every 20 ms until 200", r["polling"]), "",
              f"Requests with the preference answered without their row: {r['prefer_without_the_row']}.", "",
-             "```json", json.dumps(r, indent=1), "```"]
+             *suite.raw_figures(r)]
     return "\n".join(lines) + "\n"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="1m", help="100k, 1m or 10m")
-    parser.add_argument("--samples", type=int, default=200, help="inserts per way of reading")
-    parser.add_argument("--server", default=os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432"))
-    args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=suite.ROOT)
-    result = bench(args)
-    print(json.dumps(result, indent=1))
-    suite.write_section("own_writes", describe(result))
-    print("wrote bench/RESULTS.md")
+    result = suite.bench_main(__doc__, "own_writes", bench, describe, lambda parser: parser.add_argument(
+        "--samples", type=int, default=200, help="inserts per way of reading"))
     if result["prefer_without_the_row"]:
         raise SystemExit(f"{result['prefer_without_the_row']} requests with the preference missed their row")
 

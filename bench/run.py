@@ -98,19 +98,22 @@ def prepare_database(server, size):
 NO_RESPONSE_CACHE = {"RESPONSE_CACHE_BYTES": "0"}
 
 
-def start_server(url, extra_env=None):
-    env = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{PORT}", RUST_LOG="warn",
+def start_server(url, extra_env=None, port=PORT, binary=BINARY, ready="/readyz"):
+    """`binary serve` on `port` over the database `url`, once `ready` answers 200 (`/healthz`: live,
+    before the read models are populated)."""
+    env = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{port}", RUST_LOG="warn",
                REFRESH_INTERVAL="0", **(extra_env or {}))
-    server = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
-            if http_get("/readyz")[0] == 200:
-                return server
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=30) as response:
+                if response.status == 200:
+                    return server
         except OSError:
             pass
         time.sleep(0.1)
     server.kill()
-    raise SystemExit("the server did not become ready")
+    raise SystemExit(f"the server on port {port} did not answer 200 on {ready}")
 
 
 def peak_rss_mb(pid):
@@ -453,17 +456,44 @@ def write_results(results, args):
             f"(paired ratios {', '.join(f'{x:.2f}' for x in w['update_tps_ratios'])}). Target ≥ 0.9.",
             "",
         ]
-    lines += ["## Raw figures", "", "```json", json.dumps(results, indent=1), "```", ""]
+    lines += raw_figures(results, "##")
     write_section("suite", "\n".join(lines))
 
 
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 
 
+def bench_main(doc, section, bench, describe, options):
+    """What a bench script's main does: its options (`options(parser)` adds its own to --size and
+    --server), a release build, the run, the result printed and written as its section of
+    bench/RESULTS.md. Returns the result."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="1m", help="100k, 1m or 10m")
+    parser.add_argument("--server", default=os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432"))
+    options(parser)
+    args = parser.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=ROOT)
+    result = bench(args)
+    print(json.dumps(result, indent=1))
+    write_section(section, describe(result))
+    print("wrote bench/RESULTS.md")
+    return result
+
+
+def raw_figures(result, heading="####"):
+    """The closing lines of a results section: the result itself, as JSON."""
+    return [f"{heading} Raw figures", "", "```json", json.dumps(result, indent=1), "```", ""]
+
+
+def measured_on(url):
+    """The prospects of the database at `url` and the time now (UTC), as a results section states them."""
+    prospects = int(psql(url, 'SELECT count(*) FROM "Prospect"'))
+    return prospects, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
 def write_section(name, text):
     """Replaces this script's section of bench/RESULTS.md (between its markers), keeping the others:
     bench/run.py, bench/freshness.py and bench/mixed.py each own one."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     sections = {}
     if os.path.exists(RESULTS):
         current = open(RESULTS).read()

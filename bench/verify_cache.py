@@ -22,7 +22,6 @@ and how many cached responses the rounds kept, updated and dropped (A's and B's 
 
 Needs psql and what bench/run.py needs; standard library only.
 """
-import argparse
 import datetime
 import json
 import os
@@ -48,19 +47,7 @@ READERS_PER_INSTANCE = 2
 
 def start(name, url, env):
     """Server `name` on its port, ready."""
-    full = dict(os.environ, DATABASE_URL=url, BIND_ADDR=f"127.0.0.1:{PORTS[name]}", RUST_LOG="warn",
-                REFRESH_INTERVAL="0", VIEW_MAINTENANCE="incremental", **env)
-    server = subprocess.Popen([suite.BINARY, "serve"], env=full, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if get(name, "/readyz")[0] == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"server {name} did not become ready")
+    return suite.start_server(url, {"VIEW_MAINTENANCE": "incremental", **env}, port=PORTS[name])
 
 
 def get(name, path):
@@ -282,21 +269,13 @@ def describe(r):
              "What the rounds did to the cached responses during the storm:", "",
              "| instance | kept (unchanged) | kept (totals updated) | dropped (a changed row could show) | "
              "dropped (undecided) | hits | misses |", "|---|---|---|---|---|---|---|", row("A"), row("B"), "",
-             "#### Raw figures", "", "```json", json.dumps(r, indent=1), "```"]
+             *suite.raw_figures(r)]
     return "\n".join(lines) + "\n"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="1m", help="100k, 1m or 10m")
-    parser.add_argument("--storm", type=int, default=60, help="seconds of writes")
-    parser.add_argument("--server", default=os.environ.get("DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432"))
-    args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=suite.ROOT)
-    result = bench(args)
-    print(json.dumps(result, indent=1))
-    suite.write_section("verify", describe(result))
-    print("wrote bench/RESULTS.md")
+    result = suite.bench_main(__doc__, "verify", bench, describe, lambda parser: parser.add_argument(
+        "--storm", type=int, default=60, help="seconds of writes"))
     if result["differences"]:
         raise SystemExit(f"{result['differences']} stale responses")
     if result["answers_of_another_snapshot"]:
