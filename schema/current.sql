@@ -229,6 +229,8 @@ CREATE INDEX company_prospect_view_domain
     ON company_prospect_view (domain) WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_company_country
     ON company_prospect_view (company_country) WHERE prospect_id IS NOT NULL;
+CREATE INDEX company_prospect_view_company_state
+    ON company_prospect_view (company_state) WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_company_city
     ON company_prospect_view (company_city) WHERE prospect_id IS NOT NULL;
 CREATE INDEX company_prospect_view_department
@@ -253,6 +255,8 @@ CREATE INDEX company_summary_view_last_update_order
     ON company_summary_view (COALESCE(last_prospect_update, '-infinity'::timestamptz), company_id);
 CREATE INDEX company_summary_view_domain
     ON company_summary_view (domain);
+CREATE INDEX company_summary_view_state
+    ON company_summary_view (state);
 CREATE INDEX company_summary_view_city
     ON company_summary_view (city);
 CREATE UNIQUE INDEX prospect_search_view_key

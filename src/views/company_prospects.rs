@@ -26,7 +26,8 @@ use super::matching::{
     ascii_contains, ascii_equal, at_least, in_any_of, revenue_at_least, revenue_at_most, same,
 };
 use super::order::{
-    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, sort_keys,
+    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, page_shape,
+    sort_keys,
 };
 use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, estimated_rows};
 
@@ -225,14 +226,13 @@ macro_rules! matching_prospects {
 
 /// The page statement: the matching prospects in one order, after the keyset cursor $1 (the sort
 /// key of the previous page's last row, as `cursor_key` writes it, or NULL for the first page), at
-/// most $2 of them; $19 picks one prospect by id. Each order gives its `keyset` condition (the sort
-/// key compared with $1) and its `order` (`page_in_order!`).
+/// most $2 of them; $19 picks one prospect by id. `page_in_order!` gives the shape, the `keyset`
+/// condition (the sort key compared with $1) and the `order`.
 macro_rules! page {
     (($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr),
-     keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {
-        matching_prospects!($kind [$($head)*]
-            select ($explain
-                + r#"SELECT prospect_id AS "prospect_id!", salutation, first_name, last_name, full_name, email,
+     shape: $shape:ident, keyset: $keyset:tt, order: $order:tt) => {
+        page_shape!($shape, matching_prospects!($kind [$($head)*] $explain,
+            r#"SELECT prospect_id AS "prospect_id!", salutation, first_name, last_name, full_name, email,
                       job_title, job_title_level, department, job_title_link, prospect_address, prospect_city,
                       prospect_state, prospect_country, prospect_zip_code, prospect_phone, prospect_mobile_phone,
                       prospect_created_at AS "prospect_created_at!", prospect_updated_at AS "prospect_updated_at!",
@@ -240,11 +240,10 @@ macro_rules! page {
                       min_employee_size, max_employee_size, revenue, formatted_revenue AS "formatted_revenue!",
                       company_address, company_city, company_state, company_country, company_zip_code,
                       company_phone, company_mobile_phone, company_created_at AS "company_created_at!",
-                      company_updated_at AS "company_updated_at!""#)
-            then (r#"
-                 AND ($19::text IS NULL OR prospect_id = $19)
-                 AND ($1::jsonb IS NULL OR "# + $($keyset)+ + ")
-               ORDER BY " + $($order)+ + " LIMIT $2"),
+                      company_updated_at AS "company_updated_at!""#,
+            r#"
+                 AND ($19::text IS NULL OR prospect_id = $19)"#,
+            $keyset, $order),
             $filters, $after, $rows, $one)
     };
 }
@@ -305,14 +304,15 @@ impl ReadModel for CompanyProspects {
     type Facet = ProspectFacet;
     const ROW_BYTES: usize = 1200;
 
-    fn rows<'a>(
+    fn rows_in_shape<'a>(
         pool: &'a PgPool,
         filters: &'a ProspectFilters,
         sort: ProspectSort,
         after: Option<&'a Value>,
         limit: i64,
+        filter_first: bool,
     ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
-        sorted_rows(pool, filters, None, sort, after, limit)
+        sorted_rows(pool, filters, None, sort, after, limit, filter_first)
     }
 
     async fn count(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
@@ -325,7 +325,7 @@ impl ReadModel for CompanyProspects {
     async fn estimate(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
         // The planner's estimate of the matches does not depend on the order.
         let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
-            keyset: ("TRUE"), order: ("prospect_id"))
+            shape: in_index_order, keyset: ("TRUE"), order: ("prospect_id"))
         .fetch_one(pool)
         .await?;
         Ok(estimated_rows(plan.as_ref()))
@@ -352,6 +352,7 @@ impl ReadModel for CompanyProspects {
             ProspectSortKey::DEFAULT,
             None,
             1,
+            false,
         );
         rows.try_next().await
     }
@@ -448,9 +449,10 @@ fn sorted_rows<'a>(
     sort: ProspectSort,
     after: Option<&'a Value>,
     limit: i64,
+    filter_first: bool,
 ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
     let rows = Some(limit);
-    page_in_order!(sort, page!(query_as [ProspectRow,] "", filters, one, after, rows).fetch(pool), {
+    page_in_order!(sort, filter_first, page!(query_as [ProspectRow,] "", filters, one, after, rows).fetch(pool), {
         ProspectSortKey::CompanyName => ["COALESCE(company_name, '')", "COALESCE(last_name, '')",
                                          "COALESCE(first_name, '')", "prospect_id"]
             from "($1->>0, $1->>1, $1->>2, $1->>3)";

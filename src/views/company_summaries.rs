@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use super::filters::{any_of, filters};
 use super::matching::{at_least, in_any_of, revenue_at_least, revenue_at_most, same};
 use super::order::{
-    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, sort_keys,
+    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, page_shape,
+    sort_keys,
 };
 use super::{Admits, Api, IdPath, ReadModel, ViewName, estimated_rows};
 
@@ -149,18 +150,16 @@ macro_rules! matching_companies {
 /// $2 of them; $13 picks one company by id (see `company_prospects::page!`).
 macro_rules! page {
     (($kind:ident [$($head:tt)*] $explain:literal, $filters:expr, $one:expr, $after:expr, $rows:expr),
-     keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {
-        matching_companies!($kind [$($head)*]
-            select ($explain
-                + r#"SELECT company_id AS "company_id!", domain, name AS "name!", industry, min_employee_size,
+     shape: $shape:ident, keyset: $keyset:tt, order: $order:tt) => {
+        page_shape!($shape, matching_companies!($kind [$($head)*] $explain,
+            r#"SELECT company_id AS "company_id!", domain, name AS "name!", industry, min_employee_size,
                       max_employee_size, revenue, formatted_revenue AS "formatted_revenue!", address, city,
                       state, country, prospect_count AS "prospect_count!",
                       department_count AS "department_count!", job_level_count AS "job_level_count!",
-                      last_prospect_update"#)
-            then (r#"
-                 AND ($13::text IS NULL OR company_id = $13)
-                 AND ($1::jsonb IS NULL OR "# + $($keyset)+ + ")
-               ORDER BY " + $($order)+ + " LIMIT $2"),
+                      last_prospect_update"#,
+            r#"
+                 AND ($13::text IS NULL OR company_id = $13)"#,
+            $keyset, $order),
             $filters, $after, $rows, $one)
     };
 }
@@ -217,14 +216,15 @@ impl ReadModel for CompanySummaries {
     type Facet = CompanyFacet;
     const ROW_BYTES: usize = 450;
 
-    fn rows<'a>(
+    fn rows_in_shape<'a>(
         pool: &'a PgPool,
         filters: &'a CompanyFilters,
         sort: CompanySort,
         after: Option<&'a Value>,
         limit: i64,
+        filter_first: bool,
     ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
-        sorted_rows(pool, filters, None, sort, after, limit)
+        sorted_rows(pool, filters, None, sort, after, limit, filter_first)
     }
 
     async fn count(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
@@ -237,7 +237,7 @@ impl ReadModel for CompanySummaries {
     async fn estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
         // The planner's estimate of the matches does not depend on the order.
         let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
-            keyset: ("TRUE"), order: ("company_id"))
+            shape: in_index_order, keyset: ("TRUE"), order: ("company_id"))
         .fetch_one(pool)
         .await?;
         Ok(estimated_rows(plan.as_ref()))
@@ -258,7 +258,7 @@ impl ReadModel for CompanySummaries {
         use futures_util::TryStreamExt;
         let filters = CompanyFilters::default();
         let sort = CompanySortKey::DEFAULT;
-        sorted_rows(pool, &filters, Some(company_id), sort, None, 1)
+        sorted_rows(pool, &filters, Some(company_id), sort, None, 1, false)
             .try_next()
             .await
     }
@@ -321,9 +321,10 @@ fn sorted_rows<'a>(
     sort: CompanySort,
     after: Option<&'a Value>,
     limit: i64,
+    filter_first: bool,
 ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
     let rows = Some(limit);
-    page_in_order!(sort, page!(query_as [CompanyRow,] "", filters, one, after, rows).fetch(pool), {
+    page_in_order!(sort, filter_first, page!(query_as [CompanyRow,] "", filters, one, after, rows).fetch(pool), {
         CompanySortKey::Name => ["COALESCE(name, '')", "company_id"] from "($1->>0, $1->>1)";
         CompanySortKey::Revenue => ["COALESCE(revenue, '-9223372036854775808'::bigint)", "company_id"]
             from "(($1->>0)::bigint, $1->>1)";

@@ -237,6 +237,8 @@ pub trait FilterSet:
     fn restrict(&mut self, name: &str, allowed: &[String]) -> Restricted;
     /// Leaves the fields in `hidden` out of what every filter matches on.
     fn hide(&mut self, hidden: &[&str]);
+    /// Whether no filter is set: every row matches.
+    fn is_empty(&self) -> bool;
 }
 
 /// Rejects `x_max` when it is below `x_min`, for every such pair of filters.
@@ -354,6 +356,10 @@ macro_rules! filters {
                     $crate::filters!(@reads $field $($($read),+)?),
                     hidden,
                 ); )*
+            }
+
+            fn is_empty(&self) -> bool {
+                true $( && self.$field == <$ty as Default>::default() )*
             }
         }
     };

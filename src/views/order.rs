@@ -74,23 +74,31 @@ macro_rules! sort_keys {
 }
 pub use crate::sort_keys;
 
-/// A read model's page statement in the order `$sort` asks for. Each sort key is one line: its
-/// ORDER BY expressions, the row's id last, and how the cursor (`ReadModel::cursor_key`) reads them
-/// back; both directions follow from it (`>` and ascending, `<` and `DESC` on every expression), so
-/// that they cannot disagree. `$page!(…)` is the model's statement macro, called with its own
-/// arguments in parentheses, then `keyset:` and `order:` fragments; `.$run(…)` runs the statement
-/// (each order is a statement of its own, and so a type of its own).
+/// A read model's page statement in the order `$sort` asks for, in the shape `$filter_first`
+/// chooses. Each sort key is one line: its ORDER BY expressions, the row's id last, and how the
+/// cursor (`ReadModel::cursor_key`) reads them back; both directions follow from it (`>` and
+/// ascending, `<` and `DESC` on every expression), so that they cannot disagree. `$page!(…)` is the
+/// model's statement macro, called with its own arguments in parentheses, then `shape:`
+/// (`in_index_order`, or `filter_first` when `$filter_first` is true: see `FILTER_FIRST_ROWS`),
+/// `keyset:` and `order:` fragments; `.$run(…)` runs the statement (each order and shape is a
+/// statement of its own, and so a type of its own).
 #[macro_export]
 macro_rules! page_in_order {
-    ($sort:expr, $page:ident!$args:tt .$run:ident $run_args:tt, {
+    ($sort:expr, $filter_first:expr, $page:ident!$args:tt .$run:ident $run_args:tt, {
         $($key:path => [$first:literal $(, $rest:literal)*] from $cursor:literal;)+
     }) => {
-        match ($sort.key, $sort.descending) {
+        match ($sort.key, $sort.descending, $filter_first) {
             $(
-                ($key, false) => $page!($args,
+                ($key, false, false) => $page!($args, shape: in_index_order,
                     keyset: ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
                     order: ($first $(+ ", " + $rest)*)).$run $run_args,
-                ($key, true) => $page!($args,
+                ($key, true, false) => $page!($args, shape: in_index_order,
+                    keyset: ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
+                    order: ($first + " DESC" $(+ ", " + $rest + " DESC")*)).$run $run_args,
+                ($key, false, true) => $page!($args, shape: filter_first,
+                    keyset: ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
+                    order: ($first $(+ ", " + $rest)*)).$run $run_args,
+                ($key, true, true) => $page!($args, shape: filter_first,
                     keyset: ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
                     order: ($first + " DESC" $(+ ", " + $rest + " DESC")*)).$run $run_args,
             )+
@@ -98,6 +106,36 @@ macro_rules! page_in_order {
     };
 }
 pub use crate::page_in_order;
+
+/// The page statement in either shape, from a model's `$matching!` statement macro (its FROM and
+/// WHERE with every filter, between a `select` and a `then`), its `$columns` (a SELECT list),
+/// `$restrict` (conditions of its own, as one row by id) and the `keyset` and `order` of
+/// `page_in_order!`:
+/// - `in_index_order`: the planner may walk an index in the order until the page is full, which is
+///   what a first page of many matches wants;
+/// - `filter_first`: the matches are read first (`MATERIALIZED`: the planner cannot walk the order
+///   index instead), then sorted; for few matches, which a walk may have to look far for (the ORDER
+///   BY + LIMIT trap: its costing assumes the matches are spread evenly through the order).
+#[macro_export]
+macro_rules! page_shape {
+    (in_index_order, $matching:ident!($kind:ident [$($head:tt)*] $explain:literal, $columns:literal,
+     $restrict:literal, ($($keyset:tt)+), ($($order:tt)+)), $($binds:tt)*) => {
+        $matching!($kind [$($head)*]
+            select ($explain + $columns)
+            then ($restrict + "\n                 AND ($1::jsonb IS NULL OR " + $($keyset)+
+                  + ")\n               ORDER BY " + $($order)+ + " LIMIT $2"),
+            $($binds)*)
+    };
+    (filter_first, $matching:ident!($kind:ident [$($head:tt)*] $explain:literal, $columns:literal,
+     $restrict:literal, ($($keyset:tt)+), ($($order:tt)+)), $($binds:tt)*) => {
+        $matching!($kind [$($head)*]
+            select ($explain + "WITH matches AS MATERIALIZED (SELECT *")
+            then ($restrict + "\n                 AND ($1::jsonb IS NULL OR " + $($keyset)+ + "))\n"
+                  + $columns + "\n               FROM matches ORDER BY " + $($order)+ + " LIMIT $2"),
+            $($binds)*)
+    };
+}
+pub use crate::page_shape;
 
 /// One element of a cursor key, as its SQL compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -211,12 +211,14 @@ impl ReadModel for ProspectSearch {
     type Facet = NoFacets;
     const ROW_BYTES: usize = 600;
 
-    fn rows<'a>(
+    /// One shape: `search_prospects()` and the company-name statement choose their own plans.
+    fn rows_in_shape<'a>(
         pool: &'a PgPool,
         f: &'a SearchFilters,
         sort: Sort<SearchOrder>,
         after: Option<&'a Value>,
         limit: i64,
+        _: bool,
     ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
         match sort.key {
             SearchOrder::Relevance => ranked_statement!(f, after, limit).fetch(pool).boxed(),
@@ -226,6 +228,17 @@ impl ReadModel for ProspectSearch {
                     .boxed()
             }
         }
+    }
+
+    /// Without an estimate first: there is one shape.
+    fn rows<'a>(
+        pool: &'a PgPool,
+        f: &'a SearchFilters,
+        sort: Sort<SearchOrder>,
+        after: Option<&'a Value>,
+        limit: i64,
+    ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
+        Self::rows_in_shape(pool, f, sort, after, limit, false)
     }
 
     async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {

@@ -5,7 +5,10 @@
 //! written once for all of them.
 
 use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,14 +41,29 @@ pub trait ReadModel: Send + Sync + 'static {
     const ROW_BYTES: usize;
 
     /// At most `limit` rows matching `filters` in `sort` order, after the row whose `cursor_key`
-    /// is `after`, as they arrive (CSV exports stream them).
+    /// is `after`, as they arrive (CSV exports stream them), read by the statement of the shape
+    /// `filter_first` names (`page_shape!`; a model with one shape ignores it).
+    fn rows_in_shape<'a>(
+        pool: &'a PgPool,
+        filters: &'a Self::Filters,
+        sort: Sort<Self::Sort>,
+        after: Option<&'a Value>,
+        limit: i64,
+        filter_first: bool,
+    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
+
+    /// The same rows, in the shape that suits `filters` (`in_the_faster_shape`).
     fn rows<'a>(
         pool: &'a PgPool,
         filters: &'a Self::Filters,
         sort: Sort<Self::Sort>,
         after: Option<&'a Value>,
         limit: i64,
-    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
+    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>> {
+        in_the_faster_shape::<Self>(pool, filters, move |filter_first| {
+            Self::rows_in_shape(pool, filters, sort, after, limit, filter_first)
+        })
+    }
 
     /// How many rows match (all pages).
     fn count<'a>(
@@ -217,6 +235,60 @@ pub struct IdPath {
 /// How many rows the planner expects to match, from the `EXPLAIN (FORMAT JSON)` plan of a page
 /// statement asked for one row: the rows of the plan under its `Limit` (for `LIMIT 1` the planner
 /// picks a plan that starts at once: an index scan, or a sort of every match, never a parallel one).
+/// At most this many estimated matches, a page reads the matches first and sorts them
+/// (`page_shape!`'s `filter_first`); more, it may walk an index in the page's order. Reading and
+/// sorting a few thousand rows takes a few milliseconds, so the walk's worst case (matches
+/// clustered far along the order: 279 ms at 1M, bench/RESULTS.md `filters`) is never paid where
+/// it is likely; beyond, the walk finds a page of common matches at once. Measured with
+/// bench/filter_plans.py, which reads this constant.
+pub const FILTER_FIRST_ROWS: i64 = 5_000;
+
+/// The page `page` gives in the shape that suits `filters`: filter first when the planner expects
+/// at most `FILTER_FIRST_ROWS` matches (one more statement, an EXPLAIN, before the first filtered
+/// page of those filters in a minute), in index order otherwise and without filters.
+pub fn in_the_faster_shape<'a, M: ReadModel + ?Sized>(
+    pool: &'a PgPool,
+    filters: &'a M::Filters,
+    page: impl FnOnce(bool) -> BoxStream<'a, Result<M::Row, sqlx::Error>> + Send + 'a,
+) -> BoxStream<'a, Result<M::Row, sqlx::Error>> {
+    if filters.is_empty() {
+        return page(false);
+    }
+    let key = (
+        M::API.path,
+        serde_json::to_string(filters).unwrap_or_default(),
+    );
+    if let Some(estimate) = recent_estimates().get(&key) {
+        return page(estimate <= FILTER_FIRST_ROWS);
+    }
+    futures_util::stream::once(async move {
+        match M::estimate(pool, filters).await {
+            Ok(estimate) => {
+                recent_estimates().insert(key, estimate);
+                page(estimate <= FILTER_FIRST_ROWS)
+            }
+            Err(error) => futures_util::stream::once(async { Err(error) }).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// The estimates `in_the_faster_shape` went by, per read model (its path) and filters, for a
+/// minute: they move with the planner's statistics (ANALYZE), not per request, so another page or
+/// order of the same filters need not plan one again (case (a) of bench/run.py, a dozen filters
+/// served over and over, would otherwise plan every page twice). Only the shape depends on them,
+/// never the rows (tests/api/page_shapes.rs).
+fn recent_estimates() -> &'static moka::sync::Cache<(&'static str, String), i64> {
+    static ESTIMATES: OnceLock<moka::sync::Cache<(&'static str, String), i64>> = OnceLock::new();
+    ESTIMATES.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(60))
+            .build()
+    })
+}
+
 pub fn estimated_rows(plan: Option<&Value>) -> i64 {
     let Some(top) = plan.and_then(|plan| plan.pointer("/0/Plan")) else {
         return 0;

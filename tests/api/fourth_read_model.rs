@@ -55,7 +55,9 @@ impl Facet for DomainFacet {
 }
 
 macro_rules! domains {
-    (($filters:expr, $one:expr, $after:expr, $rows:expr), keyset: ($($keyset:tt)+), order: ($($order:tt)+)) => {{
+    // One statement for both shapes: a few hundred companies read either way.
+    (($filters:expr, $one:expr, $after:expr, $rows:expr), shape: $_shape:ident, keyset: ($($keyset:tt)+),
+     order: ($($order:tt)+)) => {{
         let f: &DomainFilters = $filters;
         sqlx::query_as!(
             DomainRow,
@@ -88,7 +90,7 @@ fn sorted<'a>(
     limit: i64,
 ) -> BoxStream<'a, Result<DomainRow, sqlx::Error>> {
     let rows = Some(limit);
-    prospect_api::page_in_order!(sort, domains!(filters, one, after, rows).fetch(pool), {
+    prospect_api::page_in_order!(sort, false, domains!(filters, one, after, rows).fetch(pool), {
         DomainOrder::Name => ["COALESCE(name, '')", "company_id"] from "($1->>0, $1->>1)";
     })
 }
@@ -118,12 +120,13 @@ impl ReadModel for CompanyDomains {
     type Facet = DomainFacet;
     const ROW_BYTES: usize = 120;
 
-    fn rows<'a>(
+    fn rows_in_shape<'a>(
         pool: &'a PgPool,
         filters: &'a DomainFilters,
         sort: Sort<DomainOrder>,
         after: Option<&'a Value>,
         limit: i64,
+        _: bool,
     ) -> BoxStream<'a, Result<DomainRow, sqlx::Error>> {
         sorted(pool, filters, None, sort, after, limit)
     }

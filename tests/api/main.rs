@@ -24,6 +24,7 @@ mod http_search;
 mod incremental;
 mod matching;
 mod migrations;
+mod page_shapes;
 mod read_your_writes;
 mod refresh;
 mod refresh_loop;

@@ -20,7 +20,7 @@ use crate::helpers::seeded_and_fixture;
 const ALL: i64 = 100_000;
 
 /// One filter's value, as the HTTP layer would read it.
-struct Given(&'static str, String);
+pub struct Given(pub &'static str, pub String);
 
 impl FilterSource for Given {
     fn given(&self, name: &str) -> bool {
@@ -51,7 +51,7 @@ impl FilterSource for Given {
 
 /// Values to try for `spec`: some the rows hold (of the field it reads), neighbours of numbers,
 /// other cases of text, and one no row holds.
-fn values(spec: &FilterSpec, rows: &[Value]) -> Vec<String> {
+pub fn values(spec: &FilterSpec, rows: &[Value]) -> Vec<String> {
     let field = spec.reads[0];
     let mut held: Vec<Value> = rows
         .iter()
