@@ -6,7 +6,8 @@ The first page of every filter of every list endpoint (`/prospects`, `/companies
 combinations, with the value held by the fewest rows and with the most common one, under each sort
 both ways: the page statements exactly as compiled (.sqlx/), prepared and planned the way the read
 pool plans them (`plan_cache_mode = force_custom_plan`), on the benchmark database that bench/run.py
-seeds. `/search` with each of its filters is timed through search_prospects() the same way.
+seeds. A filtered page is taken in the shape the API chooses from its estimate (in index order, or
+filter first for at most FILTER_FIRST_ROWS matches), and its time includes planning the estimate. `/search` with each of its filters is timed through search_prospects() the same way.
 
 Each case runs twice and keeps the faster; the report gives, per filter and value, the slowest sort
 with its time, its plan's shape and the scan's estimated against actual rows (a wrong estimate is
@@ -144,6 +145,27 @@ def best_of_two(url, statement, arguments=None):
     return min(runs, key=lambda r: r[0])
 
 
+def filter_first_rows():
+    """The API's FILTER_FIRST_ROWS: at most this many estimated matches, a page reads them first."""
+    with open(os.path.join(run.ROOT, "src", "views", "read_model.rs")) as f:
+        found = re.search(r"pub const FILTER_FIRST_ROWS: i64 = ([\d_]+);", f.read())
+    return int(found.group(1).replace("_", ""))
+
+
+def estimate(url, statement, arguments):
+    """(estimated matches, milliseconds planning) of the API's estimate, the EXPLAIN it runs before
+    a filtered page to choose the page's shape."""
+    values = list(arguments)
+    values[1] = "1"
+    script = ("SET plan_cache_mode = force_custom_plan;\n"
+              f"PREPARE estimate AS {statement};\n"
+              f"EXPLAIN (FORMAT JSON, SUMMARY) EXECUTE estimate({', '.join(values)});\n")
+    plan = json.loads(psql_script(url, script))[0]
+    top = plan["Plan"]
+    matching = top["Plans"][0] if top["Node Type"] == "Limit" else top
+    return round(matching["Plan Rows"]), plan["Planning Time"]
+
+
 def count(url, statement, arguments):
     """How many rows the page statement matches with no limit ($2 NULL)."""
     unlimited = list(arguments)
@@ -159,8 +181,11 @@ def scan(node):
     return node
 
 
-def page_cases(url, view, statements):
-    """(label, matching rows, [(order, ms, plan)]) for every filter, value class and combination."""
+def page_cases(url, view, statements, filter_first, estimate_statement):
+    """(label, matching rows, [(order, ms, plan)]) for every filter, value class and combination, each
+    page in the shape the API chooses: with filters, after its estimate (whose planning time the
+    case's time includes), `filter_first[order]` when at most FILTER_FIRST_ROWS match."""
+    threshold = filter_first_rows()
     filters = {name: (needle, kind, expression) for name, needle, kind, expression in FILTERS[view]}
     found = {name: values(url, view, expression, kind) for name, (_, kind, expression) in filters.items()}
     cases = [("no filter", {})]
@@ -177,8 +202,13 @@ def page_cases(url, view, statements):
             arguments[1] = "51"  # $2: the page size plus one
             for name, value in chosen.items():
                 arguments[parameter(statement, filters[name][0]) - 1] = value
+            estimating = 0.0
+            if chosen:
+                matches, estimating = estimate(url, estimate_statement, arguments)
+                if matches <= threshold:
+                    statement = filter_first[order]
             ms, plan = best_of_two(url, statement, arguments)
-            results.append((order, ms, plan))
+            results.append((order, ms + estimating, plan))
             if rows is None:
                 rows = count(url, statement, arguments)
         out.append((label, rows, results))
@@ -223,17 +253,26 @@ def main():
     url = f"{args.server}/prospect_api_bench_{args.size}"
     # The list endpoints' page statements: those taking every filter of their view (a test's own
     # read model, tests/api/fourth_read_model.rs, reads company_summary_view with fewer).
-    statements = {}
+    statements, filter_first, estimates = {}, {}, {}
     for view, order, statement, params in sort_plans.page_statements():
         statements.setdefault(view, []).append((order, statement, params))
     for view, found in statements.items():
         most = max(params for _, _, params in found)
         statements[view] = [s for s in found if s[2] == most]
+    for view, order, statement, params in sort_plans.page_statements(filter_first=True):
+        filter_first.setdefault(view, {})[order] = statement
+    for statement in sort_plans.compiled_statements():
+        explained = re.match(r"EXPLAIN \(FORMAT JSON\) (SELECT .* FROM (\w+)\s.*)", statement, re.S)
+        # The one taking every filter (the tests' own read model has an estimate with fewer).
+        if explained and explained.group(2) in FILTERS \
+                and len(explained.group(1)) > len(estimates.get(explained.group(2), "")):
+            estimates[explained.group(2)] = explained.group(1)
     endpoints = args.endpoints.split(",")
     results = []
     for view in FILTERS:
         if ENDPOINT[view] in endpoints:
-            results += [(ENDPOINT[view], *case) for case in page_cases(url, view, statements[view])]
+            cases = page_cases(url, view, statements[view], filter_first[view], estimates[view])
+            results += [(ENDPOINT[view], *case) for case in cases]
     if "/search" in endpoints:
         results += [("/search", *case) for case in search_cases(url)]
 
@@ -258,7 +297,8 @@ def main():
     run.write_section("filters", f"""## Every filter fast: first pages under every filter and sort
 
 Written by `bench/filter_plans.py --size {args.size}` on {now} UTC, {prospects:,} prospects, cache off
-(statements planned as the read pool plans them, faster of two runs, planning included). Each filter
+(statements planned as the read pool plans them, faster of two runs, planning included; a filtered
+page in the shape the API chooses from its estimate, whose planning is included too). Each filter
 alone with its rarest value (`rare`) and its most common one (`common`; for a bound, the extreme that
 keeps every row), and in combinations; each line gives the slowest of the endpoint's sorts both ways.
 {summary}

@@ -24,16 +24,24 @@ import run  # noqa: E402  (RESULTS.md sections)
 ROOT = run.ROOT
 
 
-def page_statements():
-    """(view, order by, text, parameter count) of each page statement, from .sqlx/."""
-    found = []
+def compiled_statements():
+    """The text of every statement the API compiled, from .sqlx/."""
     for path in sorted(glob.glob(os.path.join(ROOT, ".sqlx", "query-*.json"))):
         with open(path) as f:
-            query = json.load(f)["query"]
+            yield json.load(f)["query"]
+
+
+def page_statements(filter_first=False):
+    """(view, order by, text, parameter count) of each page statement in index order (or, with
+    `filter_first`, in the shape that reads the matches first: src/views/order.rs, `page_shape!`)."""
+    found = []
+    for query in compiled_statements():
         view = re.search(r"FROM (company_prospect_view|company_summary_view)\b", query)
         order = re.search(r"ORDER BY (.*?) LIMIT \$2", query, re.S)
+        shape_matches = query.lstrip().startswith("WITH matches AS MATERIALIZED") == filter_first
         # Facet counts are not pages; an estimate is a page statement under EXPLAIN.
-        if view and order and "GROUP BY" not in query and not query.lstrip().startswith("EXPLAIN"):
+        if view and order and shape_matches and "GROUP BY" not in query \
+                and not query.lstrip().startswith("EXPLAIN"):
             params = max(int(n) for n in re.findall(r"\$(\d+)", query))
             found.append((view.group(1), " ".join(order.group(1).split()), query, params))
     return found
