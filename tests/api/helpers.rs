@@ -7,6 +7,7 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use futures_util::future::BoxFuture;
 use prospect_api::config::{
     AccessConfig, DatabaseConfig, DatabaseUrl, MaintenanceConfig, RefreshSettings, ServeConfig,
 };
@@ -716,4 +717,26 @@ async fn relay(
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
         _ = watch.wait_for(|state| *state != ProxyState::Up) => {} // cut: both sockets dropped
     }
+}
+
+/// A check written once for any read model, run on each (`each_read_model`).
+pub trait ModelCheck {
+    type Found: Send + 'static;
+    fn check<M: prospect_api::views::ReadModel>(pool: PgPool) -> BoxFuture<'static, Self::Found>;
+}
+
+/// A read model's path and its check.
+pub type CheckOf<T> = (&'static str, fn(PgPool) -> BoxFuture<'static, T>);
+
+/// `C`'s check of every read model the service serves, by its path, ready to run.
+pub fn each_read_model<C: ModelCheck>() -> Vec<CheckOf<C::Found>> {
+    struct Collect<C: ModelCheck>(Vec<CheckOf<C::Found>>);
+    impl<C: ModelCheck> prospect_api::views::ReadModelVisitor for Collect<C> {
+        fn visit<M: prospect_api::views::ReadModel>(&mut self) {
+            self.0.push((M::API.path, C::check::<M>));
+        }
+    }
+    let mut collect = Collect::<C>(Vec::new());
+    prospect_api::views::visit_read_models(&mut collect);
+    collect.0
 }

@@ -10,11 +10,11 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use prospect_api::views::filters::{FilterKind, FilterSet, FilterSource, FilterSpec};
 use prospect_api::views::order::{Sort, SortKey, compare_keys};
-use prospect_api::views::{Admits, ReadModel, ReadModelVisitor, visit_read_models};
+use prospect_api::views::{Admits, ReadModel};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::seeded_and_fixture;
+use crate::helpers::{ModelCheck, each_read_model, seeded_and_fixture};
 
 /// Every row, more than the seed holds.
 const ALL: i64 = 100_000;
@@ -188,16 +188,13 @@ async fn check<M: ReadModel>(pool: PgPool) -> Found {
 /// What `check` found of one model: rows decided, rows not, orders compared.
 type Found = Result<(usize, usize, usize), String>;
 
-/// `check` of one read model.
-type Check = fn(PgPool) -> BoxFuture<'static, Found>;
+/// `check`, for every read model.
+struct Matching;
 
-/// The check of each read model, by its path.
-struct Checks(Vec<(&'static str, Check)>);
-
-impl ReadModelVisitor for Checks {
-    fn visit<M: ReadModel>(&mut self) {
-        self.0
-            .push((M::API.path, |pool| Box::pin(check::<M>(pool))));
+impl ModelCheck for Matching {
+    type Found = Found;
+    fn check<M: ReadModel>(pool: PgPool) -> BoxFuture<'static, Found> {
+        Box::pin(check::<M>(pool))
     }
 }
 
@@ -209,9 +206,7 @@ async fn what_rust_admits_and_how_it_orders_keys_is_what_the_sql_returns_for_eve
         .await
         .unwrap();
     assert!(bytewise, "the tests' server orders text by bytes (C.UTF-8)");
-    let mut checks = Checks(Vec::new());
-    visit_read_models(&mut checks);
-    for (path, check) in checks.0 {
+    for (path, check) in each_read_model::<Matching>() {
         let (decided, undecided, orders) = check(db.pool.clone())
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -4,13 +4,13 @@
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
+use prospect_api::views::ReadModel;
 use prospect_api::views::filters::{FilterKind, FilterSet};
 use prospect_api::views::order::{Sort, SortKey};
-use prospect_api::views::{ReadModel, ReadModelVisitor, visit_read_models};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::seeded_and_fixture;
+use crate::helpers::{ModelCheck, each_read_model, seeded_and_fixture};
 use crate::matching::{Given, values};
 
 /// Small enough that every listing takes several pages.
@@ -83,25 +83,20 @@ async fn compare<M: ReadModel>(pool: PgPool) -> Result<usize, String> {
     Ok(compared)
 }
 
-/// `compare` of one read model.
-type Compare = fn(PgPool) -> BoxFuture<'static, Result<usize, String>>;
+/// `compare`, for every read model.
+struct BothShapes;
 
-/// The comparison of each read model, by its path.
-struct Comparisons(Vec<(&'static str, Compare)>);
-
-impl ReadModelVisitor for Comparisons {
-    fn visit<M: ReadModel>(&mut self) {
-        self.0
-            .push((M::API.path, |pool| Box::pin(compare::<M>(pool))));
+impl ModelCheck for BothShapes {
+    type Found = Result<usize, String>;
+    fn check<M: ReadModel>(pool: PgPool) -> BoxFuture<'static, Self::Found> {
+        Box::pin(compare::<M>(pool))
     }
 }
 
 #[tokio::test]
 async fn both_shapes_of_every_page_statement_return_the_same_pages_for_every_filter_and_order() {
     let db = seeded_and_fixture(11, async |_| {}).await;
-    let mut comparisons = Comparisons(Vec::new());
-    visit_read_models(&mut comparisons);
-    for (path, compare) in comparisons.0 {
+    for (path, compare) in each_read_model::<BothShapes>() {
         let compared = compare(db.pool.clone())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
