@@ -418,3 +418,41 @@ fn relevance_keys_compare_best_first_then_by_id() {
         Some(std::cmp::Ordering::Equal)
     );
 }
+
+/// A term with more matches than a tier reads at once (1,000) is walked in key order; with a
+/// filter, along the filter's index, planned with a setting of its own that the walk restores.
+#[tokio::test]
+async fn a_dense_filtered_tier_is_walked_in_key_order_and_leaves_the_settings_as_they_were() {
+    let db = TestDb::new().await;
+    db.execute(
+        r#"INSERT INTO "Company" ("id", "name") VALUES ('c_dense', 'Dense Works');
+           INSERT INTO "Prospect" ("id", "companyId", "firstName", "lastName", "department")
+           SELECT 'p_' || lpad(i::text, 5, '0'), 'c_dense', 'Ann', 'Smith',
+                  CASE WHEN i % 3 = 0 THEN 'Legal' ELSE 'Sales' END
+           FROM generate_series(1, 3600) AS i;"#,
+    )
+    .await;
+    crate::helpers::refresh_all_ok(&db.pool).await;
+    // One transaction, in which a setting made for the walk would outlive it if not restored.
+    let mut tx = db.pool.begin().await.unwrap();
+    let walked: Vec<String> = sqlx::query_scalar(
+        "SELECT prospect_id FROM search_prospects('smith', '{}', false, NULL, NULL, ARRAY['Legal'],
+                                                  NULL, NULL, 51)",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let expected: Vec<String> = sqlx::query_scalar(
+        "SELECT prospect_id FROM prospect_search_view WHERE department = 'Legal'
+         ORDER BY prospect_id LIMIT 51",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(walked, expected);
+    let setting: String = sqlx::query_scalar("SELECT current_setting('random_page_cost')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(setting, "4");
+}
