@@ -1,8 +1,9 @@
 //! `company_prospect_view`'s prospects: `GET /prospects`, `/prospects/{id}`, `/prospects/facets` and
 //! `/companies/{id}/prospects`.
 //!
-//! Two statement shapes: a page in one order (`page!`; under EXPLAIN it gives the planner's
-//! estimate of the matches), and the counts of a facet or of all matching rows (`counts!`). Both
+//! Two statements: a page in one order (`page!`, walking the order's index or, for few matches,
+//! reading them first: `page_shape!`; under EXPLAIN it gives the planner's estimate of the
+//! matches), and the counts of a facet or of all matching rows (`counts!`). Both
 //! read the rows `matching_prospects!` keeps, where every filter is written once as a
 //! `($n IS NULL OR condition)` line; `.sqlx/` holds each statement whole. The read pool runs with
 //! `plan_cache_mode = force_custom_plan`, so each execution is planned with its values: the unused

@@ -232,9 +232,6 @@ pub struct IdPath {
     pub noun: &'static str,
 }
 
-/// How many rows the planner expects to match, from the `EXPLAIN (FORMAT JSON)` plan of a page
-/// statement asked for one row: the rows of the plan under its `Limit` (for `LIMIT 1` the planner
-/// picks a plan that starts at once: an index scan, or a sort of every match, never a parallel one).
 /// At most this many estimated matches, a page reads the matches first and sorts them
 /// (`page_shape!`'s `filter_first`); more, it may walk an index in the page's order. Reading and
 /// sorting a few thousand rows takes a few milliseconds, so the walk's worst case (matches
@@ -289,6 +286,9 @@ fn recent_estimates() -> &'static moka::sync::Cache<(&'static str, String), i64>
     })
 }
 
+/// How many rows the planner expects to match, from the `EXPLAIN (FORMAT JSON)` plan of a page
+/// statement asked for one row: the rows of the plan under its `Limit` (for `LIMIT 1` the planner
+/// picks a plan that starts at once: an index scan, or a sort of every match, never a parallel one).
 pub fn estimated_rows(plan: Option<&Value>) -> i64 {
     let Some(top) = plan.and_then(|plan| plan.pointer("/0/Plan")) else {
         return 0;
