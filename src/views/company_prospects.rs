@@ -26,11 +26,8 @@ use super::filters::{any_of, contains_pattern, filters};
 use super::matching::{
     ascii_contains, ascii_equal, at_least, in_any_of, revenue_at_least, revenue_at_most, same,
 };
-use super::order::{
-    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, page_shape,
-    sort_keys,
-};
-use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, estimated_rows};
+use super::order::{Counted, Facet, Sort, page_in_order, page_shape, sort_keys};
+use super::{Admits, Api, IdPath, Image, ReadModel, ViewName, statements_of_page_and_counts};
 
 /// The prospects of `company_prospect_view` (a company without prospects has a row there too, which
 /// no statement here returns).
@@ -305,57 +302,9 @@ impl ReadModel for CompanyProspects {
     type Facet = ProspectFacet;
     const ROW_BYTES: usize = 1200;
 
-    fn rows_in_shape<'a>(
-        pool: &'a PgPool,
-        filters: &'a ProspectFilters,
-        sort: ProspectSort,
-        after: Option<&'a Value>,
-        limit: i64,
-        filter_first: bool,
-    ) -> BoxStream<'a, Result<ProspectRow, sqlx::Error>> {
-        sorted_rows(pool, filters, None, sort, after, limit, filter_first)
-    }
-
-    async fn count(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
-        let total = counts!(filters, None::<&str>, 1_i64)
-            .fetch_optional(pool)
-            .await?;
-        Ok(Counted::total(total))
-    }
-
-    async fn estimate(pool: &PgPool, filters: &ProspectFilters) -> Result<i64, sqlx::Error> {
-        // The planner's estimate of the matches does not depend on the order.
-        let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
-            shape: in_index_order, keyset: ("TRUE"), order: ("prospect_id"))
-        .fetch_one(pool)
-        .await?;
-        Ok(estimated_rows(plan.as_ref()))
-    }
-
-    async fn facet(
-        pool: &PgPool,
-        filters: &ProspectFilters,
-        facet: ProspectFacet,
-    ) -> Result<Vec<FacetCount>, sqlx::Error> {
-        let groups = counts!(filters, Some(facet.name()), MAX_FACET_VALUES)
-            .fetch_all(pool)
-            .await?;
-        Ok(Counted::facet_counts(groups))
-    }
-
-    async fn one(pool: &PgPool, prospect_id: &str) -> Result<Option<ProspectRow>, sqlx::Error> {
-        use futures_util::TryStreamExt;
-        let filters = ProspectFilters::default();
-        let mut rows = sorted_rows(
-            pool,
-            &filters,
-            Some(prospect_id),
-            ProspectSortKey::DEFAULT,
-            None,
-            1,
-            false,
-        );
-        rows.try_next().await
+    statements_of_page_and_counts! {
+        row: ProspectRow, filters: ProspectFilters, sort: ProspectSortKey, facet: ProspectFacet,
+        id: "prospect_id"
     }
 
     fn cursor_key(sort: ProspectSort, row: &ProspectRow) -> Value {

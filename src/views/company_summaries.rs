@@ -12,11 +12,8 @@ use utoipa::ToSchema;
 
 use super::filters::{any_of, filters};
 use super::matching::{at_least, in_any_of, revenue_at_least, revenue_at_most, same};
-use super::order::{
-    Counted, Facet, FacetCount, MAX_FACET_VALUES, Sort, SortKey, page_in_order, page_shape,
-    sort_keys,
-};
-use super::{Admits, Api, IdPath, ReadModel, ViewName, estimated_rows};
+use super::order::{Counted, Facet, Sort, page_in_order, page_shape, sort_keys};
+use super::{Admits, Api, IdPath, ReadModel, ViewName, statements_of_page_and_counts};
 
 pub struct CompanySummaries;
 
@@ -216,51 +213,9 @@ impl ReadModel for CompanySummaries {
     type Facet = CompanyFacet;
     const ROW_BYTES: usize = 450;
 
-    fn rows_in_shape<'a>(
-        pool: &'a PgPool,
-        filters: &'a CompanyFilters,
-        sort: CompanySort,
-        after: Option<&'a Value>,
-        limit: i64,
-        filter_first: bool,
-    ) -> BoxStream<'a, Result<CompanyRow, sqlx::Error>> {
-        sorted_rows(pool, filters, None, sort, after, limit, filter_first)
-    }
-
-    async fn count(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-        let total = counts!(filters, None::<&str>, 1_i64)
-            .fetch_optional(pool)
-            .await?;
-        Ok(Counted::total(total))
-    }
-
-    async fn estimate(pool: &PgPool, filters: &CompanyFilters) -> Result<i64, sqlx::Error> {
-        // The planner's estimate of the matches does not depend on the order.
-        let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, None::<&Value>, Some(1_i64)),
-            shape: in_index_order, keyset: ("TRUE"), order: ("company_id"))
-        .fetch_one(pool)
-        .await?;
-        Ok(estimated_rows(plan.as_ref()))
-    }
-
-    async fn facet(
-        pool: &PgPool,
-        filters: &CompanyFilters,
-        facet: CompanyFacet,
-    ) -> Result<Vec<FacetCount>, sqlx::Error> {
-        let groups = counts!(filters, Some(facet.name()), MAX_FACET_VALUES)
-            .fetch_all(pool)
-            .await?;
-        Ok(Counted::facet_counts(groups))
-    }
-
-    async fn one(pool: &PgPool, company_id: &str) -> Result<Option<CompanyRow>, sqlx::Error> {
-        use futures_util::TryStreamExt;
-        let filters = CompanyFilters::default();
-        let sort = CompanySortKey::DEFAULT;
-        sorted_rows(pool, &filters, Some(company_id), sort, None, 1, false)
-            .try_next()
-            .await
+    statements_of_page_and_counts! {
+        row: CompanyRow, filters: CompanyFilters, sort: CompanySortKey, facet: CompanyFacet,
+        id: "company_id"
     }
 
     /// The conditions of `page!`, one per filter, as Rust can check them.

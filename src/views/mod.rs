@@ -29,7 +29,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use per_view::PerView;
-pub use read_model::{Admits, Api, IdPath, Image, Place, ReadModel, estimated_rows};
+pub use read_model::{
+    Admits, Api, IdPath, Image, Place, ReadModel, Shape, estimated_rows, in_shape,
+    statements_of_page_and_counts,
+};
 
 /// The list of read models: each line is a view's variant, its name in the database, and the
 /// `ReadModel` that serves it. Generates `ViewName`, and `visit_read_models`, which hands every model

@@ -79,29 +79,30 @@ pub use crate::sort_keys;
 /// cursor (`ReadModel::cursor_key`) reads them back; both directions follow from it (`>` and
 /// ascending, `<` and `DESC` on every expression), so that they cannot disagree. `$page!(…)` is the
 /// model's statement macro, called with its own arguments in parentheses, then `shape:`
-/// (`in_index_order`, or `filter_first` when `$filter_first` is true: see `FILTER_FIRST_ROWS`),
-/// `keyset:` and `order:` fragments; `.$run(…)` runs the statement (each order and shape is a
-/// statement of its own, and so a type of its own).
+/// (`in_index_order`, or `filter_first` when `$filter_first` is true: see `Shape`), `keyset:` and
+/// `order:` fragments; `.$run(…)` runs the statement (each order and shape is a statement of its
+/// own, and so a type of its own; `$run` must give one type for all of them, as `fetch` does).
 #[macro_export]
 macro_rules! page_in_order {
     ($sort:expr, $filter_first:expr, $page:ident!$args:tt .$run:ident $run_args:tt, {
         $($key:path => [$first:literal $(, $rest:literal)*] from $cursor:literal;)+
     }) => {
-        match ($sort.key, $sort.descending, $filter_first) {
+        match ($sort.key, $sort.descending) {
             $(
-                ($key, false, false) => $page!($args, shape: in_index_order,
-                    keyset: ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
-                    order: ($first $(+ ", " + $rest)*)).$run $run_args,
-                ($key, true, false) => $page!($args, shape: in_index_order,
-                    keyset: ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
-                    order: ($first + " DESC" $(+ ", " + $rest + " DESC")*)).$run $run_args,
-                ($key, false, true) => $page!($args, shape: filter_first,
-                    keyset: ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
-                    order: ($first $(+ ", " + $rest)*)).$run $run_args,
-                ($key, true, true) => $page!($args, shape: filter_first,
-                    keyset: ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
-                    order: ($first + " DESC" $(+ ", " + $rest + " DESC")*)).$run $run_args,
+                ($key, false) => $crate::page_in_order!(@shape $filter_first, $page!$args .$run $run_args,
+                    ("(" + $first $(+ ", " + $rest)* + ") > " + $cursor),
+                    ($first $(+ ", " + $rest)*)),
+                ($key, true) => $crate::page_in_order!(@shape $filter_first, $page!$args .$run $run_args,
+                    ("(" + $first $(+ ", " + $rest)* + ") < " + $cursor),
+                    ($first + " DESC" $(+ ", " + $rest + " DESC")*)),
             )+
+        }
+    };
+    (@shape $filter_first:expr, $page:ident!$args:tt .$run:ident $run_args:tt, $keyset:tt, $order:tt) => {
+        if $filter_first {
+            $page!($args, shape: filter_first, keyset: $keyset, order: $order).$run $run_args
+        } else {
+            $page!($args, shape: in_index_order, keyset: $keyset, order: $order).$run $run_args
         }
     };
 }

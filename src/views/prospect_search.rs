@@ -20,7 +20,7 @@ use super::filters::{Terms, any_of, filters};
 use super::matching::{in_any_of, same};
 use super::order::{FacetCount, NoFacets, Sort, sort_keys};
 use super::search_matching::{Query, RowWords, Searched};
-use super::{Admits, Api, Place, ReadModel, ViewName, estimated_rows};
+use super::{Admits, Api, Place, ReadModel, Shape, ViewName, estimated_rows};
 
 pub struct ProspectSearch;
 
@@ -211,14 +211,15 @@ impl ReadModel for ProspectSearch {
     type Facet = NoFacets;
     const ROW_BYTES: usize = 600;
 
-    /// One shape: `search_prospects()` and the company-name statement choose their own plans.
-    fn rows_in_shape<'a>(
+    /// One shape, whatever `shape` asks: `search_prospects()` and the company-name statement choose
+    /// their own plans.
+    fn rows<'a>(
         pool: &'a PgPool,
         f: &'a SearchFilters,
         sort: Sort<SearchOrder>,
         after: Option<&'a Value>,
         limit: i64,
-        _: bool,
+        _: Shape,
     ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
         match sort.key {
             SearchOrder::Relevance => ranked_statement!(f, after, limit).fetch(pool).boxed(),
@@ -228,17 +229,6 @@ impl ReadModel for ProspectSearch {
                     .boxed()
             }
         }
-    }
-
-    /// Without an estimate first: there is one shape.
-    fn rows<'a>(
-        pool: &'a PgPool,
-        f: &'a SearchFilters,
-        sort: Sort<SearchOrder>,
-        after: Option<&'a Value>,
-        limit: i64,
-    ) -> BoxStream<'a, Result<SearchRow, sqlx::Error>> {
-        Self::rows_in_shape(pool, f, sort, after, limit, false)
     }
 
     async fn count(pool: &PgPool, f: &SearchFilters) -> Result<i64, sqlx::Error> {

@@ -41,29 +41,16 @@ pub trait ReadModel: Send + Sync + 'static {
     const ROW_BYTES: usize;
 
     /// At most `limit` rows matching `filters` in `sort` order, after the row whose `cursor_key`
-    /// is `after`, as they arrive (CSV exports stream them), read by the statement of the shape
-    /// `filter_first` names (`page_shape!`; a model with one shape ignores it).
-    fn rows_in_shape<'a>(
-        pool: &'a PgPool,
-        filters: &'a Self::Filters,
-        sort: Sort<Self::Sort>,
-        after: Option<&'a Value>,
-        limit: i64,
-        filter_first: bool,
-    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
-
-    /// The same rows, in the shape that suits `filters` (`in_the_faster_shape`).
+    /// is `after`, as they arrive (CSV exports stream them), read by the statement of `shape`
+    /// (`in_shape`; a model with one statement shape ignores it).
     fn rows<'a>(
         pool: &'a PgPool,
         filters: &'a Self::Filters,
         sort: Sort<Self::Sort>,
         after: Option<&'a Value>,
         limit: i64,
-    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>> {
-        in_the_faster_shape::<Self>(pool, filters, move |filter_first| {
-            Self::rows_in_shape(pool, filters, sort, after, limit, filter_first)
-        })
-    }
+        shape: Shape,
+    ) -> BoxStream<'a, Result<Self::Row, sqlx::Error>>;
 
     /// How many rows match (all pages).
     fn count<'a>(
@@ -240,10 +227,35 @@ pub struct IdPath {
 /// bench/filter_plans.py, which reads this constant.
 pub const FILTER_FIRST_ROWS: i64 = 5_000;
 
-/// The page `page` gives in the shape that suits `filters`: filter first when the planner expects
-/// at most `FILTER_FIRST_ROWS` matches (one more statement, an EXPLAIN, before the first filtered
-/// page of those filters in a minute), in index order otherwise and without filters.
-pub fn in_the_faster_shape<'a, M: ReadModel + ?Sized>(
+/// Which statement shape reads a page (`page_shape!`): the same rows either way
+/// (tests/api/page_shapes.rs), at different costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Whichever suits the filters: filter first when the planner expects at most
+    /// `FILTER_FIRST_ROWS` matches (one more statement, an EXPLAIN, before the first filtered page
+    /// of those filters in a minute), in index order otherwise and without filters.
+    Faster,
+    /// Walks the index of the page's order, keeping the rows the filters match.
+    InIndexOrder,
+    /// Reads the matches first, then sorts them.
+    FilterFirst,
+}
+
+/// The page `page` gives (called with whether to read the matches first) in `shape`.
+pub fn in_shape<'a, M: ReadModel + ?Sized>(
+    pool: &'a PgPool,
+    filters: &'a M::Filters,
+    shape: Shape,
+    page: impl FnOnce(bool) -> BoxStream<'a, Result<M::Row, sqlx::Error>> + Send + 'a,
+) -> BoxStream<'a, Result<M::Row, sqlx::Error>> {
+    match shape {
+        Shape::InIndexOrder => page(false),
+        Shape::FilterFirst => page(true),
+        Shape::Faster => in_the_faster_shape::<M>(pool, filters, page),
+    }
+}
+
+fn in_the_faster_shape<'a, M: ReadModel + ?Sized>(
     pool: &'a PgPool,
     filters: &'a M::Filters,
     page: impl FnOnce(bool) -> BoxStream<'a, Result<M::Row, sqlx::Error>> + Send + 'a,
@@ -271,7 +283,7 @@ pub fn in_the_faster_shape<'a, M: ReadModel + ?Sized>(
     .boxed()
 }
 
-/// The estimates `in_the_faster_shape` went by, per read model (its path) and filters, for a
+/// The estimates `Shape::Faster` went by, per read model (its path) and filters, for a
 /// minute: they move with the planner's statistics (ANALYZE), not per request, so another page or
 /// order of the same filters need not plan one again (case (a) of bench/run.py, a dozen filters
 /// served over and over, would otherwise plan every page twice). Only the shape depends on them,
@@ -301,3 +313,64 @@ pub fn estimated_rows(plan: Option<&Value>) -> i64 {
         .as_f64()
         .map_or(0, |rows| rows.round() as i64)
 }
+
+/// The statements of a read model written with `page_shape!`, in an `impl ReadModel` block: `rows`,
+/// `count`, `estimate`, `facet` and `one`, from its module's `page!` (the page statement),
+/// `counts!` (the total, or a facet's counts) and `sorted_rows` (the page in an order, or one row by
+/// id). `id:` is the column the estimate's statement orders by (the planner's estimate of the
+/// matches does not depend on the order). views/company_prospects.rs shows the three.
+#[macro_export]
+macro_rules! statements_of_page_and_counts {
+    (row: $row:ty, filters: $filters:ty, sort: $sort:ty, facet: $facet:ty, id: $id:tt) => {
+        fn rows<'a>(
+            pool: &'a ::sqlx::PgPool,
+            filters: &'a $filters,
+            sort: $crate::views::order::Sort<$sort>,
+            after: Option<&'a ::serde_json::Value>,
+            limit: i64,
+            shape: $crate::views::Shape,
+        ) -> ::futures_util::stream::BoxStream<'a, Result<$row, ::sqlx::Error>> {
+            $crate::views::in_shape::<Self>(pool, filters, shape, move |filter_first| {
+                sorted_rows(pool, filters, None, sort, after, limit, filter_first)
+            })
+        }
+
+        async fn count(pool: &::sqlx::PgPool, filters: &$filters) -> Result<i64, ::sqlx::Error> {
+            let total = counts!(filters, None::<&str>, 1_i64)
+                .fetch_optional(pool)
+                .await?;
+            Ok($crate::views::order::Counted::total(total))
+        }
+
+        async fn estimate(pool: &::sqlx::PgPool, filters: &$filters) -> Result<i64, ::sqlx::Error> {
+            let no_cursor = None::<&::serde_json::Value>;
+            let plan = page!((query_scalar [] "EXPLAIN (FORMAT JSON) ", filters, None::<&str>, no_cursor, Some(1_i64)),
+                shape: in_index_order, keyset: ("TRUE"), order: ($id))
+            .fetch_one(pool)
+            .await?;
+            Ok($crate::views::estimated_rows(plan.as_ref()))
+        }
+
+        async fn facet(
+            pool: &::sqlx::PgPool,
+            filters: &$filters,
+            facet: $facet,
+        ) -> Result<Vec<$crate::views::order::FacetCount>, ::sqlx::Error> {
+            use $crate::views::order::Facet;
+            let groups = counts!(filters, Some(facet.name()), $crate::views::order::MAX_FACET_VALUES)
+                .fetch_all(pool)
+                .await?;
+            Ok($crate::views::order::Counted::facet_counts(groups))
+        }
+
+        async fn one(pool: &::sqlx::PgPool, id: &str) -> Result<Option<$row>, ::sqlx::Error> {
+            use ::futures_util::TryStreamExt;
+            use $crate::views::order::SortKey;
+            let filters = <$filters>::default();
+            sorted_rows(pool, &filters, Some(id), <$sort>::DEFAULT, None, 1, false)
+                .try_next()
+                .await
+        }
+    };
+}
+pub use crate::statements_of_page_and_counts;

@@ -9,7 +9,7 @@ use prospect_api::filters;
 use prospect_api::http::ReadModels;
 use prospect_api::views::filters::any_of;
 use prospect_api::views::order::{Counted, Facet, FacetCount, Sort, SortKey};
-use prospect_api::views::{Api, IdPath, ReadModel, ViewName, estimated_rows};
+use prospect_api::views::{Api, IdPath, ReadModel, Shape, ViewName, estimated_rows};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -120,13 +120,13 @@ impl ReadModel for CompanyDomains {
     type Facet = DomainFacet;
     const ROW_BYTES: usize = 120;
 
-    fn rows_in_shape<'a>(
+    fn rows<'a>(
         pool: &'a PgPool,
         filters: &'a DomainFilters,
         sort: Sort<DomainOrder>,
         after: Option<&'a Value>,
         limit: i64,
-        _: bool,
+        _: Shape,
     ) -> BoxStream<'a, Result<DomainRow, sqlx::Error>> {
         sorted(pool, filters, None, sort, after, limit)
     }

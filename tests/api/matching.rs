@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use prospect_api::views::filters::{FilterKind, FilterSet, FilterSource, FilterSpec};
 use prospect_api::views::order::{Sort, SortKey, compare_keys};
-use prospect_api::views::{Admits, ReadModel};
+use prospect_api::views::{Admits, ReadModel, Shape};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -100,13 +100,23 @@ pub fn values(spec: &FilterSpec, rows: &[Value]) -> Vec<String> {
     values
 }
 
-/// The ids of the rows `filters` match, as the statement returns them.
-async fn matched<M: ReadModel>(pool: &PgPool, filters: &M::Filters) -> BTreeSet<String> {
-    let rows: Vec<M::Row> = M::rows(pool, filters, M::Sort::DEFAULT, None, ALL)
+/// Every row `filters` match, in `sort` order, as the statement returns them.
+async fn all_rows<M: ReadModel>(
+    pool: &PgPool,
+    filters: &M::Filters,
+    sort: Sort<M::Sort>,
+) -> Vec<M::Row> {
+    M::rows(pool, filters, sort, None, ALL, Shape::Faster)
         .try_collect()
         .await
-        .unwrap();
-    rows.iter()
+        .unwrap()
+}
+
+/// The ids of the rows `filters` match, as the statement returns them.
+async fn matched<M: ReadModel>(pool: &PgPool, filters: &M::Filters) -> BTreeSet<String> {
+    all_rows::<M>(pool, filters, M::Sort::DEFAULT)
+        .await
+        .iter()
         .map(|row| M::id(row).expect("an id").to_owned())
         .collect()
 }
@@ -120,10 +130,7 @@ async fn check<M: ReadModel>(pool: PgPool) -> Found {
         // A search's rows need its terms: tests/api/search_matching.rs compares those.
         return Ok((0, 0, 0));
     }
-    let rows: Vec<M::Row> = M::rows(&pool, &M::Filters::default(), M::Sort::DEFAULT, None, ALL)
-        .try_collect()
-        .await
-        .unwrap();
+    let rows = all_rows::<M>(&pool, &M::Filters::default(), M::Sort::DEFAULT).await;
     let images: Vec<Value> = rows
         .iter()
         .map(|row| serde_json::to_value(row).unwrap())
@@ -166,10 +173,7 @@ async fn check<M: ReadModel>(pool: PgPool) -> Found {
                 key: *key,
                 descending,
             };
-            let ordered: Vec<M::Row> = M::rows(&pool, &M::Filters::default(), sort, None, ALL)
-                .try_collect()
-                .await
-                .unwrap();
+            let ordered = all_rows::<M>(&pool, &M::Filters::default(), sort).await;
             for pair in ordered.windows(2) {
                 let (a, b) = (M::cursor_key(sort, &pair[0]), M::cursor_key(sort, &pair[1]));
                 if compare_keys(sort, &a, &b, true) != Some(std::cmp::Ordering::Less) {

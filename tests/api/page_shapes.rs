@@ -4,9 +4,9 @@
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
-use prospect_api::views::ReadModel;
 use prospect_api::views::filters::{FilterKind, FilterSet};
 use prospect_api::views::order::{Sort, SortKey};
+use prospect_api::views::{ReadModel, Shape};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -21,15 +21,14 @@ async fn paged<M: ReadModel>(
     pool: &PgPool,
     filters: &M::Filters,
     sort: Sort<M::Sort>,
-    filter_first: bool,
+    shape: Shape,
 ) -> Vec<Value> {
     let (mut all, mut after) = (Vec::new(), None);
     loop {
-        let page: Vec<M::Row> =
-            M::rows_in_shape(pool, filters, sort, after.as_ref(), PAGE, filter_first)
-                .try_collect()
-                .await
-                .unwrap();
+        let page: Vec<M::Row> = M::rows(pool, filters, sort, after.as_ref(), PAGE, shape)
+            .try_collect()
+            .await
+            .unwrap();
         all.extend(page.iter().map(|row| serde_json::to_value(row).unwrap()));
         match page.last() {
             Some(last) if page.len() as i64 == PAGE => after = Some(M::cursor_key(sort, last)),
@@ -46,7 +45,13 @@ async fn compare<M: ReadModel>(pool: PgPool) -> Result<usize, String> {
     {
         return Ok(0); // One shape: a search chooses its own plan.
     }
-    let everything = paged::<M>(&pool, &M::Filters::default(), M::Sort::DEFAULT, false).await;
+    let everything = paged::<M>(
+        &pool,
+        &M::Filters::default(),
+        M::Sort::DEFAULT,
+        Shape::InIndexOrder,
+    )
+    .await;
     let mut cases = vec![("no filter".to_owned(), M::Filters::default())];
     for spec in M::Filters::SPECS {
         for value in values(spec, &everything).into_iter().take(3) {
@@ -65,8 +70,8 @@ async fn compare<M: ReadModel>(pool: PgPool) -> Result<usize, String> {
                     key: *key,
                     descending,
                 };
-                let in_index_order = paged::<M>(&pool, filters, sort, false).await;
-                let filter_first = paged::<M>(&pool, filters, sort, true).await;
+                let in_index_order = paged::<M>(&pool, filters, sort, Shape::InIndexOrder).await;
+                let filter_first = paged::<M>(&pool, filters, sort, Shape::FilterFirst).await;
                 if in_index_order != filter_first {
                     return Err(format!(
                         "{} {case}, sort {name} (descending {descending}): {} rows in index order, \

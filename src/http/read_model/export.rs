@@ -23,7 +23,7 @@ use super::super::error::{ApiError, InvalidParam};
 use super::super::freshness::{Gate, gate_tagged};
 use super::request::{ListRequest, Read};
 use crate::access::audit::{self, Action, Outcome};
-use crate::views::ReadModel;
+use crate::views::{ReadModel, Shape};
 
 const CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
@@ -224,7 +224,14 @@ async fn write_rows<M: ReadModel>(
     let mut rows = if request.matches_nothing {
         futures_util::stream::empty().boxed()
     } else {
-        M::rows(pool, &request.filters, request.sort, None, max)
+        M::rows(
+            pool,
+            &request.filters,
+            request.sort,
+            None,
+            max,
+            Shape::Faster,
+        )
     };
     let mut in_chunk = 0;
     while let Some(row) = rows.try_next().await? {

@@ -19,8 +19,8 @@ use super::export;
 use super::request::{ListRequest, Read};
 use super::respond::{respond, to_json};
 use crate::access::Restriction;
-use crate::views::ReadModel;
 use crate::views::filters::FilterSet;
+use crate::views::{ReadModel, Shape};
 
 /// One page of a list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,7 +83,14 @@ async fn parent_visible<M: ReadModel>(
     if !restriction.has_scope() {
         return Ok(M::parent_exists(&read.db.pool, parent).await?);
     }
-    let mut rows = M::rows(&read.db.pool, &request.filters, request.sort, None, 1);
+    let mut rows = M::rows(
+        &read.db.pool,
+        &request.filters,
+        request.sort,
+        None,
+        1,
+        Shape::Faster,
+    );
     Ok(rows.try_next().await?.is_some())
 }
 
@@ -121,9 +128,16 @@ async fn answer<M: ReadModel>(
         let mut rows: Vec<M::Row> = if request.matches_nothing {
             Vec::new()
         } else {
-            M::rows(pool, filters, request.sort, after.as_ref(), page.limit + 1)
-                .try_collect()
-                .await?
+            M::rows(
+                pool,
+                filters,
+                request.sort,
+                after.as_ref(),
+                page.limit + 1,
+                Shape::Faster,
+            )
+            .try_collect()
+            .await?
         };
         let next_cursor = if rows.len() as i64 > page.limit {
             rows.truncate(page.limit as usize);
