@@ -76,28 +76,8 @@ pub async fn seed(
     } else if base_tables_hold_data(&mut tx).await? {
         return Err(SeedError::NotEmpty);
     }
-    let mut companies = 0;
-    for range in company_ranges(options.companies) {
-        companies += insert_companies(&mut tx, options, &range).await?;
-        progress.report(&Step {
-            phase: "companies".to_owned(),
-            done: Some((u64::from(*range.end()), u64::from(options.companies))),
-            unit: "companies",
-            rows: Some(companies),
-            ..Step::default()
-        });
-    }
-    let mut prospects = 0;
-    for range in company_ranges(options.companies) {
-        prospects += insert_prospects(&mut tx, options, &range).await?;
-        progress.report(&Step {
-            phase: "prospects".to_owned(),
-            done: Some((u64::from(*range.end()), u64::from(options.companies))),
-            unit: "companies",
-            rows: Some(prospects),
-            ..Step::default()
-        });
-    }
+    let companies = insert_all(&mut tx, options, Table::Companies, progress).await?;
+    let prospects = insert_all(&mut tx, options, Table::Prospects, progress).await?;
     progress.report(&Step {
         phase: "committing".to_owned(),
         rows: Some(companies + prospects),
@@ -138,12 +118,48 @@ fn company_id(number: u32) -> String {
     format!("cmp_{number:08}")
 }
 
-async fn insert_companies(
+/// What a seeding statement inserts.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Companies,
+    /// The prospects of companies inserted before.
+    Prospects,
+}
+
+/// The rows of `table` for every company, a range of companies per statement: how many.
+async fn insert_all(
     conn: &mut sqlx::PgConnection,
     options: &SeedOptions,
-    numbers: &RangeInclusive<u32>,
+    table: Table,
+    progress: &Progress,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
+    let mut rows = 0;
+    for range in company_ranges(options.companies) {
+        rows += insert(conn, options, table, &range).await?;
+        progress.report(&Step {
+            phase: table.phase().to_owned(),
+            done: Some((u64::from(*range.end()), u64::from(options.companies))),
+            unit: "companies",
+            rows: Some(rows),
+            ..Step::default()
+        });
+    }
+    Ok(rows)
+}
+
+impl Table {
+    fn phase(self) -> &'static str {
+        match self {
+            Table::Companies => "companies",
+            Table::Prospects => "prospects",
+        }
+    }
+}
+
+/// The companies numbered `$numbers`, generated from `$options.seed`.
+macro_rules! companies_statement {
+    ($options:expr, $numbers:expr) => {
+        sqlx::query!(
         r#"
 WITH lists AS (
     SELECT
@@ -214,21 +230,17 @@ CROSS JOIN LATERAL (SELECT
     timestamp '2018-01-01' + (h.h[10] % 157680000) * interval '1 second' AS at
 ) created
 "#,
-        *numbers.start() as i32,
-        options.seed,
-        *numbers.end() as i32,
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
+        *$numbers.start() as i32,
+        $options.seed,
+        *$numbers.end() as i32,
+        )
+    };
 }
 
-async fn insert_prospects(
-    conn: &mut sqlx::PgConnection,
-    options: &SeedOptions,
-    companies: &RangeInclusive<u32>,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
+/// The prospects of the companies numbered `$numbers`, generated from `$options.seed`.
+macro_rules! prospects_statement {
+    ($options:expr, $numbers:expr) => {
+        sqlx::query!(
         r#"
 WITH lists AS (
     SELECT
@@ -302,12 +314,32 @@ CROSS JOIN LATERAL (SELECT
     6 - floor(6 * power((h.h[7] / 100 % 1000000)::float8 / 1000000, 1.5))::int AS level_no
 ) p
 "#,
-        options.prospects_per_company as i32,
-        options.seed,
-        company_id(*companies.start()),
-        company_id(*companies.end()),
-    )
-    .execute(&mut *conn)
-    .await?;
+        $options.prospects_per_company as i32,
+        $options.seed,
+        company_id(*$numbers.start()),
+        company_id(*$numbers.end()),
+        )
+    };
+}
+
+/// The rows of `table` for the companies numbered `numbers`: how many.
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    options: &SeedOptions,
+    table: Table,
+    numbers: &RangeInclusive<u32>,
+) -> Result<u64, sqlx::Error> {
+    let done = match table {
+        Table::Companies => {
+            companies_statement!(options, numbers)
+                .execute(&mut *conn)
+                .await?
+        }
+        Table::Prospects => {
+            prospects_statement!(options, numbers)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
     Ok(done.rows_affected())
 }
