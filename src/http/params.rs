@@ -4,6 +4,8 @@
 
 use std::str::FromStr;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode_str;
 
@@ -241,6 +243,28 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
+}
+
+/// A handler's query string, parsed before the handler runs (undecodable: a 400 naming it).
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        QueryParams::parse(parts.uri.query())
+    }
+}
+
+/// The query string of an endpoint that takes no parameters: any one is refused (400, named),
+/// before the handler runs.
+pub struct NoParams;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        QueryParams::parse(parts.uri.query())?.finish(&[])?;
+        Ok(NoParams)
+    }
 }
 
 impl FilterSource for QueryParams {

@@ -2,14 +2,14 @@
 //! roles keys may be made for, the response cache's figures and where reads go. (Another instance
 //! behind the same load balancer has its own; `/metrics` has every instance's.)
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::access::Caller;
 use crate::http::error::ApiError;
-use crate::http::params::QueryParams;
+use crate::http::params::NoParams;
 use crate::http::state::AppState;
 use crate::reads::{ReplicaStatus, Server};
 
@@ -55,9 +55,8 @@ pub struct Reads {
 pub async fn instance(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
+    _: NoParams,
 ) -> Result<Json<Instance>, ApiError> {
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
     let policy = &state.auth.policy;
     let mut roles: Vec<String> = if policy.enforced() {
         policy.roles().map(|role| role.name.clone()).collect()

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::access::keys::{self, KeyError, KeyRecord};
 use crate::http::error::{ApiError, Problem};
-use crate::http::params::{QueryParams, path_id};
+use crate::http::params::{NoParams, path_id};
 use crate::http::state::AppState;
 
 /// A key lives ten years at most: "until revoked" is what leaving the expiry out means.
@@ -55,9 +55,8 @@ pub struct CreatedKey {
 )]
 pub async fn list(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    _: NoParams,
 ) -> Result<Json<Vec<KeyRecord>>, ApiError> {
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
     Ok(Json(keys::list(&state.pool).await?))
 }
 
@@ -74,10 +73,9 @@ pub async fn list(
 )]
 pub async fn create(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    _: NoParams,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
     let new: NewKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("is not a valid new key: {e}")))?;
     if !state.auth.policy.enforced() {
@@ -139,9 +137,8 @@ fn whole_days(days: f64) -> Option<u32> {
 pub async fn revoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
+    _: NoParams,
 ) -> Result<StatusCode, ApiError> {
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
     let name = path_id("name", name)?;
     if keys::revoke(&state.pool, &name).await? {
         Ok(StatusCode::NO_CONTENT)

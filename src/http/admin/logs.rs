@@ -4,7 +4,7 @@
 //! what the console charts) and `GET /admin/audit`.
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use chrono::NaiveDate;
 use serde_json::json;
 
@@ -73,9 +73,8 @@ impl utoipa::IntoParams for HistoryQuery {
 )]
 pub async fn history(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    mut params: QueryParams,
 ) -> Result<Json<Vec<RefreshLogEntry>>, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
     let limit = parse_limit(&mut params, DEFAULT_LIMIT, MAX_LIMIT);
     let view = params.parsed::<ViewName>("view", "a view name");
     let before = parse_before(&mut params, "a log entry id");
@@ -116,9 +115,8 @@ impl utoipa::IntoParams for TimelineQuery {
 )]
 pub async fn timeline(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    mut params: QueryParams,
 ) -> Result<Json<Timeline>, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
     let hours = params
         .parsed::<u32>("hours", "a whole number of hours")
         .unwrap_or(DEFAULT_TIMELINE_HOURS);
@@ -169,9 +167,8 @@ impl utoipa::IntoParams for AuditQuery {
 )]
 pub async fn audit_log(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    mut params: QueryParams,
 ) -> Result<Json<Vec<AuditRow>>, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
     let limit = parse_limit(&mut params, DEFAULT_LIMIT, MAX_LIMIT);
     let credential = params.one("credential");
     let day = params.parsed::<NaiveDate>("day", "a date (YYYY-MM-DD)");

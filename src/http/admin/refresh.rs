@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::http::error::{ApiError, InvalidParam, Problem};
-use crate::http::params::QueryParams;
+use crate::http::params::{NoParams, QueryParams};
 use crate::http::state::AppState;
 use crate::refresh::status::{self, ViewStatus};
 use crate::refresh::{RefreshReport, RefreshStatus, RefreshTrigger};
@@ -83,10 +83,9 @@ fn parse_views(body: &[u8]) -> Result<Vec<ViewName>, ApiError> {
 )]
 pub async fn refresh(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    mut params: QueryParams,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut params = QueryParams::parse(raw.as_deref())?;
     let wait = params
         .parsed::<bool>("wait", "true or false")
         .unwrap_or(true);
@@ -130,9 +129,8 @@ pub async fn refresh(
 )]
 pub async fn views(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    _: NoParams,
 ) -> Result<Json<Vec<ViewStatus>>, ApiError> {
-    QueryParams::parse(raw.as_deref())?.finish(&[])?;
     let mut statuses = status::view_statuses(&state.pool).await?;
     let cache = state.responses.figures();
     if cache.enabled {
