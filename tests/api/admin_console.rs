@@ -33,6 +33,20 @@ async fn assert_rejects(app: &TestApp, path: &str, cases: &[(&str, &str)]) {
 }
 
 #[tokio::test]
+async fn every_admin_endpoint_refuses_a_parameter_it_does_not_take_naming_it() {
+    let app = spawn_admin_app().await;
+    let endpoints = "GET /admin/views, GET /admin/instance, GET /admin/keys, POST /admin/keys, \
+                     DELETE /admin/keys/no-such-key, POST /admin/refresh, GET /admin/refresh/history, \
+                     GET /admin/refresh/timeline, GET /admin/audit";
+    for endpoint in endpoints.split(", ") {
+        let (method, path) = endpoint.split_once(' ').unwrap();
+        let query = format!("{path}?bogus=1");
+        let response = admin_send(&app, method.parse().unwrap(), &query, None).await;
+        assert_eq!(rejected_params(response).await, ["bogus"], "{endpoint}");
+    }
+}
+
+#[tokio::test]
 async fn the_console_page_is_served_from_the_binary_under_a_strict_policy_and_holds_no_data() {
     let app = spawn_admin_app().await;
     for (path, content_type) in [
