@@ -130,6 +130,43 @@ async fn a_page_survives_a_round_that_changed_rows_it_does_not_show_and_keeps_it
 }
 
 #[tokio::test]
+async fn a_cached_scoped_list_asks_the_database_nothing_and_turns_404_when_its_company_goes() {
+    let (app, fresh) = cached_and_fresh().await;
+    let lists = [
+        "/companies/c_1000/prospects",
+        "/companies/c_lonely/prospects",
+    ];
+    for path in lists {
+        same_as_fresh(&app, &fresh, path).await;
+    }
+    // With the view locked, a request that read it would wait (then 503); a cached page does not
+    // read it, not even to see that its company exists.
+    let locked = app
+        .db
+        .transaction_with("LOCK TABLE company_prospect_view IN ACCESS EXCLUSIVE MODE")
+        .await;
+    for path in lists {
+        let answered = tokio::time::timeout(Duration::from_secs(2), app.get(path)).await;
+        assert_eq!(answered.expect(path).status(), 200, "{path}");
+    }
+    locked.rollback().await.unwrap();
+
+    write_and_wait_for_the_round_of(
+        &app,
+        "/companies?limit=1",
+        r#"DELETE FROM "Prospect" WHERE "companyId" = 'c_1000';
+           DELETE FROM "Company" WHERE "id" IN ('c_1000', 'c_lonely');"#,
+    )
+    .await;
+    for address in [&app.address, &fresh.address] {
+        for path in lists {
+            let response = app.client.get(format!("{address}{path}")).send().await;
+            assert_eq!(response.unwrap().status(), 404, "{address}{path}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_total_and_facet_counts_follow_the_changed_rows_without_a_query() {
     let (app, fresh) = cached_and_fresh().await;
     let counted = format!("{FIRST_TWO}&count=exact");

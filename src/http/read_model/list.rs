@@ -18,7 +18,6 @@ use super::super::response_cache::shows::{PageShown, Parent, Shows};
 use super::export;
 use super::request::{ListRequest, Read};
 use super::respond::{respond, to_json};
-use crate::access::Restriction;
 use crate::views::filters::FilterSet;
 use crate::views::{ReadModel, Shape};
 
@@ -54,12 +53,6 @@ pub async fn scoped<M: ReadModel>(
     let restriction = read.restriction::<M>()?;
     let in_path = Some((scope.param, parent.clone()));
     let request = ListRequest::<M>::parse(read.query(), in_path, &restriction)?;
-    if !parent_visible(&read, &request, &restriction, &parent).await? {
-        return Err(ApiError::NotFound(format!(
-            "There is no {} with id '{parent}'.",
-            scope.noun
-        )));
-    }
     let mut named = M::Filters::default();
     named.restrict(scope.param, std::slice::from_ref(&parent));
     let parent = Parent {
@@ -69,29 +62,37 @@ pub async fn scoped<M: ReadModel>(
     answer(&read, scope.path, request, Some(parent)).await
 }
 
-/// Whether the parent exists for this caller: for a role with a row scope, whether it has a row
-/// within the scope (so that a parent outside it is a 404 like one that does not exist).
+/// A 404 unless the parent of a scoped list exists for this caller: for a role with a row scope,
+/// unless it has a row within the scope (so that a parent outside it is a 404 like one that does
+/// not exist). Checked where the list is read, never for a cached page: a round that changes the
+/// parent's rows drops the pages of its list (`PageShown::parent`), and a refresh all pages.
 async fn parent_visible<M: ReadModel>(
     read: &Read,
     request: &ListRequest<M>,
-    restriction: &Restriction,
     parent: &str,
-) -> Result<bool, ApiError> {
-    if request.matches_nothing {
-        return Ok(false);
+) -> Result<(), ApiError> {
+    let visible = if request.matches_nothing {
+        false
+    } else if !read.restriction::<M>()?.has_scope() {
+        M::parent_exists(&read.db.pool, parent).await?
+    } else {
+        let mut rows = M::rows(
+            &read.db.pool,
+            &request.filters,
+            request.sort,
+            None,
+            1,
+            Shape::Faster,
+        );
+        rows.try_next().await?.is_some()
+    };
+    if visible {
+        return Ok(());
     }
-    if !restriction.has_scope() {
-        return Ok(M::parent_exists(&read.db.pool, parent).await?);
-    }
-    let mut rows = M::rows(
-        &read.db.pool,
-        &request.filters,
-        request.sort,
-        None,
-        1,
-        Shape::Faster,
-    );
-    Ok(rows.try_next().await?.is_some())
+    let noun = M::API.scoped.map_or("parent", |scope| scope.noun);
+    Err(ApiError::NotFound(format!(
+        "There is no {noun} with id '{parent}'."
+    )))
 }
 
 /// A page of `request`, or its CSV export. `parent`: the parent of a scoped list.
@@ -102,6 +103,9 @@ async fn answer<M: ReadModel>(
     parent: Option<Parent<M>>,
 ) -> Result<Response, ApiError> {
     if export::wanted(request.page.format == Format::Csv, &read.headers) {
+        if let Some(parent) = &parent {
+            parent_visible(read, &request, &parent.id).await?;
+        }
         return export::export(read, endpoint, request).await;
     }
     let (state, pool) = (&read.state, &read.db.pool);
@@ -124,6 +128,9 @@ async fn answer<M: ReadModel>(
         page.fields.key()
     );
     let render = async {
+        if let Some(parent) = &parent {
+            parent_visible(read, &request, &parent.id).await?;
+        }
         let filters = &request.filters;
         let mut rows: Vec<M::Row> = if request.matches_nothing {
             Vec::new()
