@@ -130,6 +130,49 @@ async fn a_page_survives_a_round_that_changed_rows_it_does_not_show_and_keeps_it
 }
 
 #[tokio::test]
+async fn an_entry_older_than_the_rounds_kept_is_rendered_anew_never_brought_past_a_forgotten_one() {
+    // The rounds kept are bounded by RESPONSE_CACHE_BYTES (a third a view): here a few rounds.
+    let app = spawn_configured_app(|config| {
+        config.maintenance.view_maintenance = Mode::Incremental;
+        config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
+        config.response_cache_bytes = 48 * 1024;
+    })
+    .await;
+    let fresh = spawn_instance(uncached(&app)).await;
+    let path = "/prospects/p_15e8";
+    same_as_fresh(&app, &fresh, path).await;
+    // A round that changes the row the entry shows, then rounds that change others, until the
+    // first is no longer kept.
+    write_and_wait_for_the_round(
+        &app,
+        r#"UPDATE "Prospect" SET "jobTitle" = 'Professor' WHERE "id" = 'p_15e8'"#,
+    )
+    .await;
+    for _ in 0..6 {
+        write_and_wait_for_the_round(
+            &app,
+            r#"UPDATE "Company" SET "revenue" = "revenue" + 1 WHERE "id" = 'c_999'"#,
+        )
+        .await;
+    }
+    let changed = cache_count(&app, "company_prospect_view", "dropped_changed").await;
+    let undecided = cache_count(&app, "company_prospect_view", "dropped_undecided").await;
+    assert!(
+        same_as_fresh(&app, &fresh, path)
+            .await
+            .contains("Professor")
+    );
+    assert_eq!(
+        (
+            cache_count(&app, "company_prospect_view", "dropped_changed").await - changed,
+            cache_count(&app, "company_prospect_view", "dropped_undecided").await - undecided
+        ),
+        (0, 1),
+        "rendered anew for being older than the rounds kept"
+    );
+}
+
+#[tokio::test]
 async fn a_cached_scoped_list_asks_the_database_nothing_and_turns_404_when_its_company_goes() {
     let (app, fresh) = cached_and_fresh().await;
     let lists = [

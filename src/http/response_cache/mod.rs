@@ -174,7 +174,7 @@ impl ResponseCache {
         });
         ResponseCache {
             entries,
-            rounds: Rounds::default(),
+            rounds: Rounds::new(max_bytes as usize),
             bytewise: std::sync::atomic::AtomicBool::new(false),
             counters: Default::default(),
             evictions,
