@@ -501,7 +501,7 @@ def write_section(name, text):
             sections[found.group(1)] = found.group(2)
     sections[name] = text.rstrip() + "\n"
     order = ["suite", "freshness", "mixed", "miss", "ab", "ab_access", "sort_plans", "facets", "csv", "scale_out",
-             "relevance", "search_latency", "filters", "admin"]
+             "relevance", "search_latency", "filters", "admin", "memory"]
     with open(RESULTS, "w") as f:
         for key in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)):
             f.write(f"<!-- {key}:begin -->\n{sections[key]}<!-- {key}:end -->\n\n")
