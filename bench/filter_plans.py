@@ -145,11 +145,28 @@ def best_of_two(url, statement, arguments=None):
     return min(runs, key=lambda r: r[0])
 
 
-def filter_first_rows():
-    """The API's FILTER_FIRST_ROWS: at most this many estimated matches, a page reads them first."""
+def filter_first_rows(name="FILTER_FIRST_ROWS"):
+    """The API's FILTER_FIRST_ROWS (at most this many estimated matches, a page reads them first), or
+    FILTER_FIRST_BOUNDED_ROWS (the same when the walk is bounded to one value of a filter that leads
+    the order's index)."""
     with open(os.path.join(run.ROOT, "src", "views", "read_model.rs")) as f:
-        found = re.search(r"pub const FILTER_FIRST_ROWS: i64 = ([\d_]+);", f.read())
+        found = re.search(rf"pub const {name}: i64 = ([\d_]+);", f.read())
     return int(found.group(1).replace("_", ""))
+
+
+# The filters whose column leads the index of an order, by the order's first expression: the
+# `order_led_by` of src/views/company_prospects.rs and company_summaries.rs.
+ORDER_LED_BY = {
+    "company_prospect_view": {"COALESCE(company_name, '')": ["industry"]},
+    "company_summary_view": {"COALESCE(name, '')": ["industry", "country"], "prospect_count": ["country"]},
+}
+
+
+def bounded_walk(view, order, chosen):
+    """Whether a walk in `order` passes only one value's rows of a filter `chosen` sets (every case
+    here gives each filter one value)."""
+    led = [names for first, names in ORDER_LED_BY.get(view, {}).items() if order.startswith(first)]
+    return any(name in chosen for names in led for name in names)
 
 
 def estimate(url, statement, arguments):
@@ -184,8 +201,9 @@ def scan(node):
 def page_cases(url, view, statements, filter_first, estimate_statement):
     """(label, matching rows, [(order, ms, plan)]) for every filter, value class and combination, each
     page in the shape the API chooses: with filters, after its estimate (whose planning time the
-    case's time includes), `filter_first[order]` when at most FILTER_FIRST_ROWS match."""
-    threshold = filter_first_rows()
+    case's time includes), `filter_first[order]` when at most FILTER_FIRST_ROWS match (at most
+    FILTER_FIRST_BOUNDED_ROWS when the walk is bounded: `bounded_walk`)."""
+    threshold, bounded_threshold = filter_first_rows(), filter_first_rows("FILTER_FIRST_BOUNDED_ROWS")
     filters = {name: (needle, kind, expression) for name, needle, kind, expression in FILTERS[view]}
     found = {name: values(url, view, expression, kind) for name, (_, kind, expression) in filters.items()}
     cases = [("no filter", {})]
@@ -205,7 +223,7 @@ def page_cases(url, view, statements, filter_first, estimate_statement):
             estimating = 0.0
             if chosen:
                 matches, estimating = estimate(url, estimate_statement, arguments)
-                if matches <= threshold:
+                if matches <= (bounded_threshold if bounded_walk(view, order, chosen) else threshold):
                     statement = filter_first[order]
             ms, plan = best_of_two(url, statement, arguments)
             results.append((order, ms + estimating, plan))

@@ -3,7 +3,8 @@
 //!
 //! Two statements: a page in one order (`page!`, walking the order's index or, for few matches,
 //! reading them first: `page_shape!`; under EXPLAIN it gives the planner's estimate of the
-//! matches), and the counts of a facet or of all matching rows (`counts!`). Both
+//! matches), and the counts of a facet or of all matching rows (`counts!`);
+//! `statements_of_page_and_counts!` makes the read model's statements of them. Both
 //! read the rows `matching_prospects!` keeps, where every filter is written once as a
 //! `($n IS NULL OR condition)` line; `.sqlx/` holds each statement whole. The read pool runs with
 //! `plan_cache_mode = force_custom_plan`, so each execution is planned with its values: the unused
@@ -322,6 +323,14 @@ impl ReadModel for CompanyProspects {
                     .to_rfc3339_opts(SecondsFormat::AutoSi, true),
                 id
             ]),
+        }
+    }
+
+    /// `company_prospect_view_industry_name_order` (schema/current.sql).
+    fn order_led_by(sort: ProspectSortKey) -> &'static [&'static str] {
+        match sort {
+            ProspectSortKey::CompanyName => &["industry"],
+            ProspectSortKey::Revenue | ProspectSortKey::UpdatedAt => &[],
         }
     }
 

@@ -218,6 +218,16 @@ impl ReadModel for CompanySummaries {
         id: "company_id"
     }
 
+    /// `company_summary_view_industry_name_order`, `_country_name_order` and
+    /// `_country_prospect_count_order` (schema/current.sql).
+    fn order_led_by(sort: CompanySortKey) -> &'static [&'static str] {
+        match sort {
+            CompanySortKey::Name => &["industry", "country"],
+            CompanySortKey::ProspectCount => &["country"],
+            CompanySortKey::Revenue | CompanySortKey::LastProspectUpdate => &[],
+        }
+    }
+
     /// The conditions of `page!`, one per filter, as Rust can check them.
     fn admits(f: &CompanyFilters, row: &CompanyRow) -> Admits {
         Admits::all([
