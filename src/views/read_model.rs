@@ -431,44 +431,40 @@ mod tests {
             .any(|name| one_value_of(filters, name))
     }
 
+    fn given<F: FilterSet + Default>(filters: &[(&str, &[&str])]) -> F {
+        let mut given = F::default();
+        for (name, values) in filters {
+            let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            given.restrict(name, &values);
+        }
+        given
+    }
+
     #[test]
     fn a_walk_is_bounded_by_one_value_of_a_filter_leading_the_orders_index() {
-        let mut prospects = ProspectFilters::default();
-        prospects.restrict("company_country", &["Japan".to_owned()]);
-        assert!(!bounded::<CompanyProspects>(
-            &prospects,
-            ProspectSortKey::CompanyName
-        ));
-        prospects.restrict("industry", &["Energy".to_owned()]);
-        assert!(bounded::<CompanyProspects>(
-            &prospects,
-            ProspectSortKey::CompanyName
-        ));
-        assert!(!bounded::<CompanyProspects>(
-            &prospects,
-            ProspectSortKey::Revenue
-        ));
-        let mut two = ProspectFilters::default();
-        two.restrict("industry", &["Energy".to_owned(), "Retail".to_owned()]);
-        assert!(
-            !bounded::<CompanyProspects>(&two, ProspectSortKey::CompanyName),
-            "two ranges"
+        use CompanySortKey as C;
+        use ProspectSortKey as P;
+        let energy_in_japan: ProspectFilters =
+            given(&[("industry", &["Energy"]), ("company_country", &["Japan"])]);
+        let two_industries: ProspectFilters = given(&[("industry", &["Energy", "Retail"])]);
+        let japan: ProspectFilters = given(&[("company_country", &["Japan"])]);
+        let companies_in_japan: CompanyFilters = given(&[("country", &["Japan"])]);
+        let prospects = bounded::<CompanyProspects>;
+        let companies = bounded::<CompanySummaries>;
+        assert_eq!(
+            [
+                prospects(&energy_in_japan, P::CompanyName),
+                prospects(&energy_in_japan, P::Revenue),
+                prospects(&two_industries, P::CompanyName),
+                prospects(&japan, P::CompanyName),
+                companies(&companies_in_japan, C::ProspectCount),
+                companies(&companies_in_japan, C::Name),
+                companies(&companies_in_japan, C::Revenue),
+            ],
+            [true, false, false, false, true, true, false],
+            "prospects of one industry by name, by revenue; of two industries; of one country; \
+             companies of one country by prospect count, by name, by revenue"
         );
-
-        let mut companies = CompanyFilters::default();
-        companies.restrict("country", &["Japan".to_owned()]);
-        assert!(bounded::<CompanySummaries>(
-            &companies,
-            CompanySortKey::ProspectCount
-        ));
-        assert!(bounded::<CompanySummaries>(
-            &companies,
-            CompanySortKey::Name
-        ));
-        assert!(!bounded::<CompanySummaries>(
-            &companies,
-            CompanySortKey::Revenue
-        ));
     }
 
     #[test]
